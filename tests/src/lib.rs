@@ -1,1 +1,144 @@
-//! Fixtures for the end-to-end suites.
+//! Fixtures for the end-to-end suites: throwaway and shared Redis, namespaces, command counts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod redis_server;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+
+pub use redis_server::RedisServer;
+
+/// The Redis every suite shares; tests keep to their own namespace and never flush it.
+pub const SHARED_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+/// Longest part of a tag kept in a namespace, so keys and channel names stay short.
+const MAX_TAG_LEN: usize = 12;
+
+/// A connection to the shared Redis at [`SHARED_REDIS_URL`].
+pub async fn shared_redis() -> MultiplexedConnection {
+    redis::Client::open(SHARED_REDIS_URL)
+        .expect("SHARED_REDIS_URL is valid")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the shared Redis at {SHARED_REDIS_URL}: {e}"))
+}
+
+/// A short `[a-z0-9]` prefix unique per call and per process: `t`, the tag, pid, counter, salt.
+///
+/// Tests on the shared Redis put every key and bus channel under one, so they run in parallel
+/// (nextest runs each test in its own process) and a rerun never sees a previous run's keys.
+pub fn unique_namespace(tag: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // `RandomState` is seeded randomly per process, which separates two runs that reuse a pid
+    // within the same clock tick.
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u128(nanos);
+    hasher.write_u32(pid);
+    hasher.write_u64(count);
+    let salt = hasher.finish() % 36u64.pow(6);
+    let tag: String = tag
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .take(MAX_TAG_LEN)
+        .collect();
+    format!(
+        "t{tag}{}{}{}",
+        base36(u64::from(pid)),
+        base36(count),
+        base36(salt)
+    )
+}
+
+/// How many times the server has run `cmd` (`calls` of `cmdstat_<cmd>` in `INFO commandstats`).
+///
+/// The count is server-wide, so it proves round trips only on a [`RedisServer`] that one test
+/// owns. Counting `info` includes this call's own INFO.
+pub async fn command_count<C: ConnectionLike + Send>(conn: &mut C, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    parse_command_calls(&info, cmd)
+}
+
+/// Extracts `calls` for `cmd` from an `INFO commandstats` reply, 0 if the command never ran.
+fn parse_command_calls(info: &str, cmd: &str) -> u64 {
+    let prefix = format!("cmdstat_{}:", cmd.to_ascii_lowercase());
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|stats| stats.split(',').find_map(|f| f.strip_prefix("calls=")))
+        .map_or(0, |calls| {
+            calls
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("bad calls for {cmd}: {calls:?}: {e}"))
+        })
+}
+
+/// Renders `n` in lowercase base 36, the densest form that stays within `[a-z0-9]`.
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("base-36 digits are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_distinct_and_alphanumeric() {
+        let a = unique_namespace("Bus-Tests!");
+        let b = unique_namespace("Bus-Tests!");
+        assert_ne!(a, b);
+        assert!(a.starts_with("tbustests"), "{a}");
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn long_tags_are_truncated() {
+        let ns = unique_namespace(&"x".repeat(100));
+        assert!(ns.len() < 40, "{ns}");
+    }
+
+    #[test]
+    fn base36_renders_edges() {
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
+        assert_eq!(base36(u64::MAX), "3w5e11264sgsf");
+    }
+
+    #[test]
+    fn command_calls_parse_from_info() {
+        let info = "# Commandstats\r\n\
+            cmdstat_get:calls=7,usec=10,usec_per_call=1.43,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_getex:calls=2,usec=3,usec_per_call=1.50,rejected_calls=0,failed_calls=0\r\n";
+        assert_eq!(parse_command_calls(info, "GET"), 7);
+        assert_eq!(parse_command_calls(info, "getex"), 2);
+        assert_eq!(parse_command_calls(info, "set"), 0);
+    }
+}

@@ -1,1 +1,32 @@
-//! The two-tier cache engine.
+//! Tiercache's engine: a two-tier read-through cache (moka L1, Redis L2) with a typed key
+//! schema, per-entity TTL policies, negative caching, invalidation of derived keys, a
+//! circuit breaker in front of Redis, and an observer that reports everything it does.
+//!
+//! Start at [`TwoTierCache`]. The crate knows nothing of Postgres, HTTP or Prometheus:
+//! loaders are plain async closures, and what happens is reported through
+//! [`CacheObserver`] for the monitoring crate to count.
+
+pub mod breaker;
+mod cache;
+mod config;
+pub mod envelope;
+mod error;
+mod history_index;
+mod invalidation;
+mod key;
+pub mod l2;
+mod observer;
+mod policy;
+
+pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
+pub use config::{BreakerConfig, CacheConfig, CacheConfigBuilder, RedisConfig};
+pub use error::{BoxError, ConfigError, ConfigProblem, Error, KeyError};
+pub use history_index::MAX_PAGES_PER_LEAD;
+pub use invalidation::Invalidation;
+pub use key::{CacheKey, Channel, KeySchema, PhoneDigest};
+pub use l2::{L2Error, L2ErrorKind, PoolState};
+pub use observer::{
+    CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
+    LoadOutcome, NoopObserver, Outcome, Tier,
+};
+pub use policy::{EntityPolicy, Policies};

@@ -1,0 +1,627 @@
+//! [`TwoTierCache`]: the read-through engine, L1 (moka) in front of L2 (Redis) in front of
+//! a loader.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moka::Expiry;
+use moka::notification::RemovalCause;
+use moka::ops::compute::{CompResult, Op};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::CacheConfig;
+use crate::envelope;
+use crate::error::{BoxError, Error};
+use crate::history_index::HistoryIndex;
+use crate::invalidation::Invalidation;
+use crate::key::{CacheKey, KeySchema};
+use crate::l2::{IndexEntry, L2, L2ErrorKind, PoolState};
+use crate::observer::{
+    CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
+    LoadOutcome, Outcome, Tier,
+};
+use crate::policy::Policies;
+
+/// Bytes charged to every L1 entry on top of its encoded size (key, entry, moka's own node).
+const ENTRY_OVERHEAD: u32 = 160;
+
+/// How long a failed load is shared with the callers that were queued behind it.
+const FAILURE_SHARING: Duration = Duration::from_secs(1);
+
+/// A two-tier read-through cache: L1 in process, L2 in Redis, the loader behind both.
+///
+/// Cloning is cheap and clones share everything.
+///
+/// # Reading
+///
+/// [`get_or_load`](Self::get_or_load) looks in L1, then L2, then calls the loader, and
+/// fills the tiers on the way back. Concurrent callers missing the same key on this
+/// instance wait for one load (moka's per-key compute lock) instead of each loading. A
+/// loader's `Ok(None)` ("not found") is cached too, for the entity's negative TTL.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tiercache::Error> {
+/// use tiercache::{CacheConfig, NoopObserver, TwoTierCache};
+/// let cache = TwoTierCache::new(CacheConfig::builder().build()?, NoopObserver)?;
+/// let key = cache.keys().lead_by_id(42);
+/// let name = cache
+///     .get_or_load(key, || async { Ok::<_, std::io::Error>(Some("Ada".to_owned())) })
+///     .await?;
+/// assert_eq!(name.as_deref().map(String::as_str), Some("Ada"));
+/// # Ok(()) }
+/// ```
+///
+/// # Writing
+///
+/// After the source of truth has committed, [`invalidate`](Self::invalidate) drops the
+/// entity's keys and every key derived from it from both tiers. Each key is removed under
+/// the same per-key lock a load holds, so a load that began before the invalidation either
+/// finishes first (and its value is then removed) or starts after (and reads the new
+/// value): a stale value is never installed after the invalidation returns.
+///
+/// # When Redis fails
+///
+/// Reads never fail because of Redis: every L2 command has a timeout, failures are counted
+/// by kind and the read goes on to the loader; after repeated failures a circuit breaker
+/// skips L2 outright and probes it for recovery (see [`crate::breaker`]). With no Redis
+/// configured the same engine runs with L2 absent, and answers the same.
+///
+/// # Corrupt entries
+///
+/// A payload that does not decode, or was written by another envelope version, is a miss:
+/// it is deleted, counted through [`CacheObserver::corrupt`], and the value is reloaded.
+#[derive(Clone)]
+pub struct TwoTierCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keys: KeySchema,
+    l1: moka::future::Cache<CacheKey, L1Entry>,
+    l2: Option<L2>,
+    policies: Policies,
+    load_timeout: Duration,
+    history: HistoryIndex,
+    failures: moka::sync::Cache<CacheKey, Arc<FailedLoad>>,
+    observer: Arc<dyn CacheObserver>,
+}
+
+/// A value in L1: the decoded value itself (no decoding on a hit), or a cached "not found".
+#[derive(Clone)]
+struct L1Entry {
+    value: Option<Arc<dyn Any + Send + Sync>>,
+    weight: u32,
+    ttl: Duration,
+}
+
+impl L1Entry {
+    fn new<T: Send + Sync + 'static>(
+        value: Option<Arc<T>>,
+        encoded_len: usize,
+        ttl: Duration,
+    ) -> Self {
+        let weight = u32::try_from(encoded_len)
+            .unwrap_or(u32::MAX)
+            .saturating_add(ENTRY_OVERHEAD);
+        L1Entry {
+            value: value.map(|v| v as Arc<dyn Any + Send + Sync>),
+            weight,
+            ttl,
+        }
+    }
+
+    /// Whether this entry can be served to a caller asking for a `T`.
+    fn holds<T: 'static>(&self) -> bool {
+        self.value.as_ref().is_none_or(|v| (**v).is::<T>())
+    }
+
+    /// The value as a `T`; `Err` when it holds another type.
+    fn downcast<T: Send + Sync + 'static>(self) -> Result<Option<Arc<T>>, ()> {
+        match self.value {
+            None => Ok(None),
+            Some(value) => value.downcast::<T>().map(Some).map_err(|_| ()),
+        }
+    }
+}
+
+/// A load that failed, kept briefly so the callers queued behind it share its error.
+struct FailedLoad {
+    at: Instant,
+    error: Error,
+}
+
+/// How a miss left the compute closure without installing anything.
+enum Exit {
+    Failed(Error),
+    /// A value to serve that must not be cached.
+    Uncached(L1Entry),
+}
+
+struct PerEntryTtl;
+
+impl Expiry<CacheKey, L1Entry> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &L1Entry,
+        _at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &L1Entry,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The L1 side of the cache right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L1Stats {
+    /// Entries held (moka's estimate until pending housekeeping has run).
+    pub entries: u64,
+    /// Bytes charged against the bound.
+    pub weighted_bytes: u64,
+    /// The bound.
+    pub max_bytes: u64,
+}
+
+/// What an invalidation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidationReport {
+    /// Keys removed (or found absent) in L1.
+    pub keys: usize,
+    /// `None` when L2 is absent or took every delete; otherwise why some did not land.
+    pub l2_failure: Option<L2ErrorKind>,
+}
+
+impl TwoTierCache {
+    /// Builds the cache; with Redis configured, the pool connects lazily, so a Redis that
+    /// is down at start-up is not an error.
+    pub fn new(config: CacheConfig, observer: impl CacheObserver) -> Result<Self, Error> {
+        Self::with_observer(config, Arc::new(observer))
+    }
+
+    /// Builds the cache around a shared observer.
+    pub fn with_observer(
+        config: CacheConfig,
+        observer: Arc<dyn CacheObserver>,
+    ) -> Result<Self, Error> {
+        let keys = KeySchema::new(
+            &config.prefix,
+            &config.env,
+            config.schema,
+            &config.key_secret,
+        )
+        .map_err(|e| config_error("key_secret", e.to_string()))?;
+        let l2 = match &config.redis {
+            Some(redis) => Some(
+                L2::new(redis, config.breaker, Arc::clone(&observer))
+                    .map_err(|e| config_error("redis_url", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let listener = Arc::clone(&observer);
+        let l1 = moka::future::Cache::builder()
+            .max_capacity(config.l1_max_bytes)
+            .weigher(|_key: &CacheKey, entry: &L1Entry| entry.weight)
+            .expire_after(PerEntryTtl)
+            .eviction_listener(move |key: Arc<CacheKey>, _entry, cause| {
+                let cause = match cause {
+                    RemovalCause::Size => EvictionCause::Size,
+                    RemovalCause::Expired => EvictionCause::Expired,
+                    RemovalCause::Explicit | RemovalCause::Replaced => return,
+                };
+                listener.evicted(key.entity(), cause);
+            })
+            .build();
+        let history_policy = config.policies.get(Entity::History);
+        // A page is recorded before its load; it lives in L1 at most load + max TTL after.
+        let history_idle = history_policy.max_ttl(history_policy.l1_ttl)
+            + config.load_timeout
+            + Duration::from_secs(1);
+        Ok(TwoTierCache {
+            inner: Arc::new(Inner {
+                keys,
+                l1,
+                l2,
+                policies: config.policies,
+                load_timeout: config.load_timeout,
+                history: HistoryIndex::new(history_idle),
+                failures: moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(FAILURE_SHARING)
+                    .build(),
+                observer,
+            }),
+        })
+    }
+
+    /// The key schema: build keys and invalidations with it.
+    pub fn keys(&self) -> &KeySchema {
+        &self.inner.keys
+    }
+
+    /// Whether an L2 tier is configured (it may still be failing; see [`Self::circuit`]).
+    pub fn has_l2(&self) -> bool {
+        self.inner.l2.is_some()
+    }
+
+    /// The L2 circuit breaker's state, when L2 is configured.
+    pub fn circuit(&self) -> Option<CircuitState> {
+        self.inner.l2.as_ref().map(L2::circuit)
+    }
+
+    /// The L2 pool's state, when L2 is configured.
+    pub fn pool_state(&self) -> Option<PoolState> {
+        self.inner.l2.as_ref().map(L2::pool_state)
+    }
+
+    /// Round trip of a `PING` to L2 (through the breaker and timeout like any command).
+    pub async fn ping_l2(&self) -> Option<Result<Duration, crate::l2::L2Error>> {
+        match &self.inner.l2 {
+            Some(l2) => Some(l2.ping().await),
+            None => None,
+        }
+    }
+
+    /// L1's size right now.
+    pub fn l1_stats(&self) -> L1Stats {
+        let l1 = &self.inner.l1;
+        L1Stats {
+            entries: l1.entry_count(),
+            weighted_bytes: l1.weighted_size(),
+            max_bytes: l1.policy().max_capacity().unwrap_or(0),
+        }
+    }
+
+    /// Runs L1's pending housekeeping (evictions, expiries, exact counts) now.
+    pub async fn run_pending_tasks(&self) {
+        self.inner.l1.run_pending_tasks().await;
+    }
+
+    /// Reads `key` through the tiers, calling `loader` on a miss in both.
+    ///
+    /// `Ok(None)` is "not found", from the loader or from a cached "not found". Every
+    /// loader of one key should return the same `T`; an entry of another type is a miss.
+    ///
+    /// # Errors
+    /// Only the loader's: [`Error::Load`], [`Error::LoadTimeout`] past the load timeout,
+    /// or [`Error::Encode`] for a value whose `Serialize` fails. Never a Redis error.
+    ///
+    /// # Cancel safety
+    /// Dropping the future mid-load releases the key for the next caller and installs
+    /// nothing; an L2 write already sent may still land, which is harmless (it holds what
+    /// the loader returned).
+    pub async fn get_or_load<T, E, F, Fut>(
+        &self,
+        key: CacheKey,
+        loader: F,
+    ) -> Result<Option<Arc<T>>, Error>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Into<BoxError>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let inner = &*self.inner;
+        let entity = key.entity();
+        let started = Instant::now();
+        if let Some(entry) = inner.l1.get(&key).await {
+            let outcome = if entry.value.is_some() {
+                Outcome::Hit
+            } else {
+                Outcome::NegativeHit
+            };
+            match entry.downcast::<T>() {
+                Ok(value) => {
+                    inner
+                        .observer
+                        .lookup(entity, Tier::L1, outcome, started.elapsed());
+                    return Ok(value);
+                }
+                Err(()) => inner.observer.corrupt(entity, Tier::L1, CorruptKind::Type),
+            }
+        }
+        inner
+            .observer
+            .lookup(entity, Tier::L1, Outcome::Miss, started.elapsed());
+        inner.load_through(key, started, loader).await
+    }
+
+    /// Drops `invalidation`'s keys from both tiers; see the type's `# Writing` section.
+    ///
+    /// # Cancel safety
+    /// The work runs in a task of its own, so a caller that goes away does not leave an
+    /// invalidation half done.
+    pub async fn invalidate(
+        &self,
+        invalidation: Invalidation,
+        source: InvalidationSource,
+    ) -> InvalidationReport {
+        let inner = Arc::clone(&self.inner);
+        let task = tokio::spawn(async move { inner.invalidate(invalidation, source).await });
+        match task.await {
+            Ok(report) => report,
+            // Only a panic inside the task, or a runtime shutting down, gets here.
+            Err(e) => {
+                tracing::error!(error = %e, "invalidation task failed");
+                InvalidationReport {
+                    keys: 0,
+                    l2_failure: None,
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn load_through<T, E, F, Fut>(
+        &self,
+        key: CacheKey,
+        requested_at: Instant,
+        loader: F,
+    ) -> Result<Option<Arc<T>>, Error>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Into<BoxError>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let entity = key.entity();
+        let computed = self
+            .l1
+            .entry(key)
+            .and_try_compute_with(|existing| async move {
+                // Another caller's load finished while this one waited for the key.
+                if let Some(existing) = existing {
+                    let entry = existing.into_value();
+                    if entry.holds::<T>() {
+                        self.observer.coalesced(entity);
+                        return Ok(Op::Nop);
+                    }
+                }
+                if let Some(failed) = self.failures.get(&key)
+                    && failed.at >= requested_at
+                {
+                    self.observer.coalesced(entity);
+                    return Err(Exit::Failed(failed.error.clone()));
+                }
+                self.fill::<T, E, F, Fut>(key, loader).await.map(Op::Put)
+            })
+            .await;
+        let entry = match computed {
+            Ok(
+                CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e),
+            ) => e.into_value(),
+            // Nop on an absent entry: cannot happen (a Nop is returned only for an existing one).
+            Ok(CompResult::StillNone(_) | CompResult::Removed(_)) => return Ok(None),
+            Err(Exit::Uncached(entry)) => entry,
+            Err(Exit::Failed(error)) => {
+                if !matches!(error, Error::Encode { .. }) {
+                    self.failures.insert(
+                        key,
+                        Arc::new(FailedLoad {
+                            at: Instant::now(),
+                            error: error.clone(),
+                        }),
+                    );
+                }
+                return Err(error);
+            }
+        };
+        // The entry was just checked or built for a `T`.
+        Ok(entry.downcast::<T>().unwrap_or(None))
+    }
+
+    /// The miss path under the key's lock: L2, then the loader, filling L2 on the way back.
+    async fn fill<T, E, F, Fut>(&self, key: CacheKey, loader: F) -> Result<L1Entry, Exit>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Into<BoxError>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let entity = key.entity();
+        let policy = self.policies.get(entity);
+        let page = key.history_page();
+        // Recorded before anything is read, so an invalidation racing this load finds it.
+        let cacheable =
+            page.is_none_or(|(lead, limit, offset)| self.history.add(lead, limit, offset));
+
+        let redis_key = self.l2.as_ref().map(|_| self.keys.render(&key));
+        if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
+            let started = Instant::now();
+            match l2.get(redis_key).await {
+                Ok(Some(bytes)) => match envelope::decode::<T>(&bytes) {
+                    Ok(decoded) => {
+                        let negative = decoded.value.is_none();
+                        let outcome = if negative {
+                            Outcome::NegativeHit
+                        } else {
+                            Outcome::Hit
+                        };
+                        self.observer
+                            .lookup(entity, Tier::L2, outcome, started.elapsed());
+                        let entry = L1Entry::new(
+                            decoded.value.map(Arc::new),
+                            bytes.len(),
+                            policy.ttl(true, negative),
+                        );
+                        return if cacheable {
+                            Ok(entry)
+                        } else {
+                            Err(Exit::Uncached(entry))
+                        };
+                    }
+                    Err(kind) => {
+                        self.observer.corrupt(entity, Tier::L2, kind);
+                        self.observer
+                            .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed());
+                        // The load below overwrites it anyway; deleting first keeps a
+                        // failing loader from leaving the bad payload behind.
+                        let _ = l2.del(std::slice::from_ref(redis_key)).await;
+                    }
+                },
+                Ok(None) => {
+                    self.observer
+                        .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed())
+                }
+                // Absorbed: counted by L2 itself, then on to the loader.
+                Err(_) => self
+                    .observer
+                    .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed()),
+            }
+        }
+
+        let started = Instant::now();
+        let loaded = match tokio::time::timeout(self.load_timeout, loader()).await {
+            Ok(Ok(value)) => {
+                let outcome = if value.is_some() {
+                    LoadOutcome::Found
+                } else {
+                    LoadOutcome::NotFound
+                };
+                self.observer.load(entity, outcome, started.elapsed());
+                value
+            }
+            Ok(Err(e)) => {
+                self.observer
+                    .load(entity, LoadOutcome::Error, started.elapsed());
+                return Err(Exit::Failed(Error::Load {
+                    entity,
+                    source: Arc::from(e.into()),
+                }));
+            }
+            Err(_elapsed) => {
+                self.observer
+                    .load(entity, LoadOutcome::Timeout, started.elapsed());
+                return Err(Exit::Failed(Error::LoadTimeout {
+                    entity,
+                    after: self.load_timeout,
+                }));
+            }
+        };
+        let negative = loaded.is_none();
+        let bytes = envelope::encode(loaded.as_ref(), unix_millis())
+            .map_err(|source| Exit::Failed(Error::Encode { entity, source }))?;
+        if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
+            let index_key = page.map(|(lead, _, _)| self.keys.history_index(lead));
+            let index = match (page, &index_key) {
+                (Some((_, limit, offset)), Some(index_key)) => Some(IndexEntry {
+                    index_key,
+                    member: format!("{limit}:{offset}"),
+                    ttl: policy.max_ttl(policy.l2_ttl),
+                }),
+                _ => None,
+            };
+            // Absorbed: a value missing from L2 costs a later load, nothing more.
+            let _ = l2
+                .set(redis_key, &bytes, policy.ttl(false, negative), index)
+                .await;
+        }
+        let entry = L1Entry::new(
+            loaded.map(Arc::new),
+            bytes.len(),
+            policy.ttl(true, negative),
+        );
+        if cacheable {
+            Ok(entry)
+        } else {
+            Err(Exit::Uncached(entry))
+        }
+    }
+
+    async fn invalidate(
+        &self,
+        invalidation: Invalidation,
+        source: InvalidationSource,
+    ) -> InvalidationReport {
+        let mut keys = invalidation.keys;
+        let mut l2_failure = None;
+        let mut extra_l2 = Vec::new();
+        if let Some(lead) = invalidation.history_of {
+            keys.extend(
+                self.history
+                    .take(lead)
+                    .into_iter()
+                    .map(|(l, o)| self.keys.history(lead, l, o)),
+            );
+            if let Some(l2) = &self.l2 {
+                let index_key = self.keys.history_index(lead);
+                match l2.members(&index_key).await {
+                    Ok(members) => keys.extend(members.iter().filter_map(|m| {
+                        let (limit, offset) = m.split_once(':')?;
+                        Some(
+                            self.keys
+                                .history(lead, limit.parse().ok()?, offset.parse().ok()?),
+                        )
+                    })),
+                    Err(e) => l2_failure = Some(e.kind),
+                }
+                extra_l2.push(index_key);
+            }
+        }
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        keys.retain(|k| seen.insert(*k));
+
+        // Each key is removed under its compute lock, so this waits for a load of it in
+        // flight, and the L2 delete lands after that load's L2 write.
+        let removals = keys.iter().map(|key| async move {
+            let redis_key = self.l2.as_ref().map(|_| self.keys.render(key));
+            let mut failure = None;
+            self.l1
+                .entry(*key)
+                .and_compute_with(|_| async {
+                    if let (Some(l2), Some(redis_key)) = (&self.l2, redis_key) {
+                        failure = l2.del(&[redis_key]).await.err().map(|e| e.kind);
+                    }
+                    Op::Remove
+                })
+                .await;
+            failure
+        });
+        let failures = futures_util::future::join_all(removals).await;
+        if let Some(l2) = &self.l2
+            && let Err(e) = l2.del(&extra_l2).await
+        {
+            l2_failure = Some(e.kind);
+        }
+        let l2_failure = l2_failure.or_else(|| failures.into_iter().flatten().next());
+        if let Some(kind) = l2_failure {
+            tracing::warn!(
+                entity = invalidation.entity.as_str(),
+                kind = kind.as_str(),
+                "invalidation did not reach L2"
+            );
+        }
+        self.observer.invalidated(invalidation.entity, source);
+        InvalidationReport {
+            keys: keys.len(),
+            l2_failure,
+        }
+    }
+}
+
+fn config_error(field: &str, message: String) -> Error {
+    Error::Config(crate::error::ConfigError {
+        problems: vec![crate::error::ConfigProblem {
+            field: field.to_owned(),
+            message,
+        }],
+    })
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,451 @@
+//! Typed, validated configuration for [`TwoTierCache`](crate::TwoTierCache), and its builder.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{ConfigError, ConfigProblem};
+use crate::observer::Entity;
+use crate::policy::{EntityPolicy, Policies};
+
+/// Everything the cache needs to start; built by [`CacheConfig::builder`], always valid.
+#[derive(Clone)]
+pub struct CacheConfig {
+    pub(crate) prefix: String,
+    pub(crate) env: String,
+    pub(crate) schema: u32,
+    pub(crate) key_secret: Vec<u8>,
+    pub(crate) l1_max_bytes: u64,
+    pub(crate) policies: Policies,
+    pub(crate) redis: Option<RedisConfig>,
+    pub(crate) load_timeout: Duration,
+    pub(crate) breaker: BreakerConfig,
+}
+
+impl CacheConfig {
+    /// Default key prefix.
+    pub const DEFAULT_PREFIX: &'static str = "tc";
+    /// Default environment name in keys.
+    pub const DEFAULT_ENV: &'static str = "dev";
+    /// Default schema version in keys.
+    pub const DEFAULT_SCHEMA: u32 = 1;
+    /// Default L1 bound: 64 MiB of encoded values plus per-entry overhead.
+    pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
+    /// Default hard bound on one loader call.
+    pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Shortest HMAC secret accepted.
+    pub const MIN_SECRET_LEN: usize = 16;
+
+    /// A builder with the defaults: L1 only, seed policies.
+    pub fn builder() -> CacheConfigBuilder {
+        CacheConfigBuilder::default()
+    }
+
+    /// Whether an L2 (Redis) tier is configured.
+    pub fn redis_enabled(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The policy for `entity`.
+    pub fn policy(&self, entity: Entity) -> &EntityPolicy {
+        self.policies.get(entity)
+    }
+
+    /// The Redis settings, when L2 is enabled.
+    pub fn redis(&self) -> Option<&RedisConfig> {
+        self.redis.as_ref()
+    }
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be forgotten here.
+        let CacheConfig {
+            prefix,
+            env,
+            schema,
+            key_secret: _,
+            l1_max_bytes,
+            policies,
+            redis,
+            load_timeout,
+            breaker,
+        } = self;
+        f.debug_struct("CacheConfig")
+            .field("prefix", prefix)
+            .field("env", env)
+            .field("schema", schema)
+            .field("key_secret", &"set")
+            .field("l1_max_bytes", l1_max_bytes)
+            .field("policies", policies)
+            .field("redis", redis)
+            .field("load_timeout", load_timeout)
+            .field("breaker", breaker)
+            .finish()
+    }
+}
+
+/// How to reach Redis, and how long to wait for it.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// Bound on each L2 command, pool checkout included.
+    pub command_timeout: Duration,
+    /// Bound on opening a connection.
+    pub connect_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Default pool size.
+    pub const DEFAULT_POOL_SIZE: u32 = 8;
+    /// Default per-command timeout: tens of milliseconds, well inside a 100 ms budget.
+    pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
+    /// Default connect timeout.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let RedisConfig {
+            url,
+            pool_size,
+            command_timeout,
+            connect_timeout,
+        } = self;
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(url))
+            .field("pool_size", pool_size)
+            .field("command_timeout", command_timeout)
+            .field("connect_timeout", connect_timeout)
+            .finish()
+    }
+}
+
+/// Hides the user and password of a URL (`redis://***@host:6379/`).
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// When the circuit breaker in front of L2 opens, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive L2 failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before one probe is let through.
+    pub open_for: Duration,
+}
+
+impl BreakerConfig {
+    /// Default failures before opening.
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+    /// Default open period.
+    pub const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(2);
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: Self::DEFAULT_FAILURE_THRESHOLD,
+            open_for: Self::DEFAULT_OPEN_FOR,
+        }
+    }
+}
+
+/// Builds a [`CacheConfig`]; [`build`](Self::build) checks every field and reports all
+/// problems at once.
+#[derive(Clone, Debug)]
+pub struct CacheConfigBuilder {
+    prefix: String,
+    env: String,
+    schema: u32,
+    key_secret: Option<Vec<u8>>,
+    l1_max_bytes: u64,
+    policies: Policies,
+    redis_url: Option<String>,
+    pool_size: u32,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    load_timeout: Duration,
+    breaker: BreakerConfig,
+}
+
+impl Default for CacheConfigBuilder {
+    fn default() -> Self {
+        CacheConfigBuilder {
+            prefix: CacheConfig::DEFAULT_PREFIX.to_owned(),
+            env: CacheConfig::DEFAULT_ENV.to_owned(),
+            schema: CacheConfig::DEFAULT_SCHEMA,
+            key_secret: None,
+            l1_max_bytes: CacheConfig::DEFAULT_L1_MAX_BYTES,
+            policies: Policies::default(),
+            redis_url: None,
+            pool_size: RedisConfig::DEFAULT_POOL_SIZE,
+            command_timeout: RedisConfig::DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: RedisConfig::DEFAULT_CONNECT_TIMEOUT,
+            load_timeout: CacheConfig::DEFAULT_LOAD_TIMEOUT,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl CacheConfigBuilder {
+    /// The first part of the key namespace (`{prefix}:{env}:v{schema}:`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The environment part of the key namespace.
+    pub fn env(mut self, env: impl Into<String>) -> Self {
+        self.env = env.into();
+        self
+    }
+
+    /// The schema version in the namespace; bump it when a cached type changes shape.
+    pub fn schema(mut self, schema: u32) -> Self {
+        self.schema = schema;
+        self
+    }
+
+    /// The HMAC secret for phone numbers in keys. Required with Redis (every instance must
+    /// agree on key names); without Redis a random per-process secret is used if unset.
+    pub fn key_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.key_secret = Some(secret.into());
+        self
+    }
+
+    /// The L1 bound in bytes (encoded value size plus a fixed per-entry overhead).
+    pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+        self.l1_max_bytes = bytes;
+        self
+    }
+
+    /// Replaces the policy of one entity.
+    pub fn policy(mut self, entity: Entity, policy: EntityPolicy) -> Self {
+        self.policies.set(entity, policy);
+        self
+    }
+
+    /// Enables L2 on this Redis URL; `None` keeps the cache L1 only.
+    pub fn redis_url(mut self, url: Option<String>) -> Self {
+        self.redis_url = url;
+        self
+    }
+
+    /// Connections in the Redis pool.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Bound on each L2 command, pool checkout included.
+    pub fn l2_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Bound on opening a Redis connection.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Hard bound on one loader call.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = timeout;
+        self
+    }
+
+    /// The circuit breaker's thresholds.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Checks every field and returns the config, or every problem found.
+    pub fn build(self) -> Result<CacheConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem =
+            |field: String, message: String| problems.push(ConfigProblem { field, message });
+        for (field, value) in [("prefix", &self.prefix), ("env", &self.env)] {
+            if value.is_empty()
+                || !value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                problem(
+                    field.to_owned(),
+                    format!("expected [A-Za-z0-9_-]+, got {value:?}"),
+                );
+            }
+        }
+        if self.l1_max_bytes == 0 {
+            problem(
+                "l1_max_bytes".to_owned(),
+                "must be greater than zero".to_owned(),
+            );
+        }
+        for entity in Entity::ALL {
+            for (field, message) in self.policies.get(entity).problems() {
+                problem(format!("policy.{entity}.{field}"), message);
+            }
+        }
+        if self.load_timeout.is_zero() {
+            problem(
+                "load_timeout".to_owned(),
+                "must be greater than zero".to_owned(),
+            );
+        }
+        if self.breaker.failure_threshold == 0 {
+            problem(
+                "breaker.failure_threshold".to_owned(),
+                "must be at least 1".to_owned(),
+            );
+        }
+        if let Some(secret) = &self.key_secret
+            && secret.len() < CacheConfig::MIN_SECRET_LEN
+        {
+            problem(
+                "key_secret".to_owned(),
+                format!(
+                    "must be at least {} bytes, got {}",
+                    CacheConfig::MIN_SECRET_LEN,
+                    secret.len()
+                ),
+            );
+        }
+        let redis = match self.redis_url {
+            None => None,
+            Some(url) => {
+                // The parser's message may quote the URL, password included: not repeated.
+                if redis::Client::open(url.as_str()).is_err() {
+                    problem(
+                        "redis_url".to_owned(),
+                        "not a Redis URL (expected redis://[user:password@]host:port/db)"
+                            .to_owned(),
+                    );
+                }
+                if self.key_secret.is_none() {
+                    problem(
+                        "key_secret".to_owned(),
+                        "required when Redis is enabled, so every instance hashes phones alike"
+                            .to_owned(),
+                    );
+                }
+                if self.pool_size == 0 {
+                    problem("pool_size".to_owned(), "must be at least 1".to_owned());
+                }
+                if self.command_timeout.is_zero() {
+                    problem(
+                        "l2_timeout".to_owned(),
+                        "must be greater than zero".to_owned(),
+                    );
+                }
+                if self.connect_timeout.is_zero() {
+                    problem(
+                        "connect_timeout".to_owned(),
+                        "must be greater than zero".to_owned(),
+                    );
+                }
+                Some(RedisConfig {
+                    url,
+                    pool_size: self.pool_size,
+                    command_timeout: self.command_timeout,
+                    connect_timeout: self.connect_timeout,
+                })
+            }
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let key_secret = self
+            .key_secret
+            .unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
+        Ok(CacheConfig {
+            prefix: self.prefix,
+            env: self.env,
+            schema: self.schema,
+            key_secret,
+            l1_max_bytes: self.l1_max_bytes,
+            policies: self.policies,
+            redis,
+            load_timeout: self.load_timeout,
+            breaker: self.breaker,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_build_an_l1_only_config() {
+        let config = CacheConfig::builder().build().unwrap();
+        assert!(!config.redis_enabled());
+        assert_eq!(config.key_secret.len(), 32);
+        assert_eq!(config.policy(Entity::Org).l2_ttl, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = CacheConfig::builder()
+            .prefix("bad prefix")
+            .redis_url(Some("http://nope".to_owned()))
+            .l2_timeout(Duration::ZERO)
+            .policy(
+                Entity::Greeting,
+                EntityPolicy {
+                    l1_ttl: Duration::from_secs(999),
+                    ..EntityPolicy::seed(Entity::Greeting)
+                },
+            )
+            .build()
+            .unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "prefix",
+                "policy.greeting.l1_ttl",
+                "redis_url",
+                "key_secret",
+                "l2_timeout"
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("invalid cache config: prefix: expected"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let err = CacheConfig::builder()
+            .key_secret(b"short".to_vec())
+            .build()
+            .unwrap_err();
+        assert_eq!(err.problems[0].field, "key_secret");
+    }
+
+    #[test]
+    fn debug_hides_secrets_and_passwords() {
+        let config = CacheConfig::builder()
+            .key_secret(b"a very secret secret".to_vec())
+            .redis_url(Some("redis://user:hunter2@127.0.0.1:6379/".to_owned()))
+            .build()
+            .unwrap();
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("very secret"), "{text}");
+        assert!(text.contains("redis://***@127.0.0.1:6379/"), "{text}");
+    }
+}

@@ -1,0 +1,94 @@
+//! What one write invalidates: an entity's keys and every key derived from it.
+
+use crate::key::{CacheKey, Channel, KeySchema};
+use crate::observer::Entity;
+
+/// A set of keys to drop from both tiers, built for one changed entity.
+#[derive(Clone, Debug)]
+pub struct Invalidation {
+    pub(crate) entity: Entity,
+    pub(crate) keys: Vec<CacheKey>,
+    /// The lead whose history pages (whatever their limit and offset) go too.
+    pub(crate) history_of: Option<i64>,
+}
+
+impl Invalidation {
+    /// A lead changed: its phone and id keys, context, summary, greetings and history pages.
+    pub fn lead(keys: &KeySchema, lead_id: i64, org_id: i64, phone: &str) -> Self {
+        let mut out = Self::lead_activity(keys, lead_id);
+        out.entity = Entity::Lead;
+        out.keys.push(keys.lead_by_id(lead_id));
+        out.keys.push(keys.lead_by_phone(phone, org_id));
+        out
+    }
+
+    /// A lead's conversation changed (a new message): context, summary, greetings, history.
+    pub fn lead_activity(keys: &KeySchema, lead_id: i64) -> Self {
+        let mut list = Vec::with_capacity(7);
+        list.push(keys.context(lead_id));
+        list.push(keys.summary(lead_id));
+        list.extend(Channel::ALL.map(|c| keys.greeting(lead_id, c)));
+        Invalidation {
+            entity: Entity::Context,
+            keys: list,
+            history_of: Some(lead_id),
+        }
+    }
+
+    /// An organization changed: its phone key.
+    pub fn org(keys: &KeySchema, phone: &str) -> Self {
+        Invalidation {
+            entity: Entity::Org,
+            keys: vec![keys.org_by_phone(phone)],
+            history_of: None,
+        }
+    }
+
+    /// Exactly one key.
+    pub fn key(key: CacheKey) -> Self {
+        Invalidation {
+            entity: key.entity(),
+            keys: vec![key],
+            history_of: None,
+        }
+    }
+
+    /// The entity this invalidation is counted under.
+    pub fn entity(&self) -> Entity {
+        self.entity
+    }
+
+    /// The fixed keys (history pages are found when it runs).
+    pub fn keys(&self) -> &[CacheKey] {
+        &self.keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lead_takes_all_its_derived_keys_with_it() {
+        let s = KeySchema::new("tc", "t", 1, b"0123456789abcdef").unwrap();
+        let inv = Invalidation::lead(&s, 5, 9, "+16462000005");
+        let rendered: Vec<String> = inv.keys().iter().map(|k| s.render(k)).collect();
+        for expected in [
+            "tc:t:v1:lead:id:5",
+            "tc:t:v1:context:5",
+            "tc:t:v1:summary:5",
+            "tc:t:v1:greeting:5:voice",
+            "tc:t:v1:greeting:5:sms",
+            "tc:t:v1:greeting:5:web",
+        ] {
+            assert!(rendered.iter().any(|r| r == expected), "{expected} missing");
+        }
+        assert!(inv.keys().contains(&s.lead_by_phone("+16462000005", 9)));
+        assert_eq!(inv.history_of, Some(5));
+        assert_eq!(inv.keys().len(), 7);
+
+        let activity = Invalidation::lead_activity(&s, 5);
+        assert!(!activity.keys().contains(&s.lead_by_id(5)));
+        assert_eq!(activity.history_of, Some(5));
+    }
+}

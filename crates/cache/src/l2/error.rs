@@ -1,0 +1,62 @@
+//! L2 failures, classified once into a small fixed set of kinds that become metric labels.
+
+use std::fmt;
+
+/// Why an L2 command did not succeed. A fixed set, so it can be a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum L2ErrorKind {
+    /// No answer within the command timeout (pool checkout included).
+    Timeout,
+    /// The connection could not be made or was lost.
+    Connection,
+    /// Redis answered with an error, or with something we could not parse.
+    Protocol,
+    /// The circuit is open: the command was skipped without touching Redis.
+    CircuitOpen,
+}
+
+impl L2ErrorKind {
+    /// The label value for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L2ErrorKind::Timeout => "timeout",
+            L2ErrorKind::Connection => "connection",
+            L2ErrorKind::Protocol => "protocol",
+            L2ErrorKind::CircuitOpen => "circuit_open",
+        }
+    }
+
+    /// Maps a Redis error to its kind, by the error's own classification, never its text.
+    pub fn of(error: &redis::RedisError) -> Self {
+        if error.is_timeout() {
+            L2ErrorKind::Timeout
+        } else if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_unrecoverable_error()
+        {
+            L2ErrorKind::Connection
+        } else {
+            L2ErrorKind::Protocol
+        }
+    }
+}
+
+impl fmt::Display for L2ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An L2 command that failed; the engine absorbs these, they never reach a caller.
+#[derive(Debug, thiserror::Error)]
+#[error("redis {op} failed: {kind}")]
+pub struct L2Error {
+    /// The kind of failure.
+    pub kind: L2ErrorKind,
+    /// The command that failed.
+    pub op: &'static str,
+    /// The Redis error, when there was one (not for timeouts or an open circuit).
+    #[source]
+    pub source: Option<redis::RedisError>,
+}

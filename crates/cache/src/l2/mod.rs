@@ -1,0 +1,230 @@
+//! L2: Redis through a bb8 pool, every command under a timeout and behind a circuit breaker.
+//!
+//! # When Redis fails
+//!
+//! - Every command, pool checkout included, is bounded by `command_timeout` (tens of ms);
+//!   the redis crate's and bb8's own defaults (500 ms, 30 s) are far over a 100 ms budget.
+//! - A failure is classified once ([`L2ErrorKind::of`]), counted through the observer and
+//!   returned as an [`L2Error`], which the engine absorbs: the caller goes on to the loader.
+//! - Timeouts and connection errors count towards the [`CircuitBreaker`]; once it opens,
+//!   commands fail at once with [`L2ErrorKind::CircuitOpen`] and touch no socket, until a
+//!   probe after `open_for` finds Redis back.
+//! - A connection that failed unrecoverably is flagged and leaves the pool on return.
+//! - Redis down at start-up is not an error: the pool connects lazily.
+
+mod error;
+mod manager;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bb8_redis::bb8;
+use redis::aio::MultiplexedConnection;
+
+use crate::breaker::{CircuitBreaker, Transition};
+use crate::config::{BreakerConfig, RedisConfig};
+use crate::observer::{CacheObserver, CircuitState};
+
+pub use error::{L2Error, L2ErrorKind};
+use manager::Manager;
+
+/// The pool's size right now, for health checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolState {
+    /// Connections open.
+    pub connections: u32,
+    /// Of those, connections idle in the pool.
+    pub idle: u32,
+}
+
+/// A page key to add to its lead's history index in the same transaction as the value.
+pub(crate) struct IndexEntry<'a> {
+    pub index_key: &'a str,
+    pub member: String,
+    pub ttl: Duration,
+}
+
+/// The Redis tier.
+pub(crate) struct L2 {
+    pool: bb8::Pool<Manager>,
+    timeout: Duration,
+    breaker: CircuitBreaker,
+    observer: Arc<dyn CacheObserver>,
+}
+
+impl L2 {
+    /// A lazily connecting L2; fails only on a URL the redis crate cannot parse.
+    pub fn new(
+        config: &RedisConfig,
+        breaker: BreakerConfig,
+        observer: Arc<dyn CacheObserver>,
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let manager = Manager::new(client, config.connect_timeout, config.command_timeout);
+        let pool = bb8::Pool::builder()
+            .max_size(config.pool_size)
+            .test_on_check_out(false)
+            .connection_timeout(config.command_timeout)
+            .retry_connection(false)
+            .build_unchecked(manager);
+        Ok(L2 {
+            pool,
+            timeout: config.command_timeout,
+            breaker: CircuitBreaker::new(breaker),
+            observer,
+        })
+    }
+
+    /// The breaker's state.
+    pub fn circuit(&self) -> CircuitState {
+        self.breaker.state()
+    }
+
+    /// The pool's state.
+    pub fn pool_state(&self) -> PoolState {
+        let state = self.pool.state();
+        PoolState {
+            connections: state.connections,
+            idle: state.idle_connections,
+        }
+    }
+
+    /// `GET key`.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, L2Error> {
+        self.run("get", async |conn| {
+            redis::cmd("GET").arg(key).query_async(conn).await
+        })
+        .await
+    }
+
+    /// `SET key value PX ttl`, plus the history index entry, in one `MULTI`.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        index: Option<IndexEntry<'_>>,
+    ) -> Result<(), L2Error> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl))
+            .ignore();
+        if let Some(index) = index {
+            pipe.cmd("SADD")
+                .arg(index.index_key)
+                .arg(index.member)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(index.index_key)
+                .arg(millis(index.ttl))
+                .ignore();
+        }
+        self.run("set", async |conn| pipe.query_async(conn).await)
+            .await
+    }
+
+    /// `DEL keys…`.
+    pub async fn del(&self, keys: &[String]) -> Result<(), L2Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.run("del", async |conn| {
+            redis::cmd("DEL").arg(keys).query_async(conn).await
+        })
+        .await
+    }
+
+    /// `SMEMBERS key`.
+    pub async fn members(&self, key: &str) -> Result<Vec<String>, L2Error> {
+        self.run("smembers", async |conn| {
+            redis::cmd("SMEMBERS").arg(key).query_async(conn).await
+        })
+        .await
+    }
+
+    /// `PING`, returning the round trip.
+    pub async fn ping(&self) -> Result<Duration, L2Error> {
+        let started = Instant::now();
+        self.run("ping", async |conn| {
+            redis::cmd("PING").query_async::<()>(conn).await
+        })
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    /// Runs one command under the breaker and the timeout, classifying any failure.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        command: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, L2Error> {
+        let (allowed, transition) = self.breaker.allow(Instant::now());
+        self.report(transition);
+        if !allowed {
+            return Err(self.fail(op, L2ErrorKind::CircuitOpen, None));
+        }
+        let attempt = async {
+            let mut conn = self.pool.get().await.map_err(|e| match e {
+                bb8::RunError::User(e) => (L2ErrorKind::of(&e), Some(e)),
+                bb8::RunError::TimedOut => (L2ErrorKind::Timeout, None),
+            })?;
+            command(&mut conn.inner).await.map_err(|e| {
+                if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                    conn.broken = true;
+                }
+                (L2ErrorKind::of(&e), Some(e))
+            })
+        };
+        let outcome = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => Err((L2ErrorKind::Timeout, None)),
+        };
+        match outcome {
+            Ok(value) => {
+                self.report(self.breaker.success());
+                Ok(value)
+            }
+            Err((kind, source)) => {
+                match kind {
+                    // Redis answered: the link is fine, whatever it said.
+                    L2ErrorKind::Protocol => self.report(self.breaker.success()),
+                    _ => self.report(self.breaker.failure(Instant::now())),
+                }
+                Err(self.fail(op, kind, source))
+            }
+        }
+    }
+
+    fn fail(
+        &self,
+        op: &'static str,
+        kind: L2ErrorKind,
+        source: Option<redis::RedisError>,
+    ) -> L2Error {
+        self.observer.l2_error(kind);
+        let error = L2Error { kind, op, source };
+        if kind != L2ErrorKind::CircuitOpen {
+            tracing::debug!(error = %error, "L2 command failed; continuing without it");
+        }
+        error
+    }
+
+    fn report(&self, transition: Transition) {
+        if let Some((from, to)) = transition {
+            tracing::warn!(
+                from = from.as_str(),
+                to = to.as_str(),
+                "L2 circuit breaker changed state"
+            );
+            self.observer.circuit_changed(from, to);
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,245 @@
+//! What the engine reports: the observer trait and the label enums it speaks in.
+//!
+//! Every label is an enum with `as_str() -> &'static str`, so the type fixes the label
+//! set and a key, phone number or id can never become a metric label.
+
+use std::time::Duration;
+
+use crate::l2::L2ErrorKind;
+
+/// The kinds of cached entity; each has its own key shape and policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Entity {
+    /// A lead, by (phone, org) or by id.
+    Lead,
+    /// An organization, by the phone number it is reached on.
+    Org,
+    /// A lead's conversation context (the agent's dynamic variables).
+    Context,
+    /// A lead's conversation summary.
+    Summary,
+    /// A greeting for (lead, channel).
+    Greeting,
+    /// A page of a lead's message history.
+    History,
+}
+
+impl Entity {
+    /// Every entity, in a fixed order (the order of [`Entity::index`]).
+    pub const ALL: [Entity; 6] = [
+        Entity::Lead,
+        Entity::Org,
+        Entity::Context,
+        Entity::Summary,
+        Entity::Greeting,
+        Entity::History,
+    ];
+
+    /// The label value for this entity.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Lead => "lead",
+            Entity::Org => "org",
+            Entity::Context => "context",
+            Entity::Summary => "summary",
+            Entity::Greeting => "greeting",
+            Entity::History => "history",
+        }
+    }
+
+    /// A dense index (0..6), for per-entity arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cache tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// The in-process moka cache.
+    L1,
+    /// The shared Redis cache.
+    L2,
+}
+
+impl Tier {
+    /// The label value for this tier.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L2 => "l2",
+        }
+    }
+}
+
+/// What a lookup in one tier found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A value was found.
+    Hit,
+    /// A cached "not found" was found and served as not found.
+    NegativeHit,
+    /// Nothing usable was found.
+    Miss,
+}
+
+impl Outcome {
+    /// The label value for this outcome.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::NegativeHit => "negative_hit",
+            Outcome::Miss => "miss",
+        }
+    }
+}
+
+/// How a loader call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoadOutcome {
+    /// The loader returned a value.
+    Found,
+    /// The loader returned "not found".
+    NotFound,
+    /// The loader returned an error.
+    Error,
+    /// The loader passed its timeout.
+    Timeout,
+}
+
+impl LoadOutcome {
+    /// The label value for this outcome.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadOutcome::Found => "found",
+            LoadOutcome::NotFound => "not_found",
+            LoadOutcome::Error => "error",
+            LoadOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// Why a cached payload was thrown away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CorruptKind {
+    /// The bytes do not decode as an envelope or as the expected type.
+    Decode,
+    /// The envelope was written by another envelope version.
+    Version,
+    /// An L1 entry held a value of another Rust type than the caller asked for.
+    Type,
+}
+
+impl CorruptKind {
+    /// The label value for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorruptKind::Decode => "decode",
+            CorruptKind::Version => "version",
+            CorruptKind::Type => "type",
+        }
+    }
+}
+
+/// Why L1 dropped an entry on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EvictionCause {
+    /// The byte bound was reached.
+    Size,
+    /// The entry's TTL ran out.
+    Expired,
+}
+
+impl EvictionCause {
+    /// The label value for this cause.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionCause::Size => "size",
+            EvictionCause::Expired => "expired",
+        }
+    }
+}
+
+/// Who asked for an invalidation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InvalidationSource {
+    /// A write through this process's repositories.
+    Write,
+    /// An operator through the admin API.
+    Admin,
+    /// Another instance, heard on the invalidation bus.
+    Bus,
+    /// A database trigger (a write that bypassed the service).
+    Database,
+}
+
+impl InvalidationSource {
+    /// The label value for this source.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidationSource::Write => "write",
+            InvalidationSource::Admin => "admin",
+            InvalidationSource::Bus => "bus",
+            InvalidationSource::Database => "database",
+        }
+    }
+}
+
+/// The circuit breaker's state in front of L2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CircuitState {
+    /// L2 is used.
+    Closed,
+    /// L2 is skipped after repeated failures.
+    Open,
+    /// One probe request is let through to see whether L2 has recovered.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// The label value for this state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Receives what the engine does; every method defaults to doing nothing.
+///
+/// Methods are called on the request path, so an implementation must be cheap and must
+/// not block: bump a counter, send on a channel, never await.
+pub trait CacheObserver: Send + Sync + 'static {
+    /// A lookup in `tier` ended with `outcome` after `took`.
+    fn lookup(&self, _entity: Entity, _tier: Tier, _outcome: Outcome, _took: Duration) {}
+    /// A loader call ended with `outcome` after `took`.
+    fn load(&self, _entity: Entity, _outcome: LoadOutcome, _took: Duration) {}
+    /// A caller was served by another caller's load of the same key instead of loading.
+    fn coalesced(&self, _entity: Entity) {}
+    /// A stale value was served because the loader failed.
+    fn stale_served(&self, _entity: Entity) {}
+    /// A payload in `tier` was unreadable; it was treated as a miss and deleted.
+    fn corrupt(&self, _entity: Entity, _tier: Tier, _kind: CorruptKind) {}
+    /// An L2 command failed (or was skipped by the open circuit).
+    fn l2_error(&self, _kind: L2ErrorKind) {}
+    /// L1 dropped an entry on its own.
+    fn evicted(&self, _entity: Entity, _cause: EvictionCause) {}
+    /// An entity's keys were invalidated.
+    fn invalidated(&self, _entity: Entity, _source: InvalidationSource) {}
+    /// The circuit breaker in front of L2 changed state.
+    fn circuit_changed(&self, _from: CircuitState, _to: CircuitState) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopObserver;
+
+impl CacheObserver for NoopObserver {}
