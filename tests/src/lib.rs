@@ -1,6 +1,8 @@
 //! Fixtures for the end-to-end suites: throwaway and shared Redis, namespaces, command counts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cache;
+mod recorder;
 mod redis_server;
 
 use std::collections::hash_map::RandomState;
@@ -10,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 
+pub use recorder::Recorder;
 pub use redis_server::RedisServer;
 
 /// The Redis every suite shares; tests keep to their own namespace and never flush it.

@@ -1,4 +1,9 @@
-//! End-to-end suites.
+//! End-to-end suites, one test binary: each module says what belongs in it.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod cache_concurrency;
+mod cache_faults;
+mod cache_invalidation;
+mod cache_modes;
+mod cache_reads;
 mod fixtures;

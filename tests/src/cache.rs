@@ -1,0 +1,78 @@
+//! Building caches for tests: each under its own namespace, on the shared or a throwaway Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tiercache::{
+    BreakerConfig, CacheConfig, CacheConfigBuilder, Entity, EntityPolicy, TwoTierCache,
+};
+
+use crate::Recorder;
+
+/// The HMAC secret every test cache shares, so two caches on one namespace agree on keys.
+pub const TEST_SECRET: &[u8] = b"tiercache-test-secret-0123456789";
+
+/// A lead-shaped value for cache tests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestLead {
+    /// Lead id.
+    pub id: i64,
+    /// Display name.
+    pub name: String,
+    /// Bumped by every write, so a stale read is visible.
+    pub version: u32,
+}
+
+impl TestLead {
+    /// Lead `id` at `version`.
+    pub fn new(id: i64, version: u32) -> Self {
+        TestLead {
+            id,
+            name: format!("Lead {id}"),
+            version,
+        }
+    }
+}
+
+/// A config builder under namespace `ns`, with L2 on `redis_url` when given.
+pub fn config(ns: &str, redis_url: Option<&str>) -> CacheConfigBuilder {
+    CacheConfig::builder()
+        .prefix(ns)
+        .env("test")
+        .key_secret(TEST_SECRET.to_vec())
+        .redis_url(redis_url.map(str::to_owned))
+        .breaker(BreakerConfig {
+            failure_threshold: 3,
+            open_for: Duration::from_millis(300),
+        })
+}
+
+/// A config with every entity on the same TTLs and no jitter.
+pub fn with_ttls(
+    mut builder: CacheConfigBuilder,
+    l1: Duration,
+    l2: Duration,
+    negative: Duration,
+) -> CacheConfigBuilder {
+    for entity in Entity::ALL {
+        builder = builder.policy(
+            entity,
+            EntityPolicy {
+                l2_ttl: l2,
+                l1_ttl: l1,
+                negative_ttl: negative,
+                jitter: 0.0,
+            },
+        );
+    }
+    builder
+}
+
+/// A cache from `builder` with a fresh [`Recorder`].
+pub fn build(builder: CacheConfigBuilder) -> (TwoTierCache, Arc<Recorder>) {
+    let (recorder, _circuit) = Recorder::new();
+    let recorder = Arc::new(recorder);
+    let cache = TwoTierCache::with_observer(builder.build().unwrap(), recorder.clone()).unwrap();
+    (cache, recorder)
+}

@@ -1,0 +1,170 @@
+//! Redis failing under the cache, on a throwaway server: reads keep answering, the breaker
+//! opens, and L2 is used again once Redis is back. Also: what a hit costs in commands.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tiercache::{CircuitState, TwoTierCache};
+use tiercache_tests::cache::{TestLead, config};
+use tiercache_tests::{Recorder, RedisServer, command_count, unique_namespace};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+async fn read(cache: &TwoTierCache, id: i64, calls: &Arc<AtomicU32>) -> TestLead {
+    let calls = calls.clone();
+    let key = cache.keys().lead_by_id(id);
+    let v = cache
+        .get_or_load(key, || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, io::Error>(Some(TestLead::new(id, 1)))
+        })
+        .await
+        .expect("a read whose loader answers never fails");
+    (*v.unwrap()).clone()
+}
+
+async fn next_change(
+    rx: &mut UnboundedReceiver<(CircuitState, CircuitState)>,
+) -> (CircuitState, CircuitState) {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a circuit change within 5 s")
+        .expect("the recorder lives")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_redis_dying_and_l2_returns_with_it() {
+    let mut server = RedisServer::start().await;
+    let ns = unique_namespace("fault");
+    let (recorder, mut circuit) = Recorder::new();
+    let rec = Arc::new(recorder);
+    let config = config(&ns, Some(&server.url()))
+        .l2_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let cache = TwoTierCache::with_observer(config, rec.clone()).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+
+    for id in 0..10 {
+        read(&cache, id, &calls).await;
+    }
+    assert_eq!(rec.count("lookup.lead.l2.miss"), 10);
+    assert_eq!(rec.sum("l2_error"), 0);
+
+    server.stop().await;
+    // Cached values answer from L1; new keys from the loader; nothing fails.
+    for id in 0..10 {
+        assert_eq!(read(&cache, id, &calls).await, TestLead::new(id, 1));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10, "L1 served the warm keys");
+    for id in 10..20 {
+        assert_eq!(read(&cache, id, &calls).await, TestLead::new(id, 1));
+    }
+    assert_eq!(
+        next_change(&mut circuit).await,
+        (CircuitState::Closed, CircuitState::Open)
+    );
+    assert_eq!(cache.circuit(), Some(CircuitState::Open));
+    assert!(rec.count("l2_error.connection") + rec.count("l2_error.timeout") >= 3);
+    assert!(
+        rec.count("l2_error.circuit_open") >= 1,
+        "open circuit skips L2"
+    );
+
+    server.restart().await;
+    // The breaker stays open for its period, then one read probes and closes it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let before = calls.load(Ordering::SeqCst);
+    read(&cache, 100, &calls).await;
+    assert_eq!(
+        next_change(&mut circuit).await,
+        (CircuitState::Open, CircuitState::HalfOpen)
+    );
+    assert_eq!(
+        next_change(&mut circuit).await,
+        (CircuitState::HalfOpen, CircuitState::Closed)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+
+    // L2 is used again: a second instance finds what the first just wrote.
+    let (other_rec, _) = Recorder::new();
+    let other_rec = Arc::new(other_rec);
+    let other = TwoTierCache::with_observer(
+        tiercache_tests::cache::config(&ns, Some(&server.url()))
+            .build()
+            .unwrap(),
+        other_rec.clone(),
+    )
+    .unwrap();
+    read(&other, 100, &calls).await;
+    assert_eq!(other_rec.count("lookup.lead.l2.hit"), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_costs_a_timeout_then_nothing() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("pause");
+    let (recorder, mut circuit) = Recorder::new();
+    let rec = Arc::new(recorder);
+    let config = config(&ns, Some(&server.url()))
+        .l2_timeout(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    let cache = TwoTierCache::with_observer(config, rec.clone()).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    read(&cache, 0, &calls).await;
+
+    server.pause();
+    for id in 1..=6 {
+        assert_eq!(read(&cache, id, &calls).await, TestLead::new(id, 1));
+    }
+    server.resume();
+    assert_eq!(
+        next_change(&mut circuit).await,
+        (CircuitState::Closed, CircuitState::Open)
+    );
+    assert!(
+        rec.count("l2_error.timeout") >= 3,
+        "timeouts, counted as such"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l2_hit_is_one_get_and_an_l1_hit_is_none() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("cmds");
+    let a = TwoTierCache::new(
+        config(&ns, Some(&server.url())).build().unwrap(),
+        tiercache::NoopObserver,
+    )
+    .unwrap();
+    let b = TwoTierCache::new(
+        config(&ns, Some(&server.url())).build().unwrap(),
+        tiercache::NoopObserver,
+    )
+    .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut admin = server.client().await;
+
+    read(&a, 1, &calls).await; // miss: GET, then SET in a MULTI
+    assert_eq!(command_count(&mut admin, "get").await, 1);
+    assert_eq!(command_count(&mut admin, "set").await, 1);
+    assert_eq!(
+        command_count(&mut admin, "ping").await,
+        0,
+        "no PING on checkout"
+    );
+
+    read(&b, 1, &calls).await; // L2 hit: exactly one GET
+    assert_eq!(command_count(&mut admin, "get").await, 2);
+    assert_eq!(command_count(&mut admin, "set").await, 1);
+
+    for _ in 0..100 {
+        read(&a, 1, &calls).await; // L1 hits: no Redis at all
+        read(&b, 1, &calls).await;
+    }
+    assert_eq!(command_count(&mut admin, "get").await, 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

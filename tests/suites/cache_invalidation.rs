@@ -1,0 +1,226 @@
+//! Invalidation: every derived key goes from both tiers, and a load that began before an
+//! invalidation never installs its stale value after it (the set-after-delete race).
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
+use tiercache_tests::cache::{TestLead, build, config};
+use tiercache_tests::{SHARED_REDIS_URL, shared_redis, unique_namespace};
+use tokio::sync::{Notify, oneshot};
+
+async fn put(cache: &TwoTierCache, key: tiercache::CacheKey, value: TestLead) {
+    cache
+        .get_or_load(key, || async { Ok::<_, io::Error>(Some(value)) })
+        .await
+        .unwrap();
+}
+
+/// Reads `key`; a loader call means the value was not cached. Returns (value, loaded).
+async fn probe(
+    cache: &TwoTierCache,
+    key: tiercache::CacheKey,
+    fresh: TestLead,
+) -> (TestLead, bool) {
+    let loaded = Arc::new(Mutex::new(false));
+    let flag = loaded.clone();
+    let v = cache
+        .get_or_load(key, || async move {
+            *flag.lock().unwrap() = true;
+            Ok::<_, io::Error>(Some(fresh))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let was_loaded = *loaded.lock().unwrap();
+    ((*v).clone(), was_loaded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_write_drops_every_derived_key_from_both_tiers() {
+    let ns = unique_namespace("derived");
+    let (a, rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let (b, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let keys = a.keys().clone();
+    let phone = "+16462000005";
+    let derived = |id: i64| {
+        let mut list = vec![
+            keys.lead_by_id(id),
+            keys.lead_by_phone(phone, 9),
+            keys.context(id),
+            keys.summary(id),
+            keys.history(id, 20, 0),
+            keys.history(id, 20, 20),
+        ];
+        list.extend(Channel::ALL.map(|c| keys.greeting(id, c)));
+        list
+    };
+    // Instance A caches lead 5's keys; instance B caches another history page of it, which
+    // A's L1 never saw, and an unrelated lead.
+    for key in derived(5) {
+        put(&a, key, TestLead::new(5, 1)).await;
+    }
+    put(&b, keys.history(5, 50, 100), TestLead::new(5, 1)).await;
+    put(&a, keys.context(6), TestLead::new(6, 1)).await;
+
+    let report = a
+        .invalidate(
+            Invalidation::lead(&keys, 5, 9, phone),
+            InvalidationSource::Write,
+        )
+        .await;
+    assert_eq!(report.l2_failure, None);
+    assert_eq!(rec.count("invalidated.lead.write"), 1);
+
+    let mut redis = shared_redis().await;
+    let history_index: bool = redis
+        .exists(format!("{ns}:test:v1:history-pages:5"))
+        .await
+        .unwrap();
+    assert!(!history_index, "the history index is gone too");
+    for key in derived(5).into_iter().chain([keys.history(5, 50, 100)]) {
+        let rendered = keys.render(&key);
+        let exists: bool = redis.exists(&rendered).await.unwrap();
+        assert!(!exists, "{rendered} still in Redis");
+        let (v, loaded) = probe(&a, key, TestLead::new(5, 2)).await;
+        assert!(loaded && v.version == 2, "{key:?} still in L1");
+    }
+    let (v, loaded) = probe(&a, keys.context(6), TestLead::new(6, 2)).await;
+    assert!(
+        !loaded && v.version == 1,
+        "an unrelated lead keeps its cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_message_drops_the_conversation_views_but_not_the_lead() {
+    let ns = unique_namespace("activity");
+    let (cache, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let keys = cache.keys().clone();
+    for key in [
+        keys.lead_by_id(8),
+        keys.context(8),
+        keys.summary(8),
+        keys.greeting(8, Channel::Voice),
+        keys.history(8, 10, 0),
+    ] {
+        put(&cache, key, TestLead::new(8, 1)).await;
+    }
+    cache
+        .invalidate(
+            Invalidation::lead_activity(&keys, 8),
+            InvalidationSource::Write,
+        )
+        .await;
+    for key in [
+        keys.context(8),
+        keys.summary(8),
+        keys.greeting(8, Channel::Voice),
+        keys.history(8, 10, 0),
+    ] {
+        assert!(
+            probe(&cache, key, TestLead::new(8, 2)).await.1,
+            "{key:?} survived"
+        );
+    }
+    assert!(
+        !probe(&cache, keys.lead_by_id(8), TestLead::new(8, 2))
+            .await
+            .1
+    );
+}
+
+/// The race, interleaved by hand on one thread: a load reads the old row and stalls; the
+/// row changes and the invalidation starts; then the load finishes.
+async fn set_after_delete(redis_url: Option<&str>) {
+    let ns = unique_namespace("race");
+    let (cache, _) = build(config(&ns, redis_url));
+    let key = cache.keys().lead_by_id(1);
+    let db = Arc::new(Mutex::new(TestLead::new(1, 1)));
+    let release = Arc::new(Notify::new());
+    let (started_tx, started_rx) = oneshot::channel();
+
+    let slow_read = {
+        let (cache, db, release) = (cache.clone(), db.clone(), release.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load(key, || async move {
+                    let row = db.lock().unwrap().clone();
+                    let _ = started_tx.send(());
+                    release.notified().await;
+                    Ok::<_, io::Error>(Some(row))
+                })
+                .await
+                .unwrap()
+        })
+    };
+    started_rx.await.unwrap();
+
+    // The write commits, then invalidates while the old row is still in flight.
+    *db.lock().unwrap() = TestLead::new(1, 2);
+    let invalidation = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .invalidate(Invalidation::key(key), InvalidationSource::Write)
+                .await
+        })
+    };
+    // Let every task run as far as it can; none does network I/O before the key lock.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !invalidation.is_finished(),
+        "the invalidation waits for the load in flight"
+    );
+
+    release.notify_one();
+    let old = slow_read.await.unwrap().unwrap();
+    assert_eq!(
+        old.version, 1,
+        "the read that began before the write may see the old row"
+    );
+    invalidation.await.unwrap();
+
+    let fresh = db.lock().unwrap().clone();
+    let (after, loaded) = probe(&cache, key, fresh).await;
+    assert_eq!(after.version, 2, "no stale value survived the invalidation");
+    assert!(loaded);
+    if redis_url.is_some() {
+        let mut redis = shared_redis().await;
+        let stored: Vec<u8> = redis.get(cache.keys().render(&key)).await.unwrap();
+        let stored = tiercache::envelope::decode::<TestLead>(&stored).unwrap();
+        assert_eq!(stored.value.unwrap().version, 2, "L2 holds the new row");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_load_cannot_install_after_an_invalidation_l1_only() {
+    set_after_delete(None).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_load_cannot_install_after_an_invalidation_with_redis() {
+    set_after_delete(Some(SHARED_REDIS_URL)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_a_key_that_is_not_cached_is_harmless() {
+    let ns = unique_namespace("absent");
+    let (cache, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let keys = cache.keys().clone();
+    let report = tokio::time::timeout(
+        Duration::from_secs(5),
+        cache.invalidate(
+            Invalidation::lead(&keys, 404, 1, "+16460000000"),
+            InvalidationSource::Admin,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.keys, 7);
+    assert_eq!(report.l2_failure, None);
+}
