@@ -6,40 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
-
-/// A lead shaped like the ones the service caches: sizes follow typical production rows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Lead {
-    id: i64,
-    org_id: i64,
-    phone: String,
-    name: String,
-    status: String,
-    notes: Option<String>,
-    created_at_ms: i64,
-    updated_at_ms: i64,
-    tags: Vec<String>,
-}
-
-fn sample_lead() -> Lead {
-    Lead {
-        id: 48_213_377,
-        org_id: 1_042,
-        phone: "+16462000042".to_owned(),
-        name: "Maria Gonzalez".to_owned(),
-        status: "qualified".to_owned(),
-        // About 120 characters, the median length of a free-text note.
-        notes: Some(
-            "Called back about the premium plan; wants a demo next Tuesday afternoon \
-             and a quote for twelve seats before end of month."
-                .to_owned(),
-        ),
-        created_at_ms: 1_735_689_600_000,
-        updated_at_ms: 1_738_368_000_000,
-        tags: vec!["inbound".to_owned(), "vip".to_owned()],
-    }
-}
+use tiercache_benches::{Lead, sample_lead};
 
 fn encode_json(lead: &Lead) -> Vec<u8> {
     serde_json::to_vec(lead).unwrap()

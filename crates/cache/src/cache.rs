@@ -186,6 +186,9 @@ pub struct InvalidationReport {
 impl TwoTierCache {
     /// Builds the cache; with Redis configured, the pool connects lazily, so a Redis that
     /// is down at start-up is not an error.
+    ///
+    /// # Errors
+    /// [`Error::NoRuntime`] when Redis is configured and no Tokio runtime is running.
     pub fn new(config: CacheConfig, observer: impl CacheObserver) -> Result<Self, Error> {
         Self::with_observer(config, Arc::new(observer))
     }
@@ -203,6 +206,9 @@ impl TwoTierCache {
         )
         .map_err(|e| config_error("key_secret", e.to_string()))?;
         let l2 = match &config.redis {
+            Some(_) if tokio::runtime::Handle::try_current().is_err() => {
+                return Err(Error::NoRuntime);
+            }
             Some(redis) => Some(
                 L2::new(redis, config.breaker, Arc::clone(&observer))
                     .map_err(|e| config_error("redis_url", e.to_string()))?,

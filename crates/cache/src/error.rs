@@ -18,6 +18,9 @@ pub enum Error {
     /// The configuration was rejected; nothing was built.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A cache with Redis was built outside a Tokio runtime (its pool needs one).
+    #[error("building a cache with Redis needs a running Tokio runtime")]
+    NoRuntime,
     /// The loader failed; its error is the source (see [`Error::loader_error`]).
     #[error("loading {entity} failed")]
     Load {
