@@ -107,3 +107,44 @@ async fn l1_only_answers_exactly_as_l1_and_l2() {
     );
     assert_eq!(rec_l1.sum("lookup.lead.l2"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_only_answers_the_same_and_keeps_nothing_in_process() {
+    let (redis_only, rec) =
+        build(config(&unique_namespace("modes"), Some(SHARED_REDIS_URL)).l1_enabled(false));
+    assert!(!redis_only.has_l1() && redis_only.has_l2());
+    let (l1_only, _) = build(config(&unique_namespace("modes"), None));
+    assert_eq!(run(&redis_only).await, run(&l1_only).await);
+    assert_eq!(
+        rec.sum("lookup.lead.l1.hit"),
+        0,
+        "nothing served from process memory"
+    );
+    assert!(rec.count("lookup.lead.l2.hit") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_only_still_loads_a_cold_key_once_per_instance() {
+    let (cache, rec) =
+        build(config(&unique_namespace("modes"), Some(SHARED_REDIS_URL)).l1_enabled(false));
+    let key = cache.keys().lead_by_id(1);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(key, || async {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Ok::<_, io::Error>(Some(TestLead::new(1, 1)))
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(*task.await.unwrap(), TestLead::new(1, 1));
+    }
+    assert_eq!(rec.sum("load.lead"), 1);
+}

@@ -4,6 +4,7 @@
 mod cache_concurrency;
 mod cache_faults;
 mod cache_invalidation;
+mod cache_l1;
 mod cache_modes;
 mod cache_reads;
 mod fixtures;

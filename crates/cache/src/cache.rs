@@ -80,7 +80,10 @@ pub struct TwoTierCache {
 
 struct Inner {
     keys: KeySchema,
+    // Without L1 the cache still exists (its per-key lock merges loads), but entries
+    // expire the moment they are installed.
     l1: moka::future::Cache<CacheKey, L1Entry>,
+    l1_enabled: bool,
     l2: Option<L2>,
     policies: Policies,
     load_timeout: Duration,
@@ -238,6 +241,7 @@ impl TwoTierCache {
             inner: Arc::new(Inner {
                 keys,
                 l1,
+                l1_enabled: config.l1_enabled,
                 l2,
                 policies: config.policies,
                 load_timeout: config.load_timeout,
@@ -254,6 +258,11 @@ impl TwoTierCache {
     /// The key schema: build keys and invalidations with it.
     pub fn keys(&self) -> &KeySchema {
         &self.inner.keys
+    }
+
+    /// Whether values are kept in process.
+    pub fn has_l1(&self) -> bool {
+        self.inner.l1_enabled
     }
 
     /// Whether an L2 tier is configured (it may still be failing; see [`Self::circuit`]).
@@ -428,6 +437,14 @@ impl Inner {
         Ok(entry.downcast::<T>().unwrap_or(None))
     }
 
+    fn l1_ttl(&self, policy: &crate::policy::EntityPolicy, negative: bool) -> Duration {
+        if self.l1_enabled {
+            policy.ttl(true, negative)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// The miss path under the key's lock: L2, then the loader, filling L2 on the way back.
     async fn fill<T, E, F, Fut>(&self, key: CacheKey, loader: F) -> Result<L1Entry, Exit>
     where
@@ -460,7 +477,7 @@ impl Inner {
                         let entry = L1Entry::new(
                             decoded.value.map(Arc::new),
                             bytes.len(),
-                            policy.ttl(true, negative),
+                            self.l1_ttl(policy, negative),
                         );
                         return if cacheable {
                             Ok(entry)
@@ -537,7 +554,7 @@ impl Inner {
         let entry = L1Entry::new(
             loaded.map(Arc::new),
             bytes.len(),
-            policy.ttl(true, negative),
+            self.l1_ttl(policy, negative),
         );
         if cacheable {
             Ok(entry)

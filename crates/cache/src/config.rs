@@ -14,6 +14,7 @@ pub struct CacheConfig {
     pub(crate) env: String,
     pub(crate) schema: u32,
     pub(crate) key_secret: Vec<u8>,
+    pub(crate) l1_enabled: bool,
     pub(crate) l1_max_bytes: u64,
     pub(crate) policies: Policies,
     pub(crate) redis: Option<RedisConfig>,
@@ -40,6 +41,11 @@ impl CacheConfig {
         CacheConfigBuilder::default()
     }
 
+    /// Whether values are kept in process (L1).
+    pub fn l1_enabled(&self) -> bool {
+        self.l1_enabled
+    }
+
     /// Whether an L2 (Redis) tier is configured.
     pub fn redis_enabled(&self) -> bool {
         self.redis.is_some()
@@ -64,6 +70,7 @@ impl fmt::Debug for CacheConfig {
             env,
             schema,
             key_secret: _,
+            l1_enabled,
             l1_max_bytes,
             policies,
             redis,
@@ -75,6 +82,7 @@ impl fmt::Debug for CacheConfig {
             .field("env", env)
             .field("schema", schema)
             .field("key_secret", &"set")
+            .field("l1_enabled", l1_enabled)
             .field("l1_max_bytes", l1_max_bytes)
             .field("policies", policies)
             .field("redis", redis)
@@ -166,6 +174,7 @@ pub struct CacheConfigBuilder {
     env: String,
     schema: u32,
     key_secret: Option<Vec<u8>>,
+    l1_enabled: bool,
     l1_max_bytes: u64,
     policies: Policies,
     redis_url: Option<String>,
@@ -183,6 +192,7 @@ impl Default for CacheConfigBuilder {
             env: CacheConfig::DEFAULT_ENV.to_owned(),
             schema: CacheConfig::DEFAULT_SCHEMA,
             key_secret: None,
+            l1_enabled: true,
             l1_max_bytes: CacheConfig::DEFAULT_L1_MAX_BYTES,
             policies: Policies::default(),
             redis_url: None,
@@ -218,6 +228,13 @@ impl CacheConfigBuilder {
     /// agree on key names); without Redis a random per-process secret is used if unset.
     pub fn key_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.key_secret = Some(secret.into());
+        self
+    }
+
+    /// Whether values are kept in process. Without L1 every read goes to Redis (loads of one
+    /// key are still merged on this instance); at least one tier must be on.
+    pub fn l1_enabled(mut self, enabled: bool) -> Self {
+        self.l1_enabled = enabled;
         self
     }
 
@@ -321,6 +338,12 @@ impl CacheConfigBuilder {
                 ),
             );
         }
+        if !self.l1_enabled && self.redis_url.is_none() {
+            problem(
+                "l1_enabled".to_owned(),
+                "at least one tier is needed: enable L1 or give a Redis URL".to_owned(),
+            );
+        }
         let redis = match self.redis_url {
             None => None,
             Some(url) => {
@@ -373,6 +396,7 @@ impl CacheConfigBuilder {
             env: self.env,
             schema: self.schema,
             key_secret,
+            l1_enabled: self.l1_enabled,
             l1_max_bytes: self.l1_max_bytes,
             policies: self.policies,
             redis,
@@ -425,6 +449,22 @@ mod tests {
             text.starts_with("invalid cache config: prefix: expected"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_cache_needs_at_least_one_tier() {
+        let err = CacheConfig::builder()
+            .l1_enabled(false)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.problems[0].field, "l1_enabled");
+        let redis_only = CacheConfig::builder()
+            .l1_enabled(false)
+            .key_secret(b"0123456789abcdef".to_vec())
+            .redis_url(Some("redis://127.0.0.1:6379/".to_owned()))
+            .build()
+            .unwrap();
+        assert!(!redis_only.l1_enabled() && redis_only.redis_enabled());
     }
 
     #[test]
