@@ -42,16 +42,26 @@ const FAILURE_SHARING: Duration = Duration::from_secs(1);
 /// instance wait for one load (moka's per-key compute lock) instead of each loading. A
 /// loader's `Ok(None)` ("not found") is cached too, for the entity's negative TTL.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), tiercache::Error> {
-/// use tiercache::{CacheConfig, NoopObserver, TwoTierCache};
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use tiercache::{CacheConfig, Invalidation, InvalidationSource, NoopObserver, TwoTierCache};
+///
+/// // No Redis URL: L1 only. With `.redis_url(Some(..))` the same code uses both tiers.
 /// let cache = TwoTierCache::new(CacheConfig::builder().build()?, NoopObserver)?;
 /// let key = cache.keys().lead_by_id(42);
-/// let name = cache
-///     .get_or_load(key, || async { Ok::<_, std::io::Error>(Some("Ada".to_owned())) })
-///     .await?;
+/// let load = || async { Ok::<_, std::io::Error>(Some("Ada".to_owned())) };
+/// let name = cache.get_or_load(key, load).await?;
 /// assert_eq!(name.as_deref().map(String::as_str), Some("Ada"));
-/// # Ok(()) }
+///
+/// // A second read is an L1 hit: the loader is not called.
+/// let again = cache.get_or_load(key, || async { Ok::<Option<String>, std::io::Error>(None) }).await?;
+/// assert_eq!(again, name);
+///
+/// // After a write: the next read loads again.
+/// cache.invalidate(Invalidation::key(key), InvalidationSource::Write).await;
+/// let gone = cache.get_or_load(key, || async { Ok::<Option<String>, std::io::Error>(None) }).await?;
+/// assert_eq!(gone, None);
+/// # Ok::<(), tiercache::Error>(()) }).unwrap();
 /// ```
 ///
 /// # Writing
