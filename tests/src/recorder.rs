@@ -8,11 +8,13 @@ use tiercache::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
     L2ErrorKind, LoadOutcome, Outcome, Tier,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// Counts events as `"lookup.lead.l1.hit"`, `"load.lead.found"`, `"l2_error.timeout"`, ….
 pub struct Recorder {
     counts: Mutex<HashMap<String, u64>>,
+    /// Notified each time owed L2 deletes are replayed.
+    pub replayed: Notify,
     circuit: mpsc::UnboundedSender<(CircuitState, CircuitState)>,
 }
 
@@ -26,6 +28,7 @@ impl Recorder {
         (
             Recorder {
                 counts: Mutex::new(HashMap::new()),
+                replayed: Notify::new(),
                 circuit: tx,
             },
             rx,
@@ -85,6 +88,15 @@ impl CacheObserver for Recorder {
     }
     fn invalidated(&self, entity: Entity, source: InvalidationSource) {
         self.bump(format!("invalidated.{entity}.{}", source.as_str()));
+    }
+    fn owed_replayed(&self, keys: usize) {
+        *self
+            .counts
+            .lock()
+            .unwrap()
+            .entry("owed_replayed".to_owned())
+            .or_default() += keys as u64;
+        self.replayed.notify_one();
     }
     fn circuit_changed(&self, from: CircuitState, to: CircuitState) {
         self.bump(format!("circuit.{}", to.as_str()));

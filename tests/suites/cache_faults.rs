@@ -168,3 +168,107 @@ async fn an_l2_hit_is_one_get_and_an_l1_hit_is_none() {
     assert_eq!(command_count(&mut admin, "get").await, 2);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_redis_missed_is_owed_honoured_and_replayed() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("owed");
+    let (recorder, _circuit) = Recorder::new();
+    let rec = Arc::new(recorder);
+    let cache = TwoTierCache::with_observer(
+        config(&ns, Some(&server.url())).build().unwrap(),
+        rec.clone(),
+    )
+    .unwrap();
+    let keys = cache.keys().clone();
+    let (a, b) = (keys.lead_by_id(1), keys.lead_by_id(2));
+    for (key, id) in [(a, 1), (b, 2)] {
+        cache
+            .get_or_load(key, || async move {
+                Ok::<_, io::Error>(Some(TestLead::new(id, 1)))
+            })
+            .await
+            .unwrap();
+    }
+
+    // Redis refuses DEL (while keeping the data, unlike a restart, and without queueing
+    // the command for later, unlike a pause): the deletes fail and are owed.
+    let mut admin = server.client().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "-del"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    for key in [a, b] {
+        let report = cache
+            .invalidate(
+                tiercache::Invalidation::key(key),
+                tiercache::InvalidationSource::Write,
+            )
+            .await;
+        assert_eq!(report.l2_failure, Some(tiercache::L2ErrorKind::Protocol));
+    }
+    assert_eq!(cache.owed_invalidations(), 2);
+    let stale: Vec<u8> = redis::AsyncCommands::get(&mut admin, keys.render(&a))
+        .await
+        .unwrap();
+    assert_eq!(
+        tiercache::envelope::decode::<TestLead>(&stale)
+            .unwrap()
+            .value
+            .unwrap()
+            .version,
+        1
+    );
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "+del"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+
+    // Redis still holds version 1 of lead 1, but this instance does not trust it: it loads
+    // version 2 and overwrites the stale copy.
+    let read = cache
+        .get_or_load(a, || async {
+            Ok::<_, io::Error>(Some(TestLead::new(1, 2)))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read.version, 2,
+        "a read after the write never sees the old value"
+    );
+    assert_eq!(
+        rec.count("lookup.lead.l2.hit"),
+        0,
+        "the stale copy was not read"
+    );
+
+    // The background replay deletes what is still owed once Redis takes DEL again.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while cache.owed_invalidations() > 0 {
+            rec.replayed.notified().await;
+        }
+    })
+    .await
+    .expect("owed deletes replayed within 10 s");
+    let exists: bool = redis::AsyncCommands::exists(&mut admin, keys.render(&b))
+        .await
+        .unwrap();
+    assert!(!exists, "the owed delete reached Redis");
+    // Lead 1 holds the fresh value or nothing (a replayed delete may follow the fresh write).
+    let stored: Option<Vec<u8>> = redis::AsyncCommands::get(&mut admin, keys.render(&a))
+        .await
+        .unwrap();
+    if let Some(stored) = stored {
+        assert_eq!(
+            tiercache::envelope::decode::<TestLead>(&stored)
+                .unwrap()
+                .value
+                .unwrap()
+                .version,
+            2
+        );
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::Expiry;
@@ -11,6 +11,8 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::config::CacheConfig;
 use crate::envelope;
@@ -23,6 +25,7 @@ use crate::observer::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
     LoadOutcome, Outcome, Tier,
 };
+use crate::pending::PendingDeletes;
 use crate::policy::Policies;
 
 /// Bytes charged to every L1 entry on top of its encoded size (key, entry, moka's own node).
@@ -30,6 +33,12 @@ const ENTRY_OVERHEAD: u32 = 160;
 
 /// How long a failed load is shared with the callers that were queued behind it.
 const FAILURE_SHARING: Duration = Duration::from_secs(1);
+
+/// Backoff between replays of invalidations owed to Redis.
+const REPLAY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Keys deleted per replay command.
+const REPLAY_BATCH: usize = 256;
 
 /// A two-tier read-through cache: L1 in process, L2 in Redis, the loader behind both.
 ///
@@ -99,7 +108,24 @@ struct Inner {
     load_timeout: Duration,
     history: HistoryIndex,
     failures: moka::sync::Cache<CacheKey, Arc<FailedLoad>>,
+    pending: PendingDeletes,
+    replay_wake: Arc<Notify>,
+    // The replay task holds only a `Weak` to this, so it never keeps the cache alive; the
+    // cache aborts it when dropped.
+    replay_task: Mutex<Option<JoinHandle<()>>>,
     observer: Arc<dyn CacheObserver>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let task = self
+            .replay_task
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = task.take() {
+            task.abort();
+        }
+    }
 }
 
 /// A value in L1: the decoded value itself (no decoding on a hit), or a cached "not found".
@@ -193,6 +219,8 @@ pub struct InvalidationReport {
     /// Keys removed (or found absent) in L1.
     pub keys: usize,
     /// `None` when L2 is absent or took every delete; otherwise why some did not land.
+    /// Those deletes are owed: kept, replayed in the background, and until then this
+    /// instance does not read those keys from L2.
     pub l2_failure: Option<L2ErrorKind>,
 }
 
@@ -247,22 +275,43 @@ impl TwoTierCache {
         let history_idle = history_policy.max_ttl(history_policy.l1_ttl)
             + config.load_timeout
             + Duration::from_secs(1);
-        Ok(TwoTierCache {
-            inner: Arc::new(Inner {
-                keys,
-                l1,
-                l1_enabled: config.l1_enabled,
-                l2,
-                policies: config.policies,
-                load_timeout: config.load_timeout,
-                history: HistoryIndex::new(history_idle),
-                failures: moka::sync::Cache::builder()
-                    .max_capacity(10_000)
-                    .time_to_live(FAILURE_SHARING)
-                    .build(),
-                observer,
-            }),
-        })
+        let longest_l2_ttl = Entity::ALL
+            .iter()
+            .map(|e| {
+                let p = config.policies.get(*e);
+                p.max_ttl(p.l2_ttl.max(p.negative_ttl))
+            })
+            .max()
+            .unwrap_or_default();
+        let has_l2 = l2.is_some();
+        let inner = Arc::new(Inner {
+            keys,
+            l1,
+            l1_enabled: config.l1_enabled,
+            l2,
+            policies: config.policies,
+            load_timeout: config.load_timeout,
+            history: HistoryIndex::new(history_idle),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(FAILURE_SHARING)
+                .build(),
+            pending: PendingDeletes::new(longest_l2_ttl),
+            replay_wake: Arc::new(Notify::new()),
+            replay_task: Mutex::new(None),
+            observer,
+        });
+        if has_l2 {
+            let task = tokio::spawn(replay_owed_deletes(
+                Arc::downgrade(&inner),
+                Arc::clone(&inner.replay_wake),
+            ));
+            *inner
+                .replay_task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        }
+        Ok(TwoTierCache { inner })
     }
 
     /// The key schema: build keys and invalidations with it.
@@ -296,6 +345,11 @@ impl TwoTierCache {
             Some(l2) => Some(l2.ping().await),
             None => None,
         }
+    }
+
+    /// Keys (and leads' history pages) whose invalidation has not reached Redis yet.
+    pub fn owed_invalidations(&self) -> usize {
+        self.inner.pending.len()
     }
 
     /// L1's size right now.
@@ -471,7 +525,9 @@ impl Inner {
             page.is_none_or(|(lead, limit, offset)| self.history.add(lead, limit, offset));
 
         let redis_key = self.l2.as_ref().map(|_| self.keys.render(&key));
-        if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
+        // A key whose invalidation has not reached Redis yet may be stale there.
+        let owed = self.l2.is_some() && self.pending.blocks(&key);
+        if let (Some(l2), Some(redis_key), false) = (&self.l2, &redis_key, owed) {
             let started = Instant::now();
             match l2.get(redis_key).await {
                 Ok(Some(bytes)) => match envelope::decode::<T>(&bytes) {
@@ -557,9 +613,13 @@ impl Inner {
                 _ => None,
             };
             // Absorbed: a value missing from L2 costs a later load, nothing more.
-            let _ = l2
+            let stored = l2
                 .set(redis_key, &bytes, policy.ttl(false, negative), index)
                 .await;
+            if owed && stored.is_ok() {
+                // The fresh value replaced whatever stale copy the failed delete left.
+                self.pending.resolve(&key);
+            }
         }
         let entry = L1Entry::new(
             loaded.map(Arc::new),
@@ -598,7 +658,12 @@ impl Inner {
                                 .history(lead, limit.parse().ok()?, offset.parse().ok()?),
                         )
                     })),
-                    Err(e) => l2_failure = Some(e.kind),
+                    Err(e) => {
+                        // The pages in Redis are unknown: owe them all, before any lock is
+                        // released, so no read on this instance trusts them meanwhile.
+                        self.pending.add([], Some(lead));
+                        l2_failure = Some(e.kind);
+                    }
                 }
                 extra_l2.push(index_key);
             }
@@ -607,15 +672,19 @@ impl Inner {
         keys.retain(|k| seen.insert(*k));
 
         // Each key is removed under its compute lock, so this waits for a load of it in
-        // flight, and the L2 delete lands after that load's L2 write.
+        // flight, and the L2 delete lands after that load's L2 write. A delete that fails is
+        // owed before the lock is released, so the next read of the key skips L2.
         let removals = keys.iter().map(|key| async move {
             let redis_key = self.l2.as_ref().map(|_| self.keys.render(key));
             let mut failure = None;
             self.l1
                 .entry(*key)
                 .and_compute_with(|_| async {
-                    if let (Some(l2), Some(redis_key)) = (&self.l2, redis_key) {
-                        failure = l2.del(&[redis_key]).await.err().map(|e| e.kind);
+                    if let (Some(l2), Some(redis_key)) = (&self.l2, redis_key)
+                        && let Err(e) = l2.del(&[redis_key]).await
+                    {
+                        self.pending.add([*key], None);
+                        failure = Some(e.kind);
                     }
                     Op::Remove
                 })
@@ -633,14 +702,88 @@ impl Inner {
             tracing::warn!(
                 entity = invalidation.entity.as_str(),
                 kind = kind.as_str(),
-                "invalidation did not reach L2"
+                "invalidation did not reach L2; owed and replayed in the background"
             );
+            self.replay_wake.notify_one();
         }
         self.observer.invalidated(invalidation.entity, source);
         InvalidationReport {
             keys: keys.len(),
             l2_failure,
         }
+    }
+}
+
+impl Inner {
+    /// Replays owed deletes once; `Err` when Redis still fails.
+    async fn replay_owed(&self) -> Result<(), L2ErrorKind> {
+        let Some(l2) = &self.l2 else {
+            return Ok(());
+        };
+        let (keys, leads) = self.pending.snapshot(REPLAY_BATCH);
+        let leads_done = leads.len();
+        for lead in leads {
+            let index_key = self.keys.history_index(lead);
+            let members = l2.members(&index_key).await.map_err(|e| e.kind)?;
+            let mut doomed: Vec<String> = members
+                .iter()
+                .filter_map(|m| {
+                    let (limit, offset) = m.split_once(':')?;
+                    let page = self
+                        .keys
+                        .history(lead, limit.parse().ok()?, offset.parse().ok()?);
+                    Some(self.keys.render(&page))
+                })
+                .collect();
+            doomed.push(index_key);
+            l2.del(&doomed).await.map_err(|e| e.kind)?;
+            self.pending.resolve_history(lead);
+        }
+        if !keys.is_empty() {
+            let rendered: Vec<String> = keys.iter().map(|k| self.keys.render(k)).collect();
+            l2.del(&rendered).await.map_err(|e| e.kind)?;
+            for key in &keys {
+                self.pending.resolve(key);
+            }
+        }
+        self.observer.owed_replayed(keys.len() + leads_done);
+        Ok(())
+    }
+}
+
+/// The background task that replays owed L2 deletes with capped exponential backoff.
+/// It holds only a `Weak`, and the cache aborts it on drop.
+async fn replay_owed_deletes(cache: Weak<Inner>, wake: Arc<Notify>) {
+    let mut backoff = REPLAY_BACKOFF_MIN;
+    loop {
+        let Some(inner) = cache.upgrade() else {
+            return;
+        };
+        if inner.pending.len() == 0 {
+            backoff = REPLAY_BACKOFF_MIN;
+            // Not holding the cache while idle: it may be dropped meanwhile (and abort us).
+            drop(inner);
+            wake.notified().await;
+            continue;
+        }
+        match inner.replay_owed().await {
+            Ok(()) => {
+                tracing::info!(
+                    left = inner.pending.len(),
+                    "replayed invalidations owed to L2"
+                );
+                backoff = REPLAY_BACKOFF_MIN;
+            }
+            Err(kind) => {
+                tracing::debug!(
+                    kind = kind.as_str(),
+                    "owed invalidations still cannot reach L2"
+                );
+                backoff = (backoff * 2).min(REPLAY_BACKOFF_MAX);
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(backoff).await;
     }
 }
 

@@ -16,6 +16,7 @@ mod invalidation;
 mod key;
 pub mod l2;
 mod observer;
+mod pending;
 mod policy;
 
 pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
@@ -29,4 +30,5 @@ pub use observer::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
     LoadOutcome, NoopObserver, Outcome, Tier,
 };
+pub use pending::MAX_PENDING_KEYS;
 pub use policy::{EntityPolicy, Policies};

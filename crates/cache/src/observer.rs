@@ -234,6 +234,8 @@ pub trait CacheObserver: Send + Sync + 'static {
     fn evicted(&self, _entity: Entity, _cause: EvictionCause) {}
     /// An entity's keys were invalidated.
     fn invalidated(&self, _entity: Entity, _source: InvalidationSource) {}
+    /// Deletes owed to L2 (an invalidation that could not reach Redis) were replayed.
+    fn owed_replayed(&self, _keys: usize) {}
     /// The circuit breaker in front of L2 changed state.
     fn circuit_changed(&self, _from: CircuitState, _to: CircuitState) {}
 }

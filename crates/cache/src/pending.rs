@@ -1,0 +1,175 @@
+//! Invalidations that did not reach Redis, kept until they do.
+//!
+//! # When Redis fails
+//!
+//! An invalidation always clears L1 at once; its Redis deletes may fail (timeout, circuit
+//! open). Such keys are kept here, and until Redis has confirmed their deletion this
+//! instance does not read them from L2: a read loads from the source of truth and
+//! overwrites the stale copy, so a read after a write on this instance never sees the old
+//! value. A background task replays the deletes with capped backoff once Redis answers.
+//!
+//! The set is bounded. Past the bound the keys themselves are no longer remembered, so
+//! every L2 read is skipped until the longest L2 TTL has passed (every stale copy has
+//! expired by then): slower, never wrong.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::key::CacheKey;
+
+/// Keys kept at most; beyond, L2 reads are skipped altogether for a while.
+pub const MAX_PENDING_KEYS: usize = 100_000;
+
+#[derive(Default)]
+struct State {
+    keys: HashSet<CacheKey>,
+    /// Leads whose history pages in Redis could not even be listed.
+    history_leads: HashSet<i64>,
+    /// After an overflow: skip every L2 read until then.
+    bypass_until: Option<Instant>,
+}
+
+/// The set of L2 deletes still owed.
+pub(crate) struct PendingDeletes {
+    // A cheap check on the read path: nothing owed, nothing to look up.
+    any: AtomicBool,
+    state: Mutex<State>,
+    overflow_bypass: Duration,
+}
+
+impl PendingDeletes {
+    /// An empty set; `overflow_bypass` is the longest L2 TTL.
+    pub fn new(overflow_bypass: Duration) -> Self {
+        PendingDeletes {
+            any: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            overflow_bypass,
+        }
+    }
+
+    /// Owes the deletion of `keys` and of `history_of`'s pages.
+    pub fn add(&self, keys: impl IntoIterator<Item = CacheKey>, history_of: Option<i64>) {
+        let mut state = self.lock();
+        for key in keys {
+            if state.keys.len() >= MAX_PENDING_KEYS {
+                state.bypass_until = Some(Instant::now() + self.overflow_bypass);
+                tracing::error!(
+                    max = MAX_PENDING_KEYS,
+                    "too many invalidations owed to Redis; skipping L2 reads until they expire"
+                );
+                break;
+            }
+            state.keys.insert(key);
+        }
+        if let Some(lead) = history_of {
+            state.history_leads.insert(lead);
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Whether a read of `key` must not trust L2.
+    pub fn blocks(&self, key: &CacheKey) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut state = self.lock();
+        if let Some(until) = state.bypass_until {
+            if Instant::now() < until {
+                return true;
+            }
+            state.bypass_until = None;
+            self.refresh_any(&state);
+        }
+        state.keys.contains(key)
+            || key
+                .history_page()
+                .is_some_and(|(lead, _, _)| state.history_leads.contains(&lead))
+    }
+
+    /// `key` no longer holds a stale value in L2 (deleted, or overwritten with a fresh one).
+    pub fn resolve(&self, key: &CacheKey) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.lock();
+        state.keys.remove(key);
+        self.refresh_any(&state);
+    }
+
+    /// Every lead's history pages are gone from L2.
+    pub fn resolve_history(&self, lead: i64) {
+        let mut state = self.lock();
+        state.history_leads.remove(&lead);
+        self.refresh_any(&state);
+    }
+
+    /// Up to `max` keys and leads still owed.
+    pub fn snapshot(&self, max: usize) -> (Vec<CacheKey>, Vec<i64>) {
+        let state = self.lock();
+        (
+            state.keys.iter().take(max).copied().collect(),
+            state.history_leads.iter().take(max).copied().collect(),
+        )
+    }
+
+    /// How many keys and leads are owed.
+    pub fn len(&self) -> usize {
+        let state = self.lock();
+        state.keys.len() + state.history_leads.len()
+    }
+
+    fn refresh_any(&self, state: &State) {
+        let any = !state.keys.is_empty()
+            || !state.history_leads.is_empty()
+            || state.bypass_until.is_some();
+        self.any.store(any, Ordering::Release);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Plain sets with no invariant a panic could break mid-update.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeySchema;
+
+    fn keys() -> KeySchema {
+        KeySchema::new("tc", "t", 1, b"0123456789abcdef").unwrap()
+    }
+
+    #[test]
+    fn owed_keys_block_l2_reads_until_resolved() {
+        let k = keys();
+        let pending = PendingDeletes::new(Duration::from_secs(60));
+        assert!(!pending.blocks(&k.lead_by_id(1)));
+        pending.add([k.lead_by_id(1)], Some(7));
+        assert!(pending.blocks(&k.lead_by_id(1)));
+        assert!(!pending.blocks(&k.lead_by_id(2)));
+        assert!(pending.blocks(&k.history(7, 10, 0)), "any page of the lead");
+        assert!(!pending.blocks(&k.history(8, 10, 0)));
+        assert_eq!(pending.len(), 2);
+        pending.resolve(&k.lead_by_id(1));
+        pending.resolve_history(7);
+        assert!(!pending.blocks(&k.lead_by_id(1)));
+        assert!(!pending.blocks(&k.history(7, 10, 0)));
+        assert_eq!(pending.len(), 0);
+        assert!(!pending.any.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn overflow_skips_every_l2_read_for_a_while() {
+        let k = keys();
+        let pending = PendingDeletes::new(Duration::from_secs(60));
+        pending.add(
+            (0..MAX_PENDING_KEYS as i64 + 5).map(|id| k.lead_by_id(id)),
+            None,
+        );
+        assert_eq!(pending.len(), MAX_PENDING_KEYS);
+        assert!(pending.blocks(&k.org_by_phone("+1")), "unrelated keys too");
+    }
+}
