@@ -1,0 +1,18 @@
+//! Tiercache's data: PostgreSQL models and queries (sqlx), the demo data set, and the
+//! cached [`Repository`] that reads through the `tiercache` engine and invalidates it on
+//! writes.
+
+pub mod error;
+pub mod greeting;
+pub mod model;
+pub mod phone;
+pub mod queries;
+mod repository;
+pub mod seed;
+
+pub use error::{DbError, Error};
+pub use phone::{Phone, PhoneError};
+pub use repository::{MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, MAX_TEXT_LEN, Repository};
+
+/// The migrations in `migrations/` at the workspace root, embedded.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

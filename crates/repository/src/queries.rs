@@ -1,0 +1,198 @@
+//! Plain queries, one function each, on any executor (pool or transaction). Every query
+//! here is exercised by the tests in `tests/suites/repository.rs`.
+
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::model::{Context, HistoryPage, Lead, LeadPatch, Message, NewMessage, Org, Summary};
+
+/// How many characters of a message a topic or preview keeps.
+const PREVIEW_CHARS: i32 = 80;
+
+/// The organization reached on `phone` (E.164).
+pub async fn org_by_phone(
+    db: impl PgExecutor<'_>,
+    phone: &str,
+) -> Result<Option<Org>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, phone, name, settings, created_at, updated_at
+         FROM organizations WHERE phone = $1",
+    )
+    .bind(phone)
+    .fetch_optional(db)
+    .await
+}
+
+/// The lead with `phone` (E.164) in organization `org_id`.
+pub async fn lead_by_phone(
+    db: impl PgExecutor<'_>,
+    phone: &str,
+    org_id: i64,
+) -> Result<Option<Lead>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, org_id, phone, name, status, notes, created_at, updated_at
+         FROM leads WHERE org_id = $1 AND phone = $2",
+    )
+    .bind(org_id)
+    .bind(phone)
+    .fetch_optional(db)
+    .await
+}
+
+/// The lead with id `id`.
+pub async fn lead_by_id(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Lead>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, org_id, phone, name, status, notes, created_at, updated_at
+         FROM leads WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// A lead's conversation context, in one round trip.
+pub async fn context(
+    db: impl PgExecutor<'_>,
+    lead_id: i64,
+) -> Result<Option<Context>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT l.id AS lead_id, l.org_id, o.name AS org_name,
+                o.settings ->> 'agent_name' AS agent_name,
+                l.name, l.status, l.notes,
+                (SELECT count(*) FROM messages m WHERE m.lead_id = l.id) AS message_count,
+                (SELECT max(m.created_at) FROM messages m WHERE m.lead_id = l.id) AS last_contact_at,
+                ARRAY(SELECT left(m.body, $2) FROM messages m
+                      WHERE m.lead_id = l.id AND m.direction = 'inbound'
+                      ORDER BY m.created_at DESC, m.id DESC LIMIT 3) AS last_topics
+         FROM leads l JOIN organizations o ON o.id = l.org_id
+         WHERE l.id = $1",
+    )
+    .bind(lead_id)
+    .bind(PREVIEW_CHARS)
+    .fetch_optional(db)
+    .await
+}
+
+/// Counts over a lead's conversation, in one round trip.
+pub async fn summary(
+    db: impl PgExecutor<'_>,
+    lead_id: i64,
+) -> Result<Option<Summary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT l.id AS lead_id,
+                count(m.id) AS message_count,
+                count(m.id) FILTER (WHERE m.direction = 'inbound') AS inbound_count,
+                count(m.id) FILTER (WHERE m.direction = 'outbound') AS outbound_count,
+                ARRAY(SELECT DISTINCT c.channel FROM messages c WHERE c.lead_id = l.id
+                      ORDER BY c.channel) AS channels,
+                min(m.created_at) AS first_contact_at,
+                max(m.created_at) AS last_contact_at,
+                (SELECT left(z.body, $2) FROM messages z WHERE z.lead_id = l.id
+                 ORDER BY z.created_at DESC, z.id DESC LIMIT 1) AS last_message
+         FROM leads l LEFT JOIN messages m ON m.lead_id = l.id
+         WHERE l.id = $1
+         GROUP BY l.id",
+    )
+    .bind(lead_id)
+    .bind(PREVIEW_CHARS)
+    .fetch_optional(db)
+    .await
+}
+
+/// A page of a lead's messages, newest first; `None` when the lead does not exist.
+pub async fn history(
+    conn: &mut PgConnection,
+    lead_id: i64,
+    limit: u32,
+    offset: u32,
+) -> Result<Option<HistoryPage>, sqlx::Error> {
+    let total: Option<i64> = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM messages m WHERE m.lead_id = l.id)
+         FROM leads l WHERE l.id = $1",
+    )
+    .bind(lead_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(total) = total else {
+        return Ok(None);
+    };
+    let messages: Vec<Message> = sqlx::query_as(
+        "SELECT id, lead_id, channel, direction, body, created_at
+         FROM messages WHERE lead_id = $1
+         ORDER BY created_at DESC, id DESC
+         LIMIT $2 OFFSET $3",
+    )
+    .bind(lead_id)
+    .bind(i64::from(limit))
+    .bind(i64::from(offset))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(HistoryPage {
+        lead_id,
+        limit,
+        offset,
+        total,
+        messages,
+    }))
+}
+
+/// Applies `patch` to lead `id` and returns the lead as it now is.
+pub async fn update_lead(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    patch: &LeadPatch,
+) -> Result<Option<Lead>, sqlx::Error> {
+    let (set_notes, notes) = match &patch.notes {
+        Some(notes) => (true, notes.clone()),
+        None => (false, None),
+    };
+    sqlx::query_as(
+        "UPDATE leads SET
+            name = COALESCE($2, name),
+            status = COALESCE($3, status),
+            notes = CASE WHEN $4 THEN $5 ELSE notes END,
+            updated_at = now()
+         WHERE id = $1
+         RETURNING id, org_id, phone, name, status, notes, created_at, updated_at",
+    )
+    .bind(id)
+    .bind(&patch.name)
+    .bind(&patch.status)
+    .bind(set_notes)
+    .bind(notes)
+    .fetch_optional(db)
+    .await
+}
+
+/// Adds a message to lead `lead_id`'s conversation on its channel (created if need be).
+pub async fn insert_message(
+    conn: &mut PgConnection,
+    lead_id: i64,
+    message: &NewMessage,
+) -> Result<Option<Message>, sqlx::Error> {
+    let conversation: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO conversations (lead_id, channel)
+         SELECT id, $2 FROM leads WHERE id = $1
+         ON CONFLICT (lead_id, channel) DO UPDATE SET channel = EXCLUDED.channel
+         RETURNING id",
+    )
+    .bind(lead_id)
+    .bind(&message.channel)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(conversation) = conversation else {
+        return Ok(None);
+    };
+    let inserted = sqlx::query_as(
+        "INSERT INTO messages (conversation_id, lead_id, channel, direction, body)
+         VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, lead_id, channel, direction, body, created_at",
+    )
+    .bind(conversation)
+    .bind(lead_id)
+    .bind(&message.channel)
+    .bind(&message.direction)
+    .bind(&message.body)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some(inserted))
+}

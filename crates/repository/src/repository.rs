@@ -1,0 +1,275 @@
+//! [`Repository`]: reads through the two-tier cache, writes to PostgreSQL and then
+//! invalidates every cached view the write changed.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
+
+use crate::error::{DbError, Error};
+use crate::greeting::greeting_text;
+use crate::model::{
+    Context, Greeting, HistoryPage, LEAD_STATUSES, Lead, LeadPatch, Message, NewMessage, Org,
+    Summary,
+};
+use crate::phone::Phone;
+use crate::queries;
+
+/// Largest history page.
+pub const MAX_PAGE_LIMIT: u32 = 100;
+/// Largest history offset.
+pub const MAX_PAGE_OFFSET: u32 = 10_000;
+/// Longest name, notes or message body accepted.
+pub const MAX_TEXT_LEN: usize = 4_000;
+
+/// The cached repositories: every read goes L1 → L2 → PostgreSQL.
+///
+/// # Writing
+///
+/// A write commits in PostgreSQL first, then invalidates the entity and every view derived
+/// from it (a lead's update: its id and phone keys, context, summary, greetings and history
+/// pages; a new message: context, summary, greetings and history). The invalidation
+/// clears this instance's L1 at once, so a read after a successful write never sees the old
+/// value here.
+///
+/// # When Redis fails
+///
+/// Reads answer from L1 or PostgreSQL. A write still commits; its Redis deletes that could
+/// not land are owed by the cache, which does not read those keys from Redis until it has
+/// replayed them (see [`TwoTierCache::owed_invalidations`]).
+///
+/// # When PostgreSQL fails
+///
+/// Cached values are served; a miss returns [`Error::Unavailable`] or [`Error::Timeout`].
+#[derive(Clone)]
+pub struct Repository {
+    pool: PgPool,
+    cache: TwoTierCache,
+}
+
+impl Repository {
+    /// A repository on this pool and cache.
+    pub fn new(pool: PgPool, cache: TwoTierCache) -> Self {
+        Repository { pool, cache }
+    }
+
+    /// The cache it reads through.
+    pub fn cache(&self) -> &TwoTierCache {
+        &self.cache
+    }
+
+    /// The PostgreSQL pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The organization reached on `phone`.
+    pub async fn org_by_phone(&self, phone: &Phone) -> Result<Option<Arc<Org>>, Error> {
+        let key = self.cache.keys().org_by_phone(phone.as_str());
+        let pool = &self.pool;
+        Ok(self
+            .cache
+            .get_or_load(key, || async move {
+                queries::org_by_phone(pool, phone.as_str())
+                    .await
+                    .map_err(DbError::from)
+            })
+            .await?)
+    }
+
+    /// The lead with `phone` in organization `org_id`.
+    pub async fn lead_by_phone(
+        &self,
+        phone: &Phone,
+        org_id: i64,
+    ) -> Result<Option<Arc<Lead>>, Error> {
+        let key = self.cache.keys().lead_by_phone(phone.as_str(), org_id);
+        let pool = &self.pool;
+        Ok(self
+            .cache
+            .get_or_load(key, || async move {
+                queries::lead_by_phone(pool, phone.as_str(), org_id)
+                    .await
+                    .map_err(DbError::from)
+            })
+            .await?)
+    }
+
+    /// The lead with id `id`.
+    pub async fn lead(&self, id: i64) -> Result<Option<Arc<Lead>>, Error> {
+        let key = self.cache.keys().lead_by_id(id);
+        let pool = &self.pool;
+        Ok(self
+            .cache
+            .get_or_load(key, || async move {
+                queries::lead_by_id(pool, id).await.map_err(DbError::from)
+            })
+            .await?)
+    }
+
+    /// The lead's conversation context.
+    pub async fn context(&self, lead_id: i64) -> Result<Option<Arc<Context>>, Error> {
+        let key = self.cache.keys().context(lead_id);
+        let pool = &self.pool;
+        Ok(self
+            .cache
+            .get_or_load(key, || async move {
+                queries::context(pool, lead_id).await.map_err(DbError::from)
+            })
+            .await?)
+    }
+
+    /// The lead's conversation summary.
+    pub async fn summary(&self, lead_id: i64) -> Result<Option<Arc<Summary>>, Error> {
+        let key = self.cache.keys().summary(lead_id);
+        let pool = &self.pool;
+        Ok(self
+            .cache
+            .get_or_load(key, || async move {
+                queries::summary(pool, lead_id).await.map_err(DbError::from)
+            })
+            .await?)
+    }
+
+    /// The greeting for the lead on `channel`, built from its (cached) context.
+    pub async fn greeting(
+        &self,
+        lead_id: i64,
+        channel: Channel,
+    ) -> Result<Option<Arc<Greeting>>, Error> {
+        let key = self.cache.keys().greeting(lead_id, channel);
+        let loaded = self
+            .cache
+            .get_or_load(key, || async move {
+                let context = self.context(lead_id).await?;
+                Ok::<_, Error>(context.map(|context| Greeting {
+                    lead_id,
+                    channel: channel.as_str().to_owned(),
+                    text: greeting_text(&context, channel),
+                }))
+            })
+            .await;
+        loaded.map_err(|e| match &e {
+            // The loader's own error (the context read), passed through the cache.
+            tiercache::Error::Load { source, .. } => match source.downcast_ref::<Error>() {
+                Some(inner) => inner.duplicate(),
+                None => e.into(),
+            },
+            _ => e.into(),
+        })
+    }
+
+    /// A page of the lead's messages, newest first; `None` when the lead does not exist.
+    pub async fn history(
+        &self,
+        lead_id: i64,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Option<Arc<HistoryPage>>, Error> {
+        if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
+            return Err(Error::Invalid {
+                field: "limit",
+                message: format!("must be within 1..={MAX_PAGE_LIMIT}, got {limit}"),
+            });
+        }
+        if offset > MAX_PAGE_OFFSET {
+            return Err(Error::Invalid {
+                field: "offset",
+                message: format!("must be at most {MAX_PAGE_OFFSET}, got {offset}"),
+            });
+        }
+        let key = self.cache.keys().history(lead_id, limit, offset);
+        let pool = &self.pool;
+        Ok(self
+            .cache
+            .get_or_load(key, || async move {
+                let mut conn = pool.acquire().await.map_err(DbError::from)?;
+                queries::history(&mut conn, lead_id, limit, offset)
+                    .await
+                    .map_err(DbError::from)
+            })
+            .await?)
+    }
+
+    /// Updates a lead, then invalidates it and its derived views; `None` if there is no such lead.
+    pub async fn update_lead(&self, id: i64, patch: &LeadPatch) -> Result<Option<Lead>, Error> {
+        if let Some(name) = &patch.name {
+            check_text("name", name, true)?;
+        }
+        if let Some(status) = &patch.status
+            && !LEAD_STATUSES.contains(&status.as_str())
+        {
+            return Err(Error::Invalid {
+                field: "status",
+                message: format!("must be one of {}", LEAD_STATUSES.join(", ")),
+            });
+        }
+        if let Some(Some(notes)) = &patch.notes {
+            check_text("notes", notes, false)?;
+        }
+        let mut tx = self.pool.begin().await?;
+        let Some(lead) = queries::update_lead(&mut *tx, id, patch).await? else {
+            return Ok(None);
+        };
+        tx.commit().await?;
+        let keys = self.cache.keys();
+        self.cache
+            .invalidate(
+                Invalidation::lead(keys, lead.id, lead.org_id, &lead.phone),
+                InvalidationSource::Write,
+            )
+            .await;
+        Ok(Some(lead))
+    }
+
+    /// Adds a message, then invalidates the lead's conversation views; `None` if there is no
+    /// such lead.
+    pub async fn add_message(
+        &self,
+        lead_id: i64,
+        message: &NewMessage,
+    ) -> Result<Option<Message>, Error> {
+        if message.channel.parse::<Channel>().is_err() {
+            return Err(Error::Invalid {
+                field: "channel",
+                message: "must be one of voice, sms, web".to_owned(),
+            });
+        }
+        if !["inbound", "outbound"].contains(&message.direction.as_str()) {
+            return Err(Error::Invalid {
+                field: "direction",
+                message: "must be one of inbound, outbound".to_owned(),
+            });
+        }
+        check_text("body", &message.body, true)?;
+        let mut tx = self.pool.begin().await?;
+        let Some(inserted) = queries::insert_message(&mut tx, lead_id, message).await? else {
+            return Ok(None);
+        };
+        tx.commit().await?;
+        let keys = self.cache.keys();
+        self.cache
+            .invalidate(
+                Invalidation::lead_activity(keys, lead_id),
+                InvalidationSource::Write,
+            )
+            .await;
+        Ok(Some(inserted))
+    }
+}
+
+fn check_text(field: &'static str, text: &str, required: bool) -> Result<(), Error> {
+    if required && text.trim().is_empty() {
+        return Err(Error::Invalid {
+            field,
+            message: "must not be empty".to_owned(),
+        });
+    }
+    if text.chars().count() > MAX_TEXT_LEN {
+        return Err(Error::Invalid {
+            field,
+            message: format!("must be at most {MAX_TEXT_LEN} characters"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,1094 @@
+//! The service's configuration: environment variables in, a checked [`Config`] out.
+//!
+//! Three layers, as in ripgrep's flags: the environment's strings become a `RawConfig`
+//! of plain values (noting every variable that does not parse), which is then checked as
+//! a whole and turned into a [`Config`]; the cache's own builder checks its part. Every
+//! problem names the variable to fix, and all of them are reported together, so one
+//! failed start shows everything that is wrong.
+//!
+//! The defaults serve a development machine as it is: Postgres with trust auth on
+//! 127.0.0.1:5432 as `postgres`, Redis on 127.0.0.1:6379, and a built-in key secret that
+//! production (`APP_ENV=prod`) refuses.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use tiercache::{BreakerConfig, CacheConfig, Entity, EntityPolicy, RedisConfig};
+
+/// Every variable read, in the order their problems are reported.
+pub const VARS: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_POOL_SIZE",
+    "DATABASE_ACQUIRE_TIMEOUT_MS",
+    "DATABASE_STATEMENT_TIMEOUT_MS",
+    "REDIS_ENABLED",
+    "REDIS_URL",
+    "REDIS_POOL_SIZE",
+    "REDIS_COMMAND_TIMEOUT_MS",
+    "REDIS_CONNECT_TIMEOUT_MS",
+    "BIND_ADDR",
+    "CACHE_KEY_SECRET",
+    "APP_ENV",
+    "CACHE_PREFIX",
+    "CACHE_SCHEMA_VERSION",
+    "L1_MAX_BYTES",
+    "LOAD_TIMEOUT_MS",
+    "BREAKER_FAILURE_THRESHOLD",
+    "BREAKER_OPEN_MS",
+    "CACHE_TTL_LEAD_L2_SECS",
+    "CACHE_TTL_LEAD_L1_SECS",
+    "CACHE_TTL_LEAD_NEGATIVE_SECS",
+    "CACHE_TTL_ORG_L2_SECS",
+    "CACHE_TTL_ORG_L1_SECS",
+    "CACHE_TTL_ORG_NEGATIVE_SECS",
+    "CACHE_TTL_CONTEXT_L2_SECS",
+    "CACHE_TTL_CONTEXT_L1_SECS",
+    "CACHE_TTL_CONTEXT_NEGATIVE_SECS",
+    "CACHE_TTL_SUMMARY_L2_SECS",
+    "CACHE_TTL_SUMMARY_L1_SECS",
+    "CACHE_TTL_SUMMARY_NEGATIVE_SECS",
+    "CACHE_TTL_GREETING_L2_SECS",
+    "CACHE_TTL_GREETING_L1_SECS",
+    "CACHE_TTL_GREETING_NEGATIVE_SECS",
+    "CACHE_TTL_HISTORY_L2_SECS",
+    "CACHE_TTL_HISTORY_L1_SECS",
+    "CACHE_TTL_HISTORY_NEGATIVE_SECS",
+    "CACHE_TTL_JITTER",
+    "WEBHOOK_BUDGET_MS",
+    "ADMIN_TOKEN",
+];
+
+/// The TTL overrides of each entity as (L2, L1, negative), indexed by [`Entity::index`].
+///
+/// Spelled out rather than built with `format!`, so that searching for a variable's name
+/// finds where it is read.
+const TTL_VARS: [[&str; 3]; 6] = [
+    [
+        "CACHE_TTL_LEAD_L2_SECS",
+        "CACHE_TTL_LEAD_L1_SECS",
+        "CACHE_TTL_LEAD_NEGATIVE_SECS",
+    ],
+    [
+        "CACHE_TTL_ORG_L2_SECS",
+        "CACHE_TTL_ORG_L1_SECS",
+        "CACHE_TTL_ORG_NEGATIVE_SECS",
+    ],
+    [
+        "CACHE_TTL_CONTEXT_L2_SECS",
+        "CACHE_TTL_CONTEXT_L1_SECS",
+        "CACHE_TTL_CONTEXT_NEGATIVE_SECS",
+    ],
+    [
+        "CACHE_TTL_SUMMARY_L2_SECS",
+        "CACHE_TTL_SUMMARY_L1_SECS",
+        "CACHE_TTL_SUMMARY_NEGATIVE_SECS",
+    ],
+    [
+        "CACHE_TTL_GREETING_L2_SECS",
+        "CACHE_TTL_GREETING_L1_SECS",
+        "CACHE_TTL_GREETING_NEGATIVE_SECS",
+    ],
+    [
+        "CACHE_TTL_HISTORY_L2_SECS",
+        "CACHE_TTL_HISTORY_L1_SECS",
+        "CACHE_TTL_HISTORY_NEGATIVE_SECS",
+    ],
+];
+
+/// Longest duration accepted in a `*_MS` variable: one day. Anything longer is a typo, and
+/// huge values would overflow `Instant + Duration` in the breaker and the engine (a panic).
+const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
+
+/// Longest TTL accepted in a `CACHE_TTL_*_SECS` variable: 365 days. Jitter multiplies TTLs,
+/// and near `u64::MAX` seconds that multiplication panics on the request path.
+const MAX_TTL_SECS: u64 = 365 * 24 * 60 * 60;
+
+/// The whole service's configuration, checked; build it with [`Config::from_env`].
+#[derive(Clone)]
+pub struct Config {
+    /// How to reach Postgres.
+    pub database: DatabaseConfig,
+    /// The cache engine's configuration (L2 only when `redis_enabled`).
+    pub cache: CacheConfig,
+    /// Where the HTTP server listens (`BIND_ADDR`).
+    pub bind_addr: SocketAddr,
+    /// Time a webhook handler may take before it answers with what it has (`WEBHOOK_BUDGET_MS`).
+    pub webhook_budget: Duration,
+    /// Bearer token for the admin API (`ADMIN_TOKEN`); without one the admin API is off.
+    pub admin_token: Option<String>,
+    /// Whether the built-in development key secret is in use, so startup can warn.
+    pub key_secret_is_default: bool,
+    /// Whether the cache has a Redis tier (`REDIS_ENABLED`).
+    pub redis_enabled: bool,
+}
+
+impl Config {
+    /// Default listen address.
+    pub const DEFAULT_BIND_ADDR: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+    /// Default webhook budget: the voice platform's 100 ms less a margin for the network.
+    pub const DEFAULT_WEBHOOK_BUDGET: Duration = Duration::from_millis(90);
+    /// Webhook budgets must be shorter than this.
+    pub const MAX_WEBHOOK_BUDGET: Duration = Duration::from_secs(10);
+    /// Shortest admin token accepted.
+    pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+    /// Whether Redis is used unless `REDIS_ENABLED` says otherwise.
+    pub const DEFAULT_REDIS_ENABLED: bool = true;
+    /// Default Redis URL.
+    pub const DEFAULT_REDIS_URL: &'static str = "redis://127.0.0.1:6379/";
+    /// Key secret used when `CACHE_KEY_SECRET` is unset. It is public, so keys built with it
+    /// reveal phone numbers to anyone who can read Redis: development only.
+    pub const DEV_KEY_SECRET: &'static str = "tiercache-development-key-secret";
+    /// `APP_ENV` values (any case) that refuse the development key secret.
+    pub const PRODUCTION_ENVS: [&'static str; 2] = ["prod", "production"];
+
+    /// Reads the process environment; see [`VARS`] for the variables.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars = Vec::new();
+        let mut not_unicode = Vec::new();
+        // `std::env::vars` panics on a value that is not UTF-8; those are reported instead.
+        for (name, value) in std::env::vars_os() {
+            let Ok(name) = name.into_string() else {
+                continue; // None of ours.
+            };
+            match value.into_string() {
+                Ok(value) => vars.push((name, value)),
+                Err(_) => not_unicode.push(name),
+            }
+        }
+        Self::load(vars, &not_unicode)
+    }
+
+    /// Builds the config from these variables alone, ignoring the process environment.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Self::load(vars, &[])
+    }
+
+    fn load(
+        vars: impl IntoIterator<Item = (String, String)>,
+        not_unicode: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut env = Env {
+            vars: vars.into_iter().collect(),
+            problems: Problems::default(),
+        };
+        for name in not_unicode {
+            if let Some(var) = VARS.iter().find(|v| **v == name.as_str()) {
+                env.problems.add(var, "not valid UTF-8".to_owned());
+            }
+        }
+        let raw = RawConfig::parse(&mut env);
+        raw.validate(env.problems)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be forgotten here.
+        let Config {
+            database,
+            cache,
+            bind_addr,
+            webhook_budget,
+            admin_token,
+            key_secret_is_default,
+            redis_enabled,
+        } = self;
+        f.debug_struct("Config")
+            .field("database", database)
+            .field("cache", cache)
+            .field("bind_addr", bind_addr)
+            .field("webhook_budget", webhook_budget)
+            .field("admin_token", &set_or_not(admin_token.is_some()))
+            .field("key_secret_is_default", key_secret_is_default)
+            .field("redis_enabled", redis_enabled)
+            .finish()
+    }
+}
+
+/// How to reach Postgres, and how long to wait for it.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// `postgres://user[:password]@host:port/db` (`DATABASE_URL`).
+    pub url: String,
+    /// Connections in the pool (`DATABASE_POOL_SIZE`).
+    pub pool_size: u32,
+    /// Bound on waiting for a pooled connection (`DATABASE_ACQUIRE_TIMEOUT_MS`).
+    pub acquire_timeout: Duration,
+    /// Postgres `statement_timeout` for every connection (`DATABASE_STATEMENT_TIMEOUT_MS`).
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// Default URL: trust auth as `postgres` on the local server.
+    pub const DEFAULT_URL: &'static str = "postgres://postgres@127.0.0.1:5432/tiercache";
+    /// Default pool size.
+    pub const DEFAULT_POOL_SIZE: u32 = 16;
+    /// Largest pool size accepted.
+    pub const MAX_POOL_SIZE: u32 = 1000;
+    /// Default acquire timeout: a cache miss must still fit a webhook's budget most times.
+    pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Default statement timeout.
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_millis(2000);
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DatabaseConfig {
+            url,
+            pool_size,
+            acquire_timeout,
+            statement_timeout,
+        } = self;
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_database_url(url))
+            .field("pool_size", pool_size)
+            .field("acquire_timeout", acquire_timeout)
+            .field("statement_timeout", statement_timeout)
+            .finish()
+    }
+}
+
+/// A rejected configuration, listing every problem at once.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Every problem found, in the order of [`VARS`].
+    pub problems: Vec<EnvProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid configuration: ")?;
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One environment variable that was rejected, and why; displays as `VAR: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvProblem {
+    /// The variable to fix, e.g. `REDIS_COMMAND_TIMEOUT_MS`.
+    pub var: String,
+    /// What is wrong with it; never quotes a secret.
+    pub message: String,
+}
+
+impl fmt::Display for EnvProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.message)
+    }
+}
+
+/// The variables as plain values, defaults filled in, not yet checked against each other.
+///
+/// A variable that does not parse has been reported and left at its default, so that the
+/// checks that follow see a sane value and report nothing further about it.
+struct RawConfig {
+    database_url: String,
+    database_pool_size: u32,
+    database_acquire_timeout: Duration,
+    database_statement_timeout: Duration,
+    redis_enabled: bool,
+    redis_url: String,
+    redis_pool_size: u32,
+    redis_command_timeout: Duration,
+    redis_connect_timeout: Duration,
+    bind_addr: SocketAddr,
+    key_secret: Option<String>,
+    app_env: String,
+    cache_prefix: String,
+    cache_schema_version: u32,
+    l1_max_bytes: u64,
+    load_timeout: Duration,
+    breaker_failure_threshold: u32,
+    breaker_open: Duration,
+    /// Per entity, indexed by [`Entity::index`]; `None` keeps the seed value.
+    ttl_overrides: [TtlOverrides; 6],
+    ttl_jitter: f64,
+    webhook_budget: Duration,
+    admin_token: Option<String>,
+}
+
+/// One entity's TTL overrides; `None` keeps [`EntityPolicy::seed`]'s value.
+#[derive(Clone, Copy, Default)]
+struct TtlOverrides {
+    l2: Option<Duration>,
+    l1: Option<Duration>,
+    negative: Option<Duration>,
+}
+
+impl RawConfig {
+    /// Parses each variable on its own, noting those that do not parse.
+    fn parse(env: &mut Env) -> RawConfig {
+        let mut ttl_overrides = [TtlOverrides::default(); 6];
+        for entity in Entity::ALL {
+            let [l2_var, l1_var, negative_var] = TTL_VARS[entity.index()];
+            let (l2, l1, negative) = (env.secs(l2_var), env.secs(l1_var), env.secs(negative_var));
+            // With one of them unreadable the entity keeps its whole seed policy, so the
+            // others are not checked against a default they were never meant to meet.
+            if ![l2_var, l1_var, negative_var]
+                .iter()
+                .any(|var| env.problems.has(var))
+            {
+                ttl_overrides[entity.index()] = TtlOverrides { l2, l1, negative };
+            }
+        }
+        RawConfig {
+            database_url: env.string("DATABASE_URL", DatabaseConfig::DEFAULT_URL),
+            database_pool_size: env
+                .count("DATABASE_POOL_SIZE")
+                .unwrap_or(DatabaseConfig::DEFAULT_POOL_SIZE),
+            database_acquire_timeout: env
+                .millis("DATABASE_ACQUIRE_TIMEOUT_MS")
+                .unwrap_or(DatabaseConfig::DEFAULT_ACQUIRE_TIMEOUT),
+            database_statement_timeout: env
+                .millis("DATABASE_STATEMENT_TIMEOUT_MS")
+                .unwrap_or(DatabaseConfig::DEFAULT_STATEMENT_TIMEOUT),
+            redis_enabled: env
+                .flag("REDIS_ENABLED")
+                .unwrap_or(Config::DEFAULT_REDIS_ENABLED),
+            redis_url: env.string("REDIS_URL", Config::DEFAULT_REDIS_URL),
+            redis_pool_size: env
+                .count("REDIS_POOL_SIZE")
+                .unwrap_or(RedisConfig::DEFAULT_POOL_SIZE),
+            redis_command_timeout: env
+                .millis("REDIS_COMMAND_TIMEOUT_MS")
+                .unwrap_or(RedisConfig::DEFAULT_COMMAND_TIMEOUT),
+            redis_connect_timeout: env
+                .millis("REDIS_CONNECT_TIMEOUT_MS")
+                .unwrap_or(RedisConfig::DEFAULT_CONNECT_TIMEOUT),
+            bind_addr: env
+                .parse("BIND_ADDR", "host:port such as 127.0.0.1:8080", |s| {
+                    s.parse().ok()
+                })
+                .unwrap_or(Config::DEFAULT_BIND_ADDR),
+            key_secret: env.get("CACHE_KEY_SECRET").map(str::to_owned),
+            app_env: env.string("APP_ENV", CacheConfig::DEFAULT_ENV),
+            cache_prefix: env.string("CACHE_PREFIX", CacheConfig::DEFAULT_PREFIX),
+            cache_schema_version: env
+                .count("CACHE_SCHEMA_VERSION")
+                .unwrap_or(CacheConfig::DEFAULT_SCHEMA),
+            l1_max_bytes: env
+                .parse("L1_MAX_BYTES", "a number of bytes", |s| s.parse().ok())
+                .unwrap_or(CacheConfig::DEFAULT_L1_MAX_BYTES),
+            load_timeout: env
+                .millis("LOAD_TIMEOUT_MS")
+                .unwrap_or(CacheConfig::DEFAULT_LOAD_TIMEOUT),
+            breaker_failure_threshold: env
+                .count("BREAKER_FAILURE_THRESHOLD")
+                .unwrap_or(BreakerConfig::DEFAULT_FAILURE_THRESHOLD),
+            breaker_open: env
+                .millis("BREAKER_OPEN_MS")
+                .unwrap_or(BreakerConfig::DEFAULT_OPEN_FOR),
+            ttl_overrides,
+            ttl_jitter: env
+                .parse("CACHE_TTL_JITTER", "a fraction such as 0.1", |s| {
+                    s.parse().ok()
+                })
+                .unwrap_or(EntityPolicy::DEFAULT_JITTER),
+            webhook_budget: env
+                .millis("WEBHOOK_BUDGET_MS")
+                .unwrap_or(Config::DEFAULT_WEBHOOK_BUDGET),
+            admin_token: env.get("ADMIN_TOKEN").map(str::to_owned),
+        }
+    }
+
+    /// Checks the values against their bounds and each other, builds the cache config, and
+    /// returns the config or every problem found, the parsing ones included.
+    fn validate(self, mut problems: Problems) -> Result<Config, ConfigError> {
+        let RawConfig {
+            database_url,
+            database_pool_size,
+            database_acquire_timeout,
+            database_statement_timeout,
+            redis_enabled,
+            redis_url,
+            redis_pool_size,
+            redis_command_timeout,
+            redis_connect_timeout,
+            bind_addr,
+            key_secret,
+            app_env,
+            cache_prefix,
+            cache_schema_version,
+            l1_max_bytes,
+            load_timeout,
+            breaker_failure_threshold,
+            breaker_open,
+            ttl_overrides,
+            ttl_jitter,
+            webhook_budget,
+            admin_token,
+        } = self;
+
+        // Only the scheme is checked here. sqlx's own parser reads PG* variables and
+        // ~/.pgpass, which would make `from_vars` depend on more than its input; a URL it
+        // rejects fails the first connect at startup, which names Postgres.
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            // The URL may hold a password, so it is not quoted.
+            problems.add(
+                "DATABASE_URL",
+                "expected postgres://user[:password]@host:port/db".to_owned(),
+            );
+        }
+        if !(1..=DatabaseConfig::MAX_POOL_SIZE).contains(&database_pool_size) {
+            problems.add(
+                "DATABASE_POOL_SIZE",
+                format!(
+                    "must be within 1..={}, got {database_pool_size}",
+                    DatabaseConfig::MAX_POOL_SIZE
+                ),
+            );
+        }
+        for (var, value) in [
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", database_acquire_timeout),
+            ("DATABASE_STATEMENT_TIMEOUT_MS", database_statement_timeout),
+            // The cache checks its other durations itself, but not this one.
+            ("BREAKER_OPEN_MS", breaker_open),
+        ] {
+            if value.is_zero() {
+                problems.add(var, "must be greater than zero".to_owned());
+            }
+        }
+        if webhook_budget.is_zero() || webhook_budget >= Config::MAX_WEBHOOK_BUDGET {
+            problems.add(
+                "WEBHOOK_BUDGET_MS",
+                format!(
+                    "must be within 1..{}, got {}",
+                    Config::MAX_WEBHOOK_BUDGET.as_millis(),
+                    webhook_budget.as_millis()
+                ),
+            );
+        }
+        if let Some(token) = &admin_token {
+            let len = token.chars().count();
+            if len < Config::MIN_ADMIN_TOKEN_LEN {
+                problems.add(
+                    "ADMIN_TOKEN",
+                    format!(
+                        "must be at least {} characters, got {len}",
+                        Config::MIN_ADMIN_TOKEN_LEN
+                    ),
+                );
+            }
+        }
+        let key_secret = key_secret.unwrap_or_else(|| Config::DEV_KEY_SECRET.to_owned());
+        // Setting the public secret by hand is no better than leaving it unset.
+        let key_secret_is_default = key_secret == Config::DEV_KEY_SECRET;
+        if key_secret_is_default
+            && Config::PRODUCTION_ENVS
+                .iter()
+                .any(|env| app_env.eq_ignore_ascii_case(env))
+        {
+            problems.add(
+                "CACHE_KEY_SECRET",
+                format!(
+                    "must be set when APP_ENV is {app_env:?}: the development secret is public"
+                ),
+            );
+        }
+
+        let mut builder = CacheConfig::builder()
+            .prefix(cache_prefix)
+            .env(app_env)
+            .schema(cache_schema_version)
+            .key_secret(key_secret.into_bytes())
+            .l1_max_bytes(l1_max_bytes)
+            .load_timeout(load_timeout)
+            .breaker(BreakerConfig {
+                failure_threshold: breaker_failure_threshold,
+                open_for: breaker_open,
+            })
+            // Without Redis the engine runs L1 only, through the same code path.
+            .redis_url(redis_enabled.then_some(redis_url))
+            .pool_size(redis_pool_size)
+            .l2_timeout(redis_command_timeout)
+            .connect_timeout(redis_connect_timeout);
+        for entity in Entity::ALL {
+            let seed = EntityPolicy::seed(entity);
+            let overrides = ttl_overrides[entity.index()];
+            builder = builder.policy(
+                entity,
+                EntityPolicy {
+                    l2_ttl: overrides.l2.unwrap_or(seed.l2_ttl),
+                    l1_ttl: overrides.l1.unwrap_or(seed.l1_ttl),
+                    negative_ttl: overrides.negative.unwrap_or(seed.negative_ttl),
+                    jitter: ttl_jitter,
+                },
+            );
+        }
+        let cache = match builder.build() {
+            Ok(cache) => Some(cache),
+            Err(error) => {
+                for problem in error.problems {
+                    let var = match cache_field_var(&problem.field) {
+                        Some(var) => var.to_owned(),
+                        // A field this module does not set; still reported, by its name.
+                        None => format!("cache.{}", problem.field),
+                    };
+                    problems.add(&var, problem.message);
+                }
+                None
+            }
+        };
+
+        match cache {
+            Some(cache) if problems.is_empty() => Ok(Config {
+                database: DatabaseConfig {
+                    url: database_url,
+                    pool_size: database_pool_size,
+                    acquire_timeout: database_acquire_timeout,
+                    statement_timeout: database_statement_timeout,
+                },
+                cache,
+                bind_addr,
+                webhook_budget,
+                admin_token,
+                key_secret_is_default,
+                redis_enabled,
+            }),
+            _ => Err(problems.into_error()),
+        }
+    }
+}
+
+/// The variable behind a field the cache's builder rejected (`policy.lead.l1_ttl` is
+/// `CACHE_TTL_LEAD_L1_SECS`), or `None` for a field no variable sets.
+fn cache_field_var(field: &str) -> Option<&'static str> {
+    if let Some(rest) = field.strip_prefix("policy.") {
+        let (entity, policy_field) = rest.split_once('.')?;
+        let entity = Entity::ALL.into_iter().find(|e| e.as_str() == entity)?;
+        let [l2, l1, negative] = TTL_VARS[entity.index()];
+        return match policy_field {
+            "l2_ttl" => Some(l2),
+            "l1_ttl" => Some(l1),
+            "negative_ttl" => Some(negative),
+            "jitter" => Some("CACHE_TTL_JITTER"),
+            _ => None,
+        };
+    }
+    Some(match field {
+        "prefix" => "CACHE_PREFIX",
+        "env" => "APP_ENV",
+        "schema" => "CACHE_SCHEMA_VERSION",
+        "key_secret" => "CACHE_KEY_SECRET",
+        "l1_max_bytes" => "L1_MAX_BYTES",
+        "load_timeout" => "LOAD_TIMEOUT_MS",
+        "breaker.failure_threshold" => "BREAKER_FAILURE_THRESHOLD",
+        "breaker.open_for" => "BREAKER_OPEN_MS",
+        "redis_url" => "REDIS_URL",
+        "pool_size" => "REDIS_POOL_SIZE",
+        "l2_timeout" => "REDIS_COMMAND_TIMEOUT_MS",
+        "connect_timeout" => "REDIS_CONNECT_TIMEOUT_MS",
+        // `l1_enabled` among them: L1 is always on here.
+        _ => return None,
+    })
+}
+
+/// The variables, and the problems found so far.
+struct Env {
+    vars: HashMap<String, String>,
+    problems: Problems,
+}
+
+impl Env {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_owned()
+    }
+
+    /// The value of `name` through `parse`; `None` when unset, or when it does not parse,
+    /// which is noted as "expected {expected}, got {value:?}". Only for non-secret values.
+    fn parse<T>(
+        &mut self,
+        name: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let value = self.vars.get(name)?;
+        let parsed = parse(value);
+        if parsed.is_none() {
+            self.problems
+                .add(name, format!("expected {expected}, got {value:?}"));
+        }
+        parsed
+    }
+
+    fn count(&mut self, name: &str) -> Option<u32> {
+        self.parse(name, "a whole number", |s| s.parse().ok())
+    }
+
+    fn flag(&mut self, name: &str) -> Option<bool> {
+        self.parse(name, "true/false/1/0/yes/no", |s| {
+            match s.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Some(true),
+                "false" | "0" | "no" => Some(false),
+                _ => None,
+            }
+        })
+    }
+
+    fn millis(&mut self, name: &str) -> Option<Duration> {
+        let millis: u64 = self.parse(name, "milliseconds", |s| s.parse().ok())?;
+        self.at_most(name, millis, MAX_MILLIS, "milliseconds (one day)")
+            .map(Duration::from_millis)
+    }
+
+    fn secs(&mut self, name: &str) -> Option<Duration> {
+        let secs: u64 = self.parse(name, "seconds", |s| s.parse().ok())?;
+        self.at_most(name, secs, MAX_TTL_SECS, "seconds (365 days)")
+            .map(Duration::from_secs)
+    }
+
+    fn at_most(&mut self, name: &str, value: u64, max: u64, unit: &str) -> Option<u64> {
+        if value > max {
+            self.problems
+                .add(name, format!("must be at most {max} {unit}, got {value}"));
+            return None;
+        }
+        Some(value)
+    }
+}
+
+/// Problems found so far; each (variable, message) pair once.
+#[derive(Default)]
+struct Problems(Vec<EnvProblem>);
+
+impl Problems {
+    fn add(&mut self, var: &str, message: String) {
+        // The cache reports a bad jitter once per entity; the variable is one.
+        if !self.0.iter().any(|p| p.var == var && p.message == message) {
+            self.0.push(EnvProblem {
+                var: var.to_owned(),
+                message,
+            });
+        }
+    }
+
+    fn has(&self, var: &str) -> bool {
+        self.0.iter().any(|p| p.var == var)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The error, problems in the order of [`VARS`] (stable within one variable).
+    fn into_error(self) -> ConfigError {
+        let mut problems = self.0;
+        problems.sort_by_key(|p| VARS.iter().position(|v| *v == p.var).unwrap_or(VARS.len()));
+        ConfigError { problems }
+    }
+}
+
+fn set_or_not(set: bool) -> &'static str {
+    if set { "set" } else { "not set" }
+}
+
+/// The URL with its password, if any, replaced by `***` (`postgres://user:***@host/db`),
+/// in the authority and in a `password` query parameter alike.
+fn redact_database_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        // Not a URL we accepted; it could be anything, a password included.
+        return "***".to_owned();
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    // The last '@' ends the user info: a password may hold an unescaped '@', and erring
+    // the other way (an '@' in the query) hides too much rather than too little.
+    let (authority, tail) = match rest.rfind('@') {
+        Some(at) => {
+            let (user_info, tail) = rest.split_at(at);
+            let user_info = match user_info.split_once(':') {
+                Some((user, _password)) => format!("{user}:***"),
+                None => user_info.to_owned(),
+            };
+            (user_info, tail)
+        }
+        None => (String::new(), rest),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().ends_with("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    fn problem_vars(err: &ConfigError) -> Vec<&str> {
+        err.problems.iter().map(|p| p.var.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_build_a_valid_config_with_redis() {
+        let config = load(&[]).unwrap();
+        assert!(config.redis_enabled);
+        assert!(config.key_secret_is_default);
+        assert_eq!(config.admin_token, None);
+        assert_eq!(config.bind_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.webhook_budget, Duration::from_millis(90));
+        let DatabaseConfig {
+            url,
+            pool_size,
+            acquire_timeout,
+            statement_timeout,
+        } = &config.database;
+        assert_eq!(url, "postgres://postgres@127.0.0.1:5432/tiercache");
+        assert_eq!(*pool_size, 16);
+        assert_eq!(*acquire_timeout, Duration::from_millis(500));
+        assert_eq!(*statement_timeout, Duration::from_secs(2));
+        let redis = config.cache.redis().unwrap();
+        assert_eq!(redis.url, "redis://127.0.0.1:6379/");
+        assert_eq!(redis.pool_size, 8);
+        assert_eq!(redis.command_timeout, Duration::from_millis(50));
+        assert_eq!(redis.connect_timeout, Duration::from_millis(250));
+        assert!(config.cache.l1_enabled());
+        for entity in Entity::ALL {
+            assert_eq!(*config.cache.policy(entity), EntityPolicy::seed(entity));
+        }
+    }
+
+    #[test]
+    fn redis_disabled_gives_an_l1_only_cache() {
+        let config = load(&[("REDIS_ENABLED", "false")]).unwrap();
+        assert!(!config.redis_enabled);
+        assert!(!config.cache.redis_enabled());
+        assert!(config.cache.l1_enabled());
+    }
+
+    #[test]
+    fn bool_variants_are_accepted_and_others_named() {
+        for (value, expected) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("yes", true),
+            ("Yes", true),
+            ("false", false),
+            ("False", false),
+            ("0", false),
+            ("no", false),
+            ("NO", false),
+        ] {
+            let config = load(&[("REDIS_ENABLED", value)]).unwrap();
+            assert_eq!(config.redis_enabled, expected, "{value}");
+        }
+        for value in ["maybe", "", "on", " true"] {
+            let err = load(&[("REDIS_ENABLED", value)]).unwrap_err();
+            assert_eq!(problem_vars(&err), ["REDIS_ENABLED"], "{value:?}");
+            assert_eq!(
+                err.problems[0].message,
+                format!("expected true/false/1/0/yes/no, got {value:?}")
+            );
+        }
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_at_once_in_order() {
+        // Given out of order on purpose: the report follows `VARS`.
+        let err = load(&[
+            ("WEBHOOK_BUDGET_MS", "10000"),
+            ("REDIS_COMMAND_TIMEOUT_MS", "fast"),
+            ("BIND_ADDR", "localhost"),
+            ("DATABASE_POOL_SIZE", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            problem_vars(&err),
+            [
+                "DATABASE_POOL_SIZE",
+                "REDIS_COMMAND_TIMEOUT_MS",
+                "BIND_ADDR",
+                "WEBHOOK_BUDGET_MS"
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(r#"REDIS_COMMAND_TIMEOUT_MS: expected milliseconds, got "fast""#),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("invalid configuration: DATABASE_POOL_SIZE: must be within 1..=1000"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_variable_is_read_and_named_once() {
+        // "!!" is wrong for every variable, so each must be reported, by its own name, once;
+        // a misspelt name where a variable is read would show up here.
+        let pairs: Vec<(&str, &str)> = VARS.iter().map(|v| (*v, "!!")).collect();
+        let err = load(&pairs).unwrap_err();
+        assert_eq!(problem_vars(&err), VARS, "{err}");
+    }
+
+    #[test]
+    fn ttl_overrides_are_applied() {
+        let config = load(&[
+            ("CACHE_TTL_GREETING_L2_SECS", "120"),
+            ("CACHE_TTL_GREETING_L1_SECS", "30"),
+            ("CACHE_TTL_GREETING_NEGATIVE_SECS", "5"),
+            ("CACHE_TTL_JITTER", "0.2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            *config.cache.policy(Entity::Greeting),
+            EntityPolicy {
+                l2_ttl: Duration::from_secs(120),
+                l1_ttl: Duration::from_secs(30),
+                negative_ttl: Duration::from_secs(5),
+                jitter: 0.2,
+            }
+        );
+        assert_eq!(
+            *config.cache.policy(Entity::Lead),
+            EntityPolicy {
+                jitter: 0.2,
+                ..EntityPolicy::seed(Entity::Lead)
+            }
+        );
+    }
+
+    #[test]
+    fn an_l1_ttl_over_l2_is_reported_by_variable() {
+        let err = load(&[("CACHE_TTL_LEAD_L1_SECS", "1000")]).unwrap_err();
+        assert_eq!(problem_vars(&err), ["CACHE_TTL_LEAD_L1_SECS"]);
+        assert!(err.problems[0].message.contains("must not exceed"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_ttl_keeps_the_entity_on_its_seed() {
+        // Against the seed L2 TTL (900 s) this L1 TTL would conflict; only the typo is reported.
+        let err = load(&[
+            ("CACHE_TTL_LEAD_L2_SECS", "2h"),
+            ("CACHE_TTL_LEAD_L1_SECS", "1000"),
+        ])
+        .unwrap_err();
+        assert_eq!(problem_vars(&err), ["CACHE_TTL_LEAD_L2_SECS"]);
+        assert_eq!(err.problems[0].message, r#"expected seconds, got "2h""#);
+    }
+
+    #[test]
+    fn a_bad_jitter_is_reported_once() {
+        let err = load(&[("CACHE_TTL_JITTER", "0.9")]).unwrap_err();
+        assert_eq!(problem_vars(&err), ["CACHE_TTL_JITTER"]);
+    }
+
+    #[test]
+    fn huge_durations_are_refused() {
+        let err = load(&[
+            ("BREAKER_OPEN_MS", &u64::MAX.to_string()),
+            ("CACHE_TTL_ORG_L2_SECS", "31536001"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            problem_vars(&err),
+            ["BREAKER_OPEN_MS", "CACHE_TTL_ORG_L2_SECS"]
+        );
+    }
+
+    #[test]
+    fn cache_fields_map_to_their_variables() {
+        for (field, var) in [
+            ("prefix", "CACHE_PREFIX"),
+            ("env", "APP_ENV"),
+            ("schema", "CACHE_SCHEMA_VERSION"),
+            ("key_secret", "CACHE_KEY_SECRET"),
+            ("l1_max_bytes", "L1_MAX_BYTES"),
+            ("load_timeout", "LOAD_TIMEOUT_MS"),
+            ("breaker.failure_threshold", "BREAKER_FAILURE_THRESHOLD"),
+            ("breaker.open_for", "BREAKER_OPEN_MS"),
+            ("redis_url", "REDIS_URL"),
+            ("pool_size", "REDIS_POOL_SIZE"),
+            ("l2_timeout", "REDIS_COMMAND_TIMEOUT_MS"),
+            ("connect_timeout", "REDIS_CONNECT_TIMEOUT_MS"),
+            ("policy.lead.l1_ttl", "CACHE_TTL_LEAD_L1_SECS"),
+            ("policy.greeting.l2_ttl", "CACHE_TTL_GREETING_L2_SECS"),
+            (
+                "policy.history.negative_ttl",
+                "CACHE_TTL_HISTORY_NEGATIVE_SECS",
+            ),
+            ("policy.org.jitter", "CACHE_TTL_JITTER"),
+        ] {
+            assert_eq!(cache_field_var(field), Some(var), "{field}");
+        }
+        for field in [
+            "l1_enabled",
+            "policy.nope.l1_ttl",
+            "policy.lead.nope",
+            "nope",
+        ] {
+            assert_eq!(cache_field_var(field), None, "{field}");
+        }
+        // Every policy field of every entity maps to a variable that is read.
+        for entity in Entity::ALL {
+            for field in ["l2_ttl", "l1_ttl", "negative_ttl", "jitter"] {
+                let var = cache_field_var(&format!("policy.{entity}.{field}")).unwrap();
+                assert!(VARS.contains(&var), "{var}");
+            }
+        }
+    }
+
+    #[test]
+    fn ttl_variables_follow_the_entity_names() {
+        for entity in Entity::ALL {
+            let upper = entity.as_str().to_ascii_uppercase();
+            assert_eq!(
+                TTL_VARS[entity.index()],
+                [
+                    format!("CACHE_TTL_{upper}_L2_SECS"),
+                    format!("CACHE_TTL_{upper}_L1_SECS"),
+                    format!("CACHE_TTL_{upper}_NEGATIVE_SECS"),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let config = load(&[
+            (
+                "DATABASE_URL",
+                "postgres://app:hunter2@db.internal:5432/tiercache",
+            ),
+            ("REDIS_URL", "redis://:redispass@cache.internal:6379/"),
+            ("CACHE_KEY_SECRET", "a very secret key secret"),
+            ("ADMIN_TOKEN", "an admin token, long enough"),
+        ])
+        .unwrap();
+        let text = format!("{config:?}");
+        for secret in ["hunter2", "redispass", "very secret", "admin token"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            text.contains("postgres://app:***@db.internal:5432/tiercache"),
+            "{text}"
+        );
+        assert!(text.contains(r#"admin_token: "set""#), "{text}");
+        assert!(!config.key_secret_is_default);
+        let text = format!("{:?}", load(&[]).unwrap());
+        assert!(text.contains(r#"admin_token: "not set""#), "{text}");
+    }
+
+    #[test]
+    fn database_urls_are_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://postgres@127.0.0.1:5432/tiercache",
+                "postgres://postgres@127.0.0.1:5432/tiercache",
+            ),
+            ("postgres://u:p@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u@h/db?sslmode=require&password=p",
+                "postgres://u@h/db?sslmode=require&password=***",
+            ),
+            ("postgres://h/db", "postgres://h/db"),
+            ("host=h password=p", "***"),
+        ] {
+            assert_eq!(redact_database_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn problems_never_quote_secrets() {
+        let err = load(&[
+            ("DATABASE_URL", "mysql://u:hunter2@h/db"),
+            ("CACHE_KEY_SECRET", "short-sekrit"),
+            ("ADMIN_TOKEN", "tiny-tok"),
+            ("REDIS_URL", "http://:redispass@h/"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            problem_vars(&err),
+            [
+                "DATABASE_URL",
+                "REDIS_URL",
+                "CACHE_KEY_SECRET",
+                "ADMIN_TOKEN"
+            ]
+        );
+        let text = err.to_string();
+        for secret in ["hunter2", "sekrit", "tiny-tok", "redispass"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_the_default_secret() {
+        for app_env in ["prod", "production", "PROD"] {
+            let err = load(&[("APP_ENV", app_env)]).unwrap_err();
+            assert_eq!(problem_vars(&err), ["CACHE_KEY_SECRET"], "{app_env}");
+            // Setting the public secret by hand is refused too.
+            let err = load(&[
+                ("APP_ENV", app_env),
+                ("CACHE_KEY_SECRET", Config::DEV_KEY_SECRET),
+            ])
+            .unwrap_err();
+            assert_eq!(problem_vars(&err), ["CACHE_KEY_SECRET"], "{app_env}");
+        }
+        let config = load(&[
+            ("APP_ENV", "prod"),
+            ("CACHE_KEY_SECRET", "0123456789abcdef"),
+        ])
+        .unwrap();
+        assert!(!config.key_secret_is_default);
+        assert!(
+            load(&[("APP_ENV", "staging")])
+                .unwrap()
+                .key_secret_is_default
+        );
+    }
+
+    #[test]
+    fn admin_tokens_must_be_long_enough() {
+        let err = load(&[("ADMIN_TOKEN", "short")]).unwrap_err();
+        assert_eq!(problem_vars(&err), ["ADMIN_TOKEN"]);
+        let config = load(&[("ADMIN_TOKEN", "0123456789abcdef")]).unwrap();
+        assert_eq!(config.admin_token.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn non_unicode_values_are_reported_for_our_variables_only() {
+        let err = Config::load(
+            Vec::new(),
+            &["REDIS_URL".to_owned(), "SOMEONE_ELSES".to_owned()],
+        )
+        .unwrap_err();
+        assert_eq!(problem_vars(&err), ["REDIS_URL"]);
+        assert_eq!(err.problems[0].message, "not valid UTF-8");
+    }
+}

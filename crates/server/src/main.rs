@@ -1,0 +1,5 @@
+//! The Tiercache service binary.
+
+mod config;
+
+fn main() {}
