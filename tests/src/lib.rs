@@ -2,8 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cache;
+pub mod db;
 mod recorder;
 mod redis_server;
+pub mod server;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -1,6 +1,7 @@
 //! End-to-end suites, one test binary: each module says what belongs in it.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
 mod cache_concurrency;
 mod cache_faults;
 mod cache_invalidation;

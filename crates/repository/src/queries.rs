@@ -1,6 +1,7 @@
 //! Plain queries, one function each, on any executor (pool or transaction). Every query
 //! here is exercised by the tests in `tests/suites/repository.rs`.
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
 use crate::model::{Context, HistoryPage, Lead, LeadPatch, Message, NewMessage, Org, Summary};
@@ -140,6 +141,7 @@ pub async fn update_lead(
     db: impl PgExecutor<'_>,
     id: i64,
     patch: &LeadPatch,
+    now: DateTime<Utc>,
 ) -> Result<Option<Lead>, sqlx::Error> {
     let (set_notes, notes) = match &patch.notes {
         Some(notes) => (true, notes.clone()),
@@ -150,7 +152,7 @@ pub async fn update_lead(
             name = COALESCE($2, name),
             status = COALESCE($3, status),
             notes = CASE WHEN $4 THEN $5 ELSE notes END,
-            updated_at = now()
+            updated_at = $6
          WHERE id = $1
          RETURNING id, org_id, phone, name, status, notes, created_at, updated_at",
     )
@@ -159,6 +161,7 @@ pub async fn update_lead(
     .bind(&patch.status)
     .bind(set_notes)
     .bind(notes)
+    .bind(now)
     .fetch_optional(db)
     .await
 }
@@ -168,23 +171,25 @@ pub async fn insert_message(
     conn: &mut PgConnection,
     lead_id: i64,
     message: &NewMessage,
+    now: DateTime<Utc>,
 ) -> Result<Option<Message>, sqlx::Error> {
     let conversation: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO conversations (lead_id, channel)
-         SELECT id, $2 FROM leads WHERE id = $1
+        "INSERT INTO conversations (lead_id, channel, started_at)
+         SELECT id, $2, $3 FROM leads WHERE id = $1
          ON CONFLICT (lead_id, channel) DO UPDATE SET channel = EXCLUDED.channel
          RETURNING id",
     )
     .bind(lead_id)
     .bind(&message.channel)
+    .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(conversation) = conversation else {
         return Ok(None);
     };
     let inserted = sqlx::query_as(
-        "INSERT INTO messages (conversation_id, lead_id, channel, direction, body)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO messages (conversation_id, lead_id, channel, direction, body, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING id, lead_id, channel, direction, body, created_at",
     )
     .bind(conversation)
@@ -192,6 +197,7 @@ pub async fn insert_message(
     .bind(&message.channel)
     .bind(&message.direction)
     .bind(&message.body)
+    .bind(now)
     .fetch_one(&mut *conn)
     .await?;
     Ok(Some(inserted))

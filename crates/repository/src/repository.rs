@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
 
@@ -45,12 +46,26 @@ pub const MAX_TEXT_LEN: usize = 4_000;
 pub struct Repository {
     pool: PgPool,
     cache: TwoTierCache,
+    clock: Clock,
 }
+
+/// Where writes take their timestamps from.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 impl Repository {
     /// A repository on this pool and cache.
     pub fn new(pool: PgPool, cache: TwoTierCache) -> Self {
-        Repository { pool, cache }
+        Repository {
+            pool,
+            cache,
+            clock: Arc::new(Utc::now),
+        }
+    }
+
+    /// Takes write timestamps from `clock` instead of the system clock (for reproducible runs).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The cache it reads through.
@@ -208,7 +223,7 @@ impl Repository {
             check_text("notes", notes, false)?;
         }
         let mut tx = self.pool.begin().await?;
-        let Some(lead) = queries::update_lead(&mut *tx, id, patch).await? else {
+        let Some(lead) = queries::update_lead(&mut *tx, id, patch, (self.clock)()).await? else {
             return Ok(None);
         };
         tx.commit().await?;
@@ -243,7 +258,9 @@ impl Repository {
         }
         check_text("body", &message.body, true)?;
         let mut tx = self.pool.begin().await?;
-        let Some(inserted) = queries::insert_message(&mut tx, lead_id, message).await? else {
+        let Some(inserted) =
+            queries::insert_message(&mut tx, lead_id, message, (self.clock)()).await?
+        else {
             return Ok(None);
         };
         tx.commit().await?;

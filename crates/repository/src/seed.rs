@@ -43,7 +43,18 @@ pub enum Seeded {
 
 /// Loads the demo data when the database has no organization yet.
 pub async fn seed_if_empty(pool: &PgPool) -> Result<Seeded, sqlx::Error> {
+    seed_sized(pool, DEMO_ORGS, DEMO_LEADS).await
+}
+
+/// [`seed_if_empty`] with fewer organizations and leads (for tests); the same formulas, so
+/// lead `j` and organization `i` are the same rows as in the full set.
+pub async fn seed_sized(pool: &PgPool, orgs: i64, leads: i64) -> Result<Seeded, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Seeding is the one long statement this service runs; the pool's request-sized
+    // statement timeout does not apply to it.
+    sqlx::query("SET LOCAL statement_timeout = '10min'")
+        .execute(&mut *tx)
+        .await?;
     // Two instances starting together must not both seed.
     sqlx::query("LOCK TABLE organizations IN EXCLUSIVE MODE")
         .execute(&mut *tx)
@@ -54,7 +65,7 @@ pub async fn seed_if_empty(pool: &PgPool) -> Result<Seeded, sqlx::Error> {
     if any {
         return Ok(Seeded::AlreadyPopulated);
     }
-    let orgs = sqlx::query(
+    let org_rows = sqlx::query(
         "INSERT INTO organizations (id, phone, name, settings, created_at, updated_at)
          SELECT i, '+1800555' || lpad(i::text, 4, '0'),
                 (ARRAY['Acme', 'Globex', 'Initech', 'Umbrella', 'Hooli'])[i % 5 + 1]
@@ -66,13 +77,13 @@ pub async fn seed_if_empty(pool: &PgPool) -> Result<Seeded, sqlx::Error> {
                 timestamptz '2026-01-01 00:00:00+00'
          FROM generate_series(1, $1) AS i",
     )
-    .bind(DEMO_ORGS)
+    .bind(orgs)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    let leads = sqlx::query(
+    let lead_rows = sqlx::query(
         "INSERT INTO leads (id, org_id, phone, name, status, notes, created_at, updated_at)
-         SELECT j + 1, (j % 100) + 1, '+16462' || lpad(j::text, 6, '0'),
+         SELECT j + 1, (j % $2) + 1, '+16462' || lpad(j::text, 6, '0'),
                 (ARRAY['Maria', 'James', 'Aisha', 'Wei', 'Olga', 'Carlos', 'Priya', 'Tom'])[j % 8 + 1]
                     || ' ' ||
                 (ARRAY['Garcia', 'Smith', 'Khan', 'Chen', 'Ivanova', 'Lopez', 'Patel', 'Brown'])[(j / 8) % 8 + 1],
@@ -83,7 +94,8 @@ pub async fn seed_if_empty(pool: &PgPool) -> Result<Seeded, sqlx::Error> {
          FROM generate_series(0, $1 - 1) AS j
          ORDER BY j",
     )
-    .bind(DEMO_LEADS)
+    .bind(leads)
+    .bind(orgs)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -126,8 +138,8 @@ pub async fn seed_if_empty(pool: &PgPool) -> Result<Seeded, sqlx::Error> {
     tx.commit().await?;
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     Ok(Seeded::Loaded {
-        orgs: count(orgs),
-        leads: count(leads),
+        orgs: count(org_rows),
+        leads: count(lead_rows),
         messages: count(messages),
     })
 }

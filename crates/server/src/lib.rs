@@ -1,0 +1,12 @@
+//! The Tiercache service: configuration from the environment, start-up, and the HTTP API
+//! (the domain routes and the voice agent's webhook).
+
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+pub use config::Config;
+pub use routes::router;
+pub use state::AppState;

@@ -1,0 +1,109 @@
+//! Start-up: the database (created if missing, migrated, seeded when empty), the cache,
+//! the repositories, and serving with graceful shutdown.
+
+use std::future::Future;
+use std::str::FromStr;
+
+use anyhow::Context as _;
+use axum::Router;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use tiercache::{NoopObserver, TwoTierCache};
+use tiercache_repository::seed::{Seeded, seed_if_empty};
+use tiercache_repository::{MIGRATOR, Repository};
+use tokio::net::TcpListener;
+
+use crate::config::{Config, DatabaseConfig};
+use crate::state::AppState;
+
+/// A service ready to serve.
+pub struct Service {
+    /// Handler state.
+    pub state: AppState,
+    /// What seeding did.
+    pub seeded: Seeded,
+}
+
+/// Creates the database if missing, migrates, seeds when empty, builds cache and repositories.
+pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
+    let pool = connect(&config.database).await?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("running database migrations")?;
+    let seeded = seed_if_empty(&pool).await.context("loading demo data")?;
+    let cache =
+        TwoTierCache::new(config.cache.clone(), NoopObserver).context("building the cache")?;
+    let repo = Repository::new(pool, cache);
+    Ok(Service {
+        state: AppState::new(repo, config.webhook_budget),
+        seeded,
+    })
+}
+
+/// Opens the pool, creating the database first when it does not exist.
+pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let exists = Postgres::database_exists(&config.url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    if !exists {
+        tracing::info!("creating the database");
+        Postgres::create_database(&config.url)
+            .await
+            .context("creating the database")?;
+    }
+    let options = PgConnectOptions::from_str(&config.url)
+        .context("parsing DATABASE_URL")?
+        .options([(
+            "statement_timeout",
+            config.statement_timeout.as_millis().to_string(),
+        )]);
+    PgPoolOptions::new()
+        .max_connections(config.pool_size)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, letting in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down; letting in-flight requests finish");
+}

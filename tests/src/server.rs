@@ -1,0 +1,161 @@
+//! The real server on a loopback port, for the HTTP suites.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use tiercache::{CacheObserver, NoopObserver, TwoTierCache};
+use tiercache_repository::Repository;
+use tiercache_server::{AppState, Config, router};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::cache::TEST_SECRET;
+use crate::db::TestDb;
+
+/// A running server and a client for it; stops when dropped.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// A client.
+    pub client: reqwest::Client,
+    /// The handler state (its repository and cache).
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A clock for reproducible writes: 2026-06-01, one second further at each call.
+pub fn stepping_clock() -> tiercache_repository::Clock {
+    let tick = Arc::new(AtomicI64::new(0));
+    let start: DateTime<Utc> = Utc
+        .with_ymd_and_hms(2026, 6, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    Arc::new(move || start + chrono::Duration::seconds(tick.fetch_add(1, Ordering::SeqCst)))
+}
+
+/// Server settings for tests.
+pub struct Options<'a> {
+    /// L2 on this Redis, or L1 only.
+    pub redis_url: Option<&'a str>,
+    /// Key namespace prefix.
+    pub prefix: &'a str,
+    /// Webhook budget.
+    pub webhook_budget: Duration,
+    /// Receives the cache's events.
+    pub observer: Option<Arc<dyn CacheObserver>>,
+}
+
+impl<'a> Options<'a> {
+    /// L2 on `redis_url` (or none), a 2 s webhook budget, no observer.
+    pub fn new(prefix: &'a str, redis_url: Option<&'a str>) -> Self {
+        Options {
+            redis_url,
+            prefix,
+            webhook_budget: Duration::from_secs(2),
+            observer: None,
+        }
+    }
+}
+
+impl TestServer {
+    /// Serves `db` with the configuration the environment variables would give, plus `opts`.
+    pub async fn start(db: &TestDb, opts: Options<'_>) -> TestServer {
+        let mut vars = vec![
+            ("DATABASE_URL".to_owned(), db.url.clone()),
+            ("DATABASE_POOL_SIZE".to_owned(), "5".to_owned()),
+            ("CACHE_PREFIX".to_owned(), opts.prefix.to_owned()),
+            ("APP_ENV".to_owned(), "test".to_owned()),
+            (
+                "CACHE_KEY_SECRET".to_owned(),
+                String::from_utf8_lossy(TEST_SECRET).into_owned(),
+            ),
+            (
+                "REDIS_ENABLED".to_owned(),
+                opts.redis_url.is_some().to_string(),
+            ),
+            (
+                "WEBHOOK_BUDGET_MS".to_owned(),
+                opts.webhook_budget.as_millis().to_string(),
+            ),
+        ];
+        if let Some(url) = opts.redis_url {
+            vars.push(("REDIS_URL".to_owned(), url.to_owned()));
+        }
+        let config = Config::from_vars(vars).unwrap();
+        let pool = tiercache_server::startup::connect(&config.database)
+            .await
+            .unwrap();
+        let observer = opts.observer.unwrap_or_else(|| Arc::new(NoopObserver));
+        let cache = TwoTierCache::with_observer(config.cache.clone(), observer).unwrap();
+        let repo = Repository::new(pool, cache).with_clock(stepping_clock());
+        Self::serve(AppState::new(repo, config.webhook_budget)).await
+    }
+
+    /// Serves `state` on a free loopback port.
+    pub async fn serve(state: AppState) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            tiercache_server::startup::serve(listener, app, shutdown)
+                .await
+                .unwrap();
+        });
+        TestServer {
+            base,
+            client: reqwest::Client::new(),
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `GET path`: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// `method path` with a raw body: (status, body).
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, String) {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
