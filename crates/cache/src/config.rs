@@ -232,7 +232,8 @@ impl CacheConfigBuilder {
     }
 
     /// Whether values are kept in process. Without L1 every read goes to Redis (loads of one
-    /// key are still merged on this instance); at least one tier must be on.
+    /// key are still merged on this instance). With neither tier every read loads: a
+    /// pass-through, as a no-cache baseline.
     pub fn l1_enabled(mut self, enabled: bool) -> Self {
         self.l1_enabled = enabled;
         self
@@ -336,12 +337,6 @@ impl CacheConfigBuilder {
                     CacheConfig::MIN_SECRET_LEN,
                     secret.len()
                 ),
-            );
-        }
-        if !self.l1_enabled && self.redis_url.is_none() {
-            problem(
-                "l1_enabled".to_owned(),
-                "at least one tier is needed: enable L1 or give a Redis URL".to_owned(),
             );
         }
         let redis = match self.redis_url {
@@ -452,12 +447,9 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_needs_at_least_one_tier() {
-        let err = CacheConfig::builder()
-            .l1_enabled(false)
-            .build()
-            .unwrap_err();
-        assert_eq!(err.problems[0].field, "l1_enabled");
+    fn either_tier_can_be_off() {
+        let neither = CacheConfig::builder().l1_enabled(false).build().unwrap();
+        assert!(!neither.l1_enabled() && !neither.redis_enabled());
         let redis_only = CacheConfig::builder()
             .l1_enabled(false)
             .key_secret(b"0123456789abcdef".to_vec())

@@ -33,6 +33,7 @@ pub const VARS: &[&str] = &[
     "APP_ENV",
     "CACHE_PREFIX",
     "CACHE_SCHEMA_VERSION",
+    "L1_ENABLED",
     "L1_MAX_BYTES",
     "LOAD_TIMEOUT_MS",
     "BREAKER_FAILURE_THRESHOLD",
@@ -307,6 +308,7 @@ struct RawConfig {
     app_env: String,
     cache_prefix: String,
     cache_schema_version: u32,
+    l1_enabled: bool,
     l1_max_bytes: u64,
     load_timeout: Duration,
     breaker_failure_threshold: u32,
@@ -377,6 +379,7 @@ impl RawConfig {
             cache_schema_version: env
                 .count("CACHE_SCHEMA_VERSION")
                 .unwrap_or(CacheConfig::DEFAULT_SCHEMA),
+            l1_enabled: env.flag("L1_ENABLED").unwrap_or(true),
             l1_max_bytes: env
                 .parse("L1_MAX_BYTES", "a number of bytes", |s| s.parse().ok())
                 .unwrap_or(CacheConfig::DEFAULT_L1_MAX_BYTES),
@@ -420,6 +423,7 @@ impl RawConfig {
             app_env,
             cache_prefix,
             cache_schema_version,
+            l1_enabled,
             l1_max_bytes,
             load_timeout,
             breaker_failure_threshold,
@@ -502,6 +506,7 @@ impl RawConfig {
             .env(app_env)
             .schema(cache_schema_version)
             .key_secret(key_secret.into_bytes())
+            .l1_enabled(l1_enabled)
             .l1_max_bytes(l1_max_bytes)
             .load_timeout(load_timeout)
             .breaker(BreakerConfig {
@@ -581,6 +586,7 @@ fn cache_field_var(field: &str) -> Option<&'static str> {
         "env" => "APP_ENV",
         "schema" => "CACHE_SCHEMA_VERSION",
         "key_secret" => "CACHE_KEY_SECRET",
+        "l1_enabled" => "L1_ENABLED",
         "l1_max_bytes" => "L1_MAX_BYTES",
         "load_timeout" => "LOAD_TIMEOUT_MS",
         "breaker.failure_threshold" => "BREAKER_FAILURE_THRESHOLD",
@@ -589,7 +595,6 @@ fn cache_field_var(field: &str) -> Option<&'static str> {
         "pool_size" => "REDIS_POOL_SIZE",
         "l2_timeout" => "REDIS_COMMAND_TIMEOUT_MS",
         "connect_timeout" => "REDIS_CONNECT_TIMEOUT_MS",
-        // `l1_enabled` among them: L1 is always on here.
         _ => return None,
     })
 }
@@ -945,12 +950,8 @@ mod tests {
         ] {
             assert_eq!(cache_field_var(field), Some(var), "{field}");
         }
-        for field in [
-            "l1_enabled",
-            "policy.nope.l1_ttl",
-            "policy.lead.nope",
-            "nope",
-        ] {
+        assert_eq!(cache_field_var("l1_enabled"), Some("L1_ENABLED"));
+        for field in ["policy.nope.l1_ttl", "policy.lead.nope", "nope"] {
             assert_eq!(cache_field_var(field), None, "{field}");
         }
         // Every policy field of every entity maps to a variable that is read.
