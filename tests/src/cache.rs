@@ -24,6 +24,12 @@ pub struct TestLead {
     pub version: u32,
 }
 
+impl tiercache::Identified for TestLead {
+    fn id(&self) -> i64 {
+        self.id
+    }
+}
+
 impl TestLead {
     /// Lead `id` at `version`.
     pub fn new(id: i64, version: u32) -> Self {

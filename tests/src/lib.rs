@@ -6,6 +6,7 @@ pub mod db;
 mod recorder;
 mod redis_server;
 pub mod server;
+pub mod sql_counter;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

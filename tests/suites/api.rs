@@ -519,7 +519,8 @@ async fn past_its_budget_the_webhook_answers_with_the_orgs_default_greeting() {
         ..Options::new(&ns, None)
     };
     let server = TestServer::start(&db, opts).await;
-    // The organization resolves; the lead lookup then waits on a lock held here.
+    // The organization is cached; the lead lookup then waits on a lock held here.
+    assert_eq!(server.get("/api/orgs/by-phone/%2B18005550001").await.0, 200);
     let pool = db.pool().await;
     let mut blocker = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE leads IN ACCESS EXCLUSIVE MODE")
@@ -597,71 +598,62 @@ async fn postgres_unreachable_and_nothing_cached_is_a_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_webhook_costs_in_redis_commands_and_loads() {
+async fn a_webhook_costs_one_query_cold_one_redis_round_trip_warm_and_nothing_hot() {
     let redis = RedisServer::start().await;
     let db = TestDb::seeded("cost", 2, 10).await;
     let ns = unique_namespace("cost");
+    let redis_url = redis.url();
     let (recorder, _) = Recorder::new();
     let rec = Arc::new(recorder);
-    let redis_url = redis.url();
-    let opts = Options {
-        observer: Some(rec.clone()),
-        ..Options::new(&ns, Some(&redis_url))
-    };
-    let a = TestServer::start(&db, opts).await;
-    let call = webhook_body(&demo_lead_phone(0), &demo_org_phone(1));
-    let mut admin = redis.client().await;
-
-    // Cold: one load per entity; the greeting is built from the context just loaded.
-    assert_eq!(
-        a.send(Method::POST, "/api/webhooks/conversation-initiation", &call)
-            .await
-            .0,
-        200
-    );
-    for entity in ["org", "lead", "context", "greeting"] {
-        assert_eq!(rec.count(&format!("load.{entity}.found")), 1, "{entity}");
-    }
-    let gets_cold = command_count(&mut admin, "get").await;
-
-    // Warm on this instance: everything from L1, no Redis command at all.
-    assert_eq!(
-        a.send(Method::POST, "/api/webhooks/conversation-initiation", &call)
-            .await
-            .0,
-        200
-    );
-    assert_eq!(command_count(&mut admin, "get").await, gets_cold);
-    assert_eq!(rec.sum("load."), 4);
-
-    // Another instance with a cold L1: everything from L2, nothing from PostgreSQL.
-    // FIXME(issue 4): four sequential GETs (org → lead → context and greeting); the design
-    // asks for one round trip, which needs the lead's key before the org is read.
-    let (other_rec, _) = Recorder::new();
-    let other_rec = Arc::new(other_rec);
-    let b = TestServer::start(
+    let a = TestServer::start(
         &db,
         Options {
-            observer: Some(other_rec.clone()),
+            observer: Some(rec.clone()),
             ..Options::new(&ns, Some(&redis_url))
         },
     )
     .await;
+    let call = webhook_body(&demo_lead_phone(0), &demo_org_phone(1));
+    let hook = "/api/webhooks/conversation-initiation";
+    let mut admin = redis.client().await;
+    // Cold everywhere: one batched SQL statement serves all four parts.
+    let sql = tiercache_tests::sql_counter::statements();
+    let (status, cold) = a.send(Method::POST, hook, &call).await;
+    assert_eq!(status, 200, "{cold}");
     assert_eq!(
-        b.send(Method::POST, "/api/webhooks/conversation-initiation", &call)
-            .await
-            .0,
-        200
+        tiercache_tests::sql_counter::statements() - sql,
+        1,
+        "one SQL round trip"
     );
-    assert_eq!(command_count(&mut admin, "get").await - gets_cold, 4);
-    assert_eq!(other_rec.sum("load."), 0);
+    for entity in ["org", "lead", "context", "greeting"] {
+        assert_eq!(rec.count(&format!("load.{entity}.found")), 1, "{entity}");
+    }
+
+    // Warm on this instance: L1 only — no SQL, no Redis.
+    let (sql, evals, gets) = (
+        tiercache_tests::sql_counter::statements(),
+        command_count(&mut admin, "evalsha").await,
+        command_count(&mut admin, "get").await,
+    );
+    let (_, hot) = a.send(Method::POST, hook, &call).await;
+    assert_eq!(hot, cold);
+    assert_eq!(tiercache_tests::sql_counter::statements(), sql);
+    assert_eq!(command_count(&mut admin, "evalsha").await, evals);
+    assert_eq!(command_count(&mut admin, "get").await, gets);
+
+    // Another instance (cold L1, warm Redis): one script round trip, no SQL.
+    let b = TestServer::start(&db, Options::new(&ns, Some(&redis_url))).await;
+    let sql = tiercache_tests::sql_counter::statements();
+    let (_, warm) = b.send(Method::POST, hook, &call).await;
+    assert_eq!(warm, cold);
+    assert_eq!(tiercache_tests::sql_counter::statements(), sql, "no SQL");
     assert_eq!(
-        other_rec.sum("lookup.")
-            - other_rec.sum("lookup.greeting")
-            - other_rec.sum("lookup.context"),
-        4,
-        "org and lead: L1 miss, L2 hit"
+        command_count(&mut admin, "evalsha").await,
+        evals + 1,
+        "one Redis round trip"
     );
+    // The script's four GETs run inside that round trip; no GET was sent on its own.
+    assert_eq!(command_count(&mut admin, "get").await, gets + 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,7 +110,7 @@ async fn a_new_message_drops_the_conversation_views_but_not_the_lead() {
     }
     cache
         .invalidate(
-            Invalidation::lead_activity(&keys, 8),
+            Invalidation::lead_activity(&keys, 8, "+16462000008"),
             InvalidationSource::Write,
         )
         .await;

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::CacheConfig;
 use crate::envelope;
+use crate::epoch::Epochs;
 use crate::error::{BoxError, Error};
 use crate::history_index::HistoryIndex;
 use crate::invalidation::Invalidation;
@@ -109,6 +110,7 @@ struct Inner {
     history: HistoryIndex,
     failures: moka::sync::Cache<CacheKey, Arc<FailedLoad>>,
     pending: PendingDeletes,
+    pub(crate) epochs: Epochs,
     replay_wake: Arc<Notify>,
     // The replay task holds only a `Weak` to this, so it never keeps the cache alive; the
     // cache aborts it when dropped.
@@ -130,14 +132,14 @@ impl Drop for Inner {
 
 /// A value in L1: the decoded value itself (no decoding on a hit), or a cached "not found".
 #[derive(Clone)]
-struct L1Entry {
-    value: Option<Arc<dyn Any + Send + Sync>>,
+pub(crate) struct L1Entry {
+    pub(crate) value: Option<Arc<dyn Any + Send + Sync>>,
     weight: u32,
     ttl: Duration,
 }
 
 impl L1Entry {
-    fn new<T: Send + Sync + 'static>(
+    pub(crate) fn new<T: Send + Sync + 'static>(
         value: Option<Arc<T>>,
         encoded_len: usize,
         ttl: Duration,
@@ -158,7 +160,7 @@ impl L1Entry {
     }
 
     /// The value as a `T`; `Err` when it holds another type.
-    fn downcast<T: Send + Sync + 'static>(self) -> Result<Option<Arc<T>>, ()> {
+    pub(crate) fn downcast<T: Send + Sync + 'static>(self) -> Result<Option<Arc<T>>, ()> {
         match self.value {
             None => Ok(None),
             Some(value) => value.downcast::<T>().map(Some).map_err(|_| ()),
@@ -297,6 +299,7 @@ impl TwoTierCache {
                 .time_to_live(FAILURE_SHARING)
                 .build(),
             pending: PendingDeletes::new(longest_l2_ttl),
+            epochs: Epochs::new(),
             replay_wake: Arc::new(Notify::new()),
             replay_task: Mutex::new(None),
             observer,
@@ -345,6 +348,42 @@ impl TwoTierCache {
             Some(l2) => Some(l2.ping().await),
             None => None,
         }
+    }
+
+    pub(crate) fn epochs(&self) -> &Epochs {
+        &self.inner.epochs
+    }
+
+    pub(crate) fn l1(&self) -> &moka::future::Cache<CacheKey, L1Entry> {
+        &self.inner.l1
+    }
+
+    pub(crate) fn l2(&self) -> Option<&L2> {
+        self.inner.l2.as_ref()
+    }
+
+    pub(crate) fn observer(&self) -> &dyn CacheObserver {
+        &*self.inner.observer
+    }
+
+    /// Whether `key`'s invalidation is still owed to Redis (so Redis may hold it stale).
+    pub(crate) fn owes(&self, key: &CacheKey) -> bool {
+        self.inner.pending.blocks(key)
+    }
+
+    /// `key` was overwritten in Redis with a fresh value.
+    pub(crate) fn resolve_owed(&self, key: &CacheKey) {
+        self.inner.pending.resolve(key);
+    }
+
+    /// The L1 TTL (jittered) for a value of `entity`; zero with L1 off.
+    pub(crate) fn l1_ttl_for(&self, entity: Entity, negative: bool) -> Duration {
+        self.inner.l1_ttl(self.inner.policies.get(entity), negative)
+    }
+
+    /// The L2 TTL (jittered) for a value of `entity`.
+    pub(crate) fn l2_ttl_for(&self, entity: Entity, negative: bool) -> Duration {
+        self.inner.policies.get(entity).ttl(false, negative)
     }
 
     /// Keys (and leads' history pages) whose invalidation has not reached Redis yet.
@@ -639,6 +678,7 @@ impl Inner {
         source: InvalidationSource,
     ) -> InvalidationReport {
         let mut keys = invalidation.keys;
+        let groups = &invalidation.groups;
         let mut l2_failure = None;
         let mut extra_l2 = Vec::new();
         if let Some(lead) = invalidation.history_of {
@@ -685,6 +725,13 @@ impl Inner {
                     {
                         self.pending.add([*key], None);
                         failure = Some(e.kind);
+                    }
+                    // After the delete, inside the lock: see `epoch.rs`.
+                    if groups.is_empty() {
+                        self.epochs.bump(None);
+                    }
+                    for group in groups {
+                        self.epochs.bump(Some(group));
                     }
                     Op::Remove
                 })
@@ -796,7 +843,7 @@ fn config_error(field: &str, message: String) -> Error {
     })
 }
 
-fn unix_millis() -> u64 {
+pub(crate) fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -74,6 +74,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Decoded<T>, CorruptKi
     })
 }
 
+/// The value's id as the call script reads it: the first field of a value whose first
+/// field is an `i64` (postcard's zigzag varint), `None` for a "not found" or anything else.
+pub fn leading_id(bytes: &[u8]) -> Option<i64> {
+    let (header, payload) = bytes.split_at_checked(HEADER_LEN)?;
+    if header[0] != ENVELOPE_VERSION || header[1] != KIND_VALUE {
+        return None;
+    }
+    let (id, _) = postcard::take_from_bytes::<i64>(payload).ok()?;
+    Some(id)
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
@@ -111,6 +122,20 @@ mod tests {
                 loaded_at_ms: 5
             }
         );
+    }
+
+    #[test]
+    fn the_leading_id_is_the_first_field() {
+        for id in [0, 1, 42, 300, -5, 100_000, i64::from(u32::MAX)] {
+            let lead = Lead {
+                id,
+                name: "x".to_owned(),
+                notes: None,
+            };
+            assert_eq!(leading_id(&encode(Some(&lead), 7).unwrap()), Some(id));
+        }
+        assert_eq!(leading_id(&encode::<Lead>(None, 7).unwrap()), None);
+        assert_eq!(leading_id(b"short"), None);
     }
 
     #[test]

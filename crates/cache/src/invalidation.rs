@@ -1,6 +1,6 @@
 //! What one write invalidates: an entity's keys and every key derived from it.
 
-use crate::key::{CacheKey, Channel, KeySchema};
+use crate::key::{CacheKey, Channel, KeySchema, PhoneDigest};
 use crate::observer::Entity;
 
 /// A set of keys to drop from both tiers, built for one changed entity.
@@ -10,12 +10,14 @@ pub struct Invalidation {
     pub(crate) keys: Vec<CacheKey>,
     /// The lead whose history pages (whatever their limit and offset) go too.
     pub(crate) history_of: Option<i64>,
+    /// The phone numbers whose epochs this bumps (see `epoch.rs`); none bumps the global one.
+    pub(crate) groups: Vec<PhoneDigest>,
 }
 
 impl Invalidation {
     /// A lead changed: its phone and id keys, context, summary, greetings and history pages.
     pub fn lead(keys: &KeySchema, lead_id: i64, org_id: i64, phone: &str) -> Self {
-        let mut out = Self::lead_activity(keys, lead_id);
+        let mut out = Self::lead_activity(keys, lead_id, phone);
         out.entity = Entity::Lead;
         out.keys.push(keys.lead_by_id(lead_id));
         out.keys.push(keys.lead_by_phone(phone, org_id));
@@ -23,7 +25,8 @@ impl Invalidation {
     }
 
     /// A lead's conversation changed (a new message): context, summary, greetings, history.
-    pub fn lead_activity(keys: &KeySchema, lead_id: i64) -> Self {
+    /// `phone` is the lead's number (it keys the lead's epoch).
+    pub fn lead_activity(keys: &KeySchema, lead_id: i64, phone: &str) -> Self {
         let mut list = Vec::with_capacity(7);
         list.push(keys.context(lead_id));
         list.push(keys.summary(lead_id));
@@ -32,6 +35,7 @@ impl Invalidation {
             entity: Entity::Context,
             keys: list,
             history_of: Some(lead_id),
+            groups: vec![keys.phone_digest(phone)],
         }
     }
 
@@ -41,6 +45,7 @@ impl Invalidation {
             entity: Entity::Org,
             keys: vec![keys.org_by_phone(phone)],
             history_of: None,
+            groups: vec![keys.phone_digest(phone)],
         }
     }
 
@@ -50,6 +55,7 @@ impl Invalidation {
             entity: key.entity(),
             keys: vec![key],
             history_of: None,
+            groups: Vec::new(),
         }
     }
 
@@ -87,7 +93,7 @@ mod tests {
         assert_eq!(inv.history_of, Some(5));
         assert_eq!(inv.keys().len(), 7);
 
-        let activity = Invalidation::lead_activity(&s, 5);
+        let activity = Invalidation::lead_activity(&s, 5, "+16462000005");
         assert!(!activity.keys().contains(&s.lead_by_id(5)));
         assert_eq!(activity.history_of, Some(5));
     }

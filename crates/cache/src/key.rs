@@ -57,6 +57,13 @@ impl FromStr for Channel {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PhoneDigest([u8; 16]);
 
+impl PhoneDigest {
+    /// The digest as it appears in keys (32 hex digits).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
 impl fmt::Debug for PhoneDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", hex::encode(&self.0[..4]))
@@ -217,6 +224,11 @@ impl KeySchema {
     /// `org:phone:{phone}`.
     pub fn org_by_phone(&self, phone: &str) -> CacheKey {
         CacheKey(KeyKind::OrgByPhone(self.phone_digest(phone)))
+    }
+
+    /// `org:phone:{phone}` from an already computed digest.
+    pub fn org_by_phone_digest(&self, phone: PhoneDigest) -> CacheKey {
+        CacheKey(KeyKind::OrgByPhone(phone))
     }
 
     /// `context:{lead_id}`.

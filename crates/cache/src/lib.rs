@@ -8,8 +8,10 @@
 
 pub mod breaker;
 mod cache;
+mod call;
 mod config;
 pub mod envelope;
+mod epoch;
 mod error;
 mod history_index;
 mod invalidation;
@@ -20,6 +22,7 @@ mod pending;
 mod policy;
 
 pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
+pub use call::{CallSlots, Identified, Slot};
 pub use config::{BreakerConfig, CacheConfig, CacheConfigBuilder, RedisConfig};
 pub use error::{BoxError, ConfigError, ConfigProblem, Error, KeyError};
 pub use history_index::MAX_PAGES_PER_LEAD;

@@ -12,7 +12,9 @@ pub mod seed;
 
 pub use error::{DbError, Error};
 pub use phone::{Phone, PhoneError};
-pub use repository::{Clock, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, MAX_TEXT_LEN, Repository};
+pub use repository::{
+    CallSlots, CallView, Clock, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, MAX_TEXT_LEN, Repository,
+};
 
 /// The migrations in `migrations/` at the workspace root, embedded.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -31,6 +31,12 @@ pub struct Org {
     pub updated_at: DateTime<Utc>,
 }
 
+impl tiercache::Identified for Org {
+    fn id(&self) -> i64 {
+        self.id
+    }
+}
+
 /// A lead's pipeline status.
 pub const LEAD_STATUSES: [&str; 5] = ["new", "contacted", "qualified", "customer", "lost"];
 
@@ -53,6 +59,12 @@ pub struct Lead {
     pub created_at: DateTime<Utc>,
     /// Last update.
     pub updated_at: DateTime<Utc>,
+}
+
+impl tiercache::Identified for Lead {
+    fn id(&self) -> i64 {
+        self.id
+    }
 }
 
 /// A message in a lead's conversation.

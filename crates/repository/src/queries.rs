@@ -2,6 +2,7 @@
 //! here is exercised by the tests in `tests/suites/repository.rs`.
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 
 use crate::model::{Context, HistoryPage, Lead, LeadPatch, Message, NewMessage, Org, Summary};
@@ -99,6 +100,62 @@ pub async fn summary(
     .await
 }
 
+/// Everything a call needs, in one round trip: the organization reached on `called`, the
+/// lead with phone `caller` in it, and that lead's context (each `None` when absent).
+pub async fn call(
+    db: impl PgExecutor<'_>,
+    called: &str,
+    caller: &str,
+) -> Result<CallRows, sqlx::Error> {
+    let (org, lead, context): CallColumns = sqlx::query_as(
+        "WITH o AS (
+             SELECT id, phone, name, settings, created_at, updated_at
+             FROM organizations WHERE phone = $1
+         ), l AS (
+             SELECT l.id, l.org_id, l.phone, l.name, l.status, l.notes, l.created_at, l.updated_at
+             FROM leads l JOIN o ON l.org_id = o.id WHERE l.phone = $2
+         )
+         SELECT
+             (SELECT to_jsonb(o) FROM o) AS org,
+             (SELECT to_jsonb(l) FROM l) AS lead,
+             (SELECT jsonb_build_object(
+                 'lead_id', l.id, 'org_id', l.org_id, 'org_name', o.name,
+                 'agent_name', o.settings ->> 'agent_name',
+                 'name', l.name, 'status', l.status, 'notes', l.notes,
+                 'message_count', (SELECT count(*) FROM messages m WHERE m.lead_id = l.id),
+                 'last_contact_at', (SELECT max(m.created_at) FROM messages m WHERE m.lead_id = l.id),
+                 'last_topics', to_jsonb(ARRAY(
+                     SELECT left(m.body, $3) FROM messages m
+                     WHERE m.lead_id = l.id AND m.direction = 'inbound'
+                     ORDER BY m.created_at DESC, m.id DESC LIMIT 3)))
+              FROM l, o) AS context",
+    )
+    .bind(called)
+    .bind(caller)
+    .bind(PREVIEW_CHARS)
+    .fetch_one(db)
+    .await?;
+    Ok(CallRows {
+        org: org.map(|j| j.0),
+        lead: lead.map(|j| j.0),
+        context: context.map(|j| j.0),
+    })
+}
+
+/// The call query's three JSON columns.
+type CallColumns = (Option<Json<Org>>, Option<Json<Lead>>, Option<Json<Context>>);
+
+/// What [`call`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRows {
+    /// The organization reached on the number called.
+    pub org: Option<Org>,
+    /// The caller as a lead of it.
+    pub lead: Option<Lead>,
+    /// The lead's context.
+    pub context: Option<Context>,
+}
+
 /// A page of a lead's messages, newest first; `None` when the lead does not exist.
 pub async fn history(
     conn: &mut PgConnection,
@@ -166,25 +223,26 @@ pub async fn update_lead(
     .await
 }
 
-/// Adds a message to lead `lead_id`'s conversation on its channel (created if need be).
+/// Adds a message to lead `lead_id`'s conversation on its channel (created if need be);
+/// returns it with the lead's phone (which keys the lead's cache invalidation).
 pub async fn insert_message(
     conn: &mut PgConnection,
     lead_id: i64,
     message: &NewMessage,
     now: DateTime<Utc>,
-) -> Result<Option<Message>, sqlx::Error> {
-    let conversation: Option<i64> = sqlx::query_scalar(
+) -> Result<Option<(Message, String)>, sqlx::Error> {
+    let conversation: Option<(i64, String)> = sqlx::query_as(
         "INSERT INTO conversations (lead_id, channel, started_at)
          SELECT id, $2, $3 FROM leads WHERE id = $1
          ON CONFLICT (lead_id, channel) DO UPDATE SET channel = EXCLUDED.channel
-         RETURNING id",
+         RETURNING id, (SELECT phone FROM leads WHERE id = $1)",
     )
     .bind(lead_id)
     .bind(&message.channel)
     .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(conversation) = conversation else {
+    let Some((conversation, lead_phone)) = conversation else {
         return Ok(None);
     };
     let inserted = sqlx::query_as(
@@ -200,5 +258,5 @@ pub async fn insert_message(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Some(inserted))
+    Ok(Some((inserted, lead_phone)))
 }

@@ -47,6 +47,39 @@ pub struct Repository {
     pool: PgPool,
     cache: TwoTierCache,
     clock: Clock,
+    // Merges concurrent loads of one call (the batched query serves four keys at once, so
+    // the per-key merging of the cache does not apply). Entries expire at once: this holds
+    // loads in flight, not results.
+    calls: moka::future::Cache<(String, String), Arc<CallView>>,
+}
+
+/// Everything the voice agent's webhook needs about a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallView {
+    /// The organization reached on the number called; `None` for an unknown number.
+    pub org: Option<Arc<Org>>,
+    /// The caller as a lead of it; `None` for a new caller.
+    pub lead: Option<Arc<Lead>>,
+    /// The lead's context.
+    pub context: Option<Arc<Context>>,
+    /// The lead's voice greeting.
+    pub greeting: Option<Arc<Greeting>>,
+}
+
+/// The cached parts of a call, as [`Repository::call_cached`] found them.
+pub type CallSlots = tiercache::CallSlots<Org, Lead, Context, Greeting>;
+
+struct ExpireAtOnce;
+
+impl moka::Expiry<(String, String), Arc<CallView>> for ExpireAtOnce {
+    fn expire_after_create(
+        &self,
+        _key: &(String, String),
+        _value: &Arc<CallView>,
+        _at: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        Some(std::time::Duration::ZERO)
+    }
 }
 
 /// Where writes take their timestamps from.
@@ -59,6 +92,10 @@ impl Repository {
             pool,
             cache,
             clock: Arc::new(Utc::now),
+            calls: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .expire_after(ExpireAtOnce)
+                .build(),
         }
     }
 
@@ -90,6 +127,142 @@ impl Repository {
                     .map_err(DbError::from)
             })
             .await?)
+    }
+
+    /// Everything the webhook needs about a call from `caller` to `called`: from L1, else one
+    /// Redis round trip, else one batched query (merged across concurrent callers).
+    pub async fn call(&self, called: &Phone, caller: &Phone) -> Result<CallView, Error> {
+        let slots = self.call_cached(called, caller).await;
+        self.call_complete(called, caller, slots).await
+    }
+
+    /// The first half of [`call`](Self::call): what the cache tiers hold.
+    pub async fn call_cached(&self, called: &Phone, caller: &Phone) -> CallSlots {
+        self.cache
+            .get_call(called.as_str(), caller.as_str(), Channel::Voice)
+            .await
+    }
+
+    /// The second half of [`call`](Self::call): loads what `slots` lack with one query and
+    /// caches it.
+    pub async fn call_complete(
+        &self,
+        called: &Phone,
+        caller: &Phone,
+        slots: CallSlots,
+    ) -> Result<CallView, Error> {
+        if slots.is_complete() {
+            return Ok(view_of(&slots));
+        }
+        let key = (called.as_str().to_owned(), caller.as_str().to_owned());
+        self.calls
+            .try_get_with(key, self.load_call(called, caller, slots))
+            .await
+            .map(|view| (*view).clone())
+            .map_err(|e| e.duplicate())
+    }
+
+    async fn load_call(
+        &self,
+        called: &Phone,
+        caller: &Phone,
+        slots: CallSlots,
+    ) -> Result<Arc<CallView>, Error> {
+        use tiercache::Slot;
+        let started = std::time::Instant::now();
+        let rows = queries::call(&self.pool, called.as_str(), caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        let took = started.elapsed();
+        let keys = self.cache.keys();
+        let org = match &slots.org {
+            Slot::Found(org) => Some(Arc::clone(org)),
+            Slot::NotFound => None,
+            Slot::Missing => {
+                self.cache
+                    .observe_load(tiercache::Entity::Org, rows.org.is_some(), took);
+                self.cache
+                    .install(&slots, keys.org_by_phone(called.as_str()), rows.org.clone())
+                    .await?
+            }
+        };
+        let Some(org) = org else {
+            return Ok(Arc::new(CallView {
+                org: None,
+                lead: None,
+                context: None,
+                greeting: None,
+            }));
+        };
+        // The query found the lead through the organization it found; a cached organization
+        // must be the same one for its rows to apply.
+        let rows_apply = rows.org.as_ref().is_some_and(|o| o.id == org.id);
+        let lead = match &slots.lead {
+            Slot::Found(lead) => Some(Arc::clone(lead)),
+            Slot::NotFound => None,
+            Slot::Missing if rows_apply => {
+                self.cache
+                    .observe_load(tiercache::Entity::Lead, rows.lead.is_some(), took);
+                self.cache
+                    .install(
+                        &slots,
+                        keys.lead_by_phone(caller.as_str(), org.id),
+                        rows.lead.clone(),
+                    )
+                    .await?
+            }
+            Slot::Missing => self.lead_by_phone(caller, org.id).await?,
+        };
+        let Some(lead) = lead else {
+            return Ok(Arc::new(CallView {
+                org: Some(org),
+                lead: None,
+                context: None,
+                greeting: None,
+            }));
+        };
+        let rows_apply = rows_apply && rows.lead.as_ref().is_some_and(|l| l.id == lead.id);
+        let context = match &slots.context {
+            Slot::Found(context) => Some(Arc::clone(context)),
+            Slot::NotFound => None,
+            Slot::Missing if rows_apply => {
+                self.cache
+                    .observe_load(tiercache::Entity::Context, rows.context.is_some(), took);
+                self.cache
+                    .install(&slots, keys.context(lead.id), rows.context.clone())
+                    .await?
+            }
+            Slot::Missing => self.context(lead.id).await?,
+        };
+        let greeting = match (&slots.greeting, &context) {
+            (Slot::Found(greeting), _) => Some(Arc::clone(greeting)),
+            (Slot::NotFound, _) | (Slot::Missing, None) => None,
+            (Slot::Missing, Some(context)) => {
+                let greeting = Greeting {
+                    lead_id: lead.id,
+                    channel: Channel::Voice.as_str().to_owned(),
+                    text: greeting_text(context, Channel::Voice),
+                };
+                self.cache.observe_load(
+                    tiercache::Entity::Greeting,
+                    true,
+                    std::time::Duration::ZERO,
+                );
+                self.cache
+                    .install(
+                        &slots,
+                        keys.greeting(lead.id, Channel::Voice),
+                        Some(greeting),
+                    )
+                    .await?
+            }
+        };
+        Ok(Arc::new(CallView {
+            org: Some(org),
+            lead: Some(lead),
+            context,
+            greeting,
+        }))
     }
 
     /// The lead with `phone` in organization `org_id`.
@@ -258,7 +431,7 @@ impl Repository {
         }
         check_text("body", &message.body, true)?;
         let mut tx = self.pool.begin().await?;
-        let Some(inserted) =
+        let Some((inserted, phone)) =
             queries::insert_message(&mut tx, lead_id, message, (self.clock)()).await?
         else {
             return Ok(None);
@@ -267,11 +440,27 @@ impl Repository {
         let keys = self.cache.keys();
         self.cache
             .invalidate(
-                Invalidation::lead_activity(keys, lead_id),
+                Invalidation::lead_activity(keys, lead_id, &phone),
                 InvalidationSource::Write,
             )
             .await;
         Ok(Some(inserted))
+    }
+}
+
+fn view_of(slots: &CallSlots) -> CallView {
+    use tiercache::Slot;
+    fn get<T>(slot: &Slot<T>) -> Option<Arc<T>> {
+        match slot {
+            Slot::Found(value) => Some(Arc::clone(value)),
+            _ => None,
+        }
+    }
+    CallView {
+        org: get(&slots.org),
+        lead: get(&slots.lead),
+        context: get(&slots.context),
+        greeting: get(&slots.greeting),
     }
 }
 

@@ -146,6 +146,15 @@ impl L2 {
         .await
     }
 
+    /// Runs a Lua script (`EVALSHA`, loading it on `NOSCRIPT`) that returns bulk strings.
+    pub async fn script(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<Option<Vec<u8>>>, L2Error> {
+        self.run("evalsha", async |conn| invocation.invoke_async(conn).await)
+            .await
+    }
+
     /// `PING`, returning the round trip.
     pub async fn ping(&self) -> Result<Duration, L2Error> {
         let started = Instant::now();

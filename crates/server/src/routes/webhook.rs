@@ -1,8 +1,9 @@
 //! The hot path: the voice platform's conversation-initiation webhook.
 //!
 //! Resolves the organization by the number called, the lead by the caller's number, then
-//! the lead's context and voice greeting, all through the cache. It answers within the
-//! webhook budget: past it, it answers with what it has (the organization's default
+//! the lead's context and voice greeting: all from L1 when warm, else one Redis round trip
+//! for what L1 lacks, else one batched query (see `Repository::call`). It answers within
+//! the webhook budget: past it, it answers with what it has (the organization's default
 //! greeting, marked `deadline_default`) rather than letting the platform time out.
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use serde::{Deserialize, Serialize};
-use tiercache::Channel;
+use tiercache::Slot;
 use tiercache_repository::greeting::new_caller_greeting;
 use tiercache_repository::model::{Context, Greeting, Lead, Org};
 
@@ -105,20 +106,20 @@ pub async fn conversation_initiation(
     let mut partial = Partial::default();
     let resolved = {
         let lookup = async {
-            let org = state
-                .repo
-                .org_by_phone(&called)
-                .await?
-                .ok_or(ApiError::NotFound("organization"))?;
+            // From L1, else one Redis round trip; what is known so far is kept for the
+            // deadline's answer.
+            let slots = state.repo.call_cached(&called, &caller).await;
+            if let Slot::Found(org) = &slots.org {
+                partial.org = Some(Arc::clone(org));
+            }
+            // Else one batched query for whatever the tiers lacked.
+            let view = state.repo.call_complete(&called, &caller, slots).await?;
+            let org = view.org.ok_or(ApiError::NotFound("organization"))?;
             partial.org = Some(Arc::clone(&org));
-            let Some(lead) = state.repo.lead_by_phone(&caller, org.id).await? else {
-                return Ok::<_, ApiError>((org, None));
-            };
-            let (context, greeting) = tokio::join!(
-                state.repo.context(lead.id),
-                state.repo.greeting(lead.id, Channel::Voice)
-            );
-            Ok((org, Some((lead, context?, greeting?))))
+            Ok::<_, ApiError>(match view.lead {
+                Some(lead) => (org, Some((lead, view.context, view.greeting))),
+                None => (org, None),
+            })
         };
         tokio::select! {
             resolved = lookup => Some(resolved),

@@ -1,0 +1,388 @@
+//! The voice agent's call lookup: the organization by the number called, the lead by the
+//! caller, and the lead's context and greeting, in at most one Redis round trip.
+//!
+//! Each entry's key depends on the one before (the lead's key holds the organization's id;
+//! the context's, the lead's), so a plain `MGET` cannot fetch them together. L1 is walked
+//! first; whatever it lacks is fetched by one Lua script that follows the ids inside Redis.
+//! The script reads an id from the head of a payload: the envelope's header, then the
+//! value's first field as postcard writes an `i64` (a zigzag varint). Types used as the
+//! organization or the lead must therefore have their id as their first field; they say so
+//! by implementing [`Identified`], and [`envelope::leading_id`] is the same reading in Rust,
+//! for tests to pin the contract. The script builds keys from arguments, so it needs all
+//! of a namespace on one Redis node (no cluster).
+
+use std::sync::Arc;
+
+use moka::ops::compute::Op;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::{L1Entry, TwoTierCache};
+use crate::envelope::{self, ENVELOPE_VERSION};
+use crate::epoch::Snapshot;
+use crate::key::{CacheKey, Channel, PhoneDigest};
+use crate::observer::{CorruptKind, Outcome, Tier};
+
+/// A value other keys are built from; its id must be its first serialized field.
+pub trait Identified {
+    /// The id.
+    fn id(&self) -> i64;
+}
+
+/// What the tiers held for one part of a call.
+#[derive(Debug)]
+pub enum Slot<T> {
+    /// A value.
+    Found(Arc<T>),
+    /// A cached "not found".
+    NotFound,
+    /// Nothing usable: load it (then [`TwoTierCache::install`] it).
+    Missing,
+}
+
+impl<T> Slot<T> {
+    /// Whether the tiers had an answer (a value or a "not found").
+    pub fn is_known(&self) -> bool {
+        !matches!(self, Slot::Missing)
+    }
+}
+
+/// What the tiers held for a call, and what a later install needs.
+#[derive(Debug)]
+pub struct CallSlots<O, L, C, G> {
+    /// The organization reached on the number called.
+    pub org: Slot<O>,
+    /// The caller, as a lead of that organization.
+    pub lead: Slot<L>,
+    /// The lead's context.
+    pub context: Slot<C>,
+    /// The lead's greeting on the call's channel.
+    pub greeting: Slot<G>,
+    /// The epochs seen before anything was read.
+    pub(crate) snapshot: Snapshot,
+}
+
+impl<O, L, C, G> CallSlots<O, L, C, G> {
+    /// Whether nothing needs loading: an unknown organization, a new caller, or all four.
+    pub fn is_complete(&self) -> bool {
+        match (&self.org, &self.lead) {
+            (Slot::NotFound, _) | (Slot::Found(_), Slot::NotFound) => true,
+            (Slot::Found(_), Slot::Found(_)) => self.context.is_known() && self.greeting.is_known(),
+            _ => false,
+        }
+    }
+}
+
+/// Follows the ids from the organization to the lead to its context and greeting.
+const CALL_SCRIPT: &str = r#"
+local ns, called, caller, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local function leading_id(v)
+  if not v or string.len(v) < 11 or string.byte(v, 1) ~= VERSION or string.byte(v, 2) ~= 0 then
+    return nil
+  end
+  local n, mult = 0, 1
+  for i = 11, math.min(string.len(v), 20) do
+    local b = string.byte(v, i)
+    n = n + (b % 128) * mult
+    if b < 128 then
+      if n % 2 == 0 then return string.format('%d', n / 2) end
+      return string.format('%d', -(n + 1) / 2)
+    end
+    mult = mult * 128
+  end
+  return nil
+end
+local org, lead, context, greeting = false, false, false, false
+local org_id = ARGV[5]
+if org_id == '' then
+  org = redis.call('GET', ns .. 'org:phone:' .. called)
+  org_id = leading_id(org)
+  if not org_id then return {org, lead, context, greeting} end
+end
+local lead_id = ARGV[6]
+if lead_id == '' then
+  lead = redis.call('GET', ns .. 'lead:phone:' .. caller .. ':' .. org_id)
+  lead_id = leading_id(lead)
+  if not lead_id then return {org, lead, context, greeting} end
+end
+context = redis.call('GET', ns .. 'context:' .. lead_id)
+greeting = redis.call('GET', ns .. 'greeting:' .. lead_id .. ':' .. channel)
+return {org, lead, context, greeting}
+"#;
+
+impl TwoTierCache {
+    /// What the tiers hold for a call from `caller` to `called` (both E.164), greeting on
+    /// `channel`: from L1, then one Redis round trip for whatever L1 lacked. Values found in
+    /// Redis are installed in L1. Fill the [`Slot::Missing`] parts from the source of truth
+    /// and [`install`](Self::install) them.
+    ///
+    /// # When Redis fails
+    /// The parts L1 lacks come back [`Slot::Missing`]; the failure is counted as any L2 error.
+    pub async fn get_call<O, L, C, G>(
+        &self,
+        called: &str,
+        caller: &str,
+        channel: Channel,
+    ) -> CallSlots<O, L, C, G>
+    where
+        O: Identified + Serialize + DeserializeOwned + Send + Sync + 'static,
+        L: Identified + Serialize + DeserializeOwned + Send + Sync + 'static,
+        C: Serialize + DeserializeOwned + Send + Sync + 'static,
+        G: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let keys = self.keys();
+        let (called_digest, caller_digest) = (keys.phone_digest(called), keys.phone_digest(caller));
+        let mut slots = CallSlots::<O, L, C, G> {
+            org: Slot::Missing,
+            lead: Slot::Missing,
+            context: Slot::Missing,
+            greeting: Slot::Missing,
+            snapshot: self.epochs().snapshot(&called_digest, &caller_digest),
+        };
+        slots.org = self.peek(keys.org_by_phone(called)).await;
+        if let Slot::Found(org) = &slots.org {
+            slots.lead = self.peek(keys.lead_by_phone(caller, org.id())).await;
+            if let Slot::Found(lead) = &slots.lead {
+                slots.context = self.peek(keys.context(lead.id())).await;
+                slots.greeting = self.peek(keys.greeting(lead.id(), channel)).await;
+            }
+        }
+        if slots.is_complete() || !self.has_l2() {
+            return slots;
+        }
+        self.fill_call_from_l2(&mut slots, called_digest, caller_digest, caller, channel)
+            .await;
+        slots
+    }
+
+    async fn fill_call_from_l2<O, L, C, G>(
+        &self,
+        slots: &mut CallSlots<O, L, C, G>,
+        called: PhoneDigest,
+        caller_digest: PhoneDigest,
+        caller: &str,
+        channel: Channel,
+    ) where
+        O: Identified + Serialize + DeserializeOwned + Send + Sync + 'static,
+        L: Identified + Serialize + DeserializeOwned + Send + Sync + 'static,
+        C: Serialize + DeserializeOwned + Send + Sync + 'static,
+        G: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let Some(l2) = self.l2() else { return };
+        let keys = self.keys();
+        let known_org = match &slots.org {
+            Slot::Found(org) => org.id().to_string(),
+            _ => String::new(),
+        };
+        let known_lead = match &slots.lead {
+            Slot::Found(lead) => lead.id().to_string(),
+            _ => String::new(),
+        };
+        let script = call_script();
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .arg(keys.namespace())
+            .arg(called.to_hex())
+            .arg(caller_digest.to_hex())
+            .arg(channel.as_str())
+            .arg(known_org)
+            .arg(known_lead);
+        let started = std::time::Instant::now();
+        let Ok(found) = l2.script(&invocation).await else {
+            return;
+        };
+        let took = started.elapsed();
+        let mut found = found.into_iter();
+        let (org_bytes, lead_bytes, context_bytes, greeting_bytes) = (
+            found.next().flatten(),
+            found.next().flatten(),
+            found.next().flatten(),
+            found.next().flatten(),
+        );
+        if !slots.org.is_known() {
+            slots.org = self
+                .adopt(
+                    keys.org_by_phone_digest(called),
+                    org_bytes,
+                    &slots.snapshot,
+                    took,
+                )
+                .await;
+        }
+        let Slot::Found(org) = &slots.org else { return };
+        let org_id = org.id();
+        if !slots.lead.is_known() {
+            let key = keys.lead_by_phone(caller, org_id);
+            slots.lead = self.adopt(key, lead_bytes, &slots.snapshot, took).await;
+        }
+        let Slot::Found(lead) = &slots.lead else {
+            return;
+        };
+        let lead_id = lead.id();
+        if !slots.context.is_known() {
+            slots.context = self
+                .adopt(keys.context(lead_id), context_bytes, &slots.snapshot, took)
+                .await;
+        }
+        if !slots.greeting.is_known() {
+            slots.greeting = self
+                .adopt(
+                    keys.greeting(lead_id, channel),
+                    greeting_bytes,
+                    &slots.snapshot,
+                    took,
+                )
+                .await;
+        }
+    }
+
+    /// L1 only: a hit, a cached "not found", or missing.
+    async fn peek<T: Send + Sync + 'static>(&self, key: CacheKey) -> Slot<T> {
+        let started = std::time::Instant::now();
+        let entity = key.entity();
+        let found = self
+            .l1()
+            .get(&key)
+            .await
+            .map(|entry| (entry.value.is_some(), entry.downcast::<T>()));
+        let (outcome, slot) = match found {
+            Some((true, Ok(Some(value)))) => (Outcome::Hit, Slot::Found(value)),
+            Some((false, Ok(None))) => (Outcome::NegativeHit, Slot::NotFound),
+            Some(_) => {
+                self.observer().corrupt(entity, Tier::L1, CorruptKind::Type);
+                (Outcome::Miss, Slot::Missing)
+            }
+            None => (Outcome::Miss, Slot::Missing),
+        };
+        self.observer()
+            .lookup(entity, Tier::L1, outcome, started.elapsed());
+        slot
+    }
+
+    /// Decodes a payload the script brought back and installs it in L1.
+    async fn adopt<T>(
+        &self,
+        key: CacheKey,
+        bytes: Option<Vec<u8>>,
+        snapshot: &Snapshot,
+        took: std::time::Duration,
+    ) -> Slot<T>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let entity = key.entity();
+        // A key whose invalidation is still owed to Redis may be stale there.
+        let bytes = bytes.filter(|_| !self.owes(&key));
+        let Some(bytes) = bytes else {
+            self.observer()
+                .lookup(entity, Tier::L2, Outcome::Miss, took);
+            return Slot::Missing;
+        };
+        match envelope::decode::<T>(&bytes) {
+            Ok(decoded) => {
+                let negative = decoded.value.is_none();
+                let outcome = if negative {
+                    Outcome::NegativeHit
+                } else {
+                    Outcome::Hit
+                };
+                self.observer().lookup(entity, Tier::L2, outcome, took);
+                let value = decoded.value.map(Arc::new);
+                let entry = L1Entry::new(
+                    value.clone(),
+                    bytes.len(),
+                    self.l1_ttl_for(entity, negative),
+                );
+                self.install_l1(key, entry, snapshot).await;
+                match value {
+                    Some(value) => Slot::Found(value),
+                    None => Slot::NotFound,
+                }
+            }
+            Err(kind) => {
+                self.observer().corrupt(entity, Tier::L2, kind);
+                self.observer()
+                    .lookup(entity, Tier::L2, Outcome::Miss, took);
+                Slot::Missing
+            }
+        }
+    }
+
+    /// Reports a load done outside [`get_or_load`](Self::get_or_load) (a batched query).
+    pub fn observe_load(&self, entity: crate::Entity, found: bool, took: std::time::Duration) {
+        let outcome = if found {
+            crate::LoadOutcome::Found
+        } else {
+            crate::LoadOutcome::NotFound
+        };
+        self.observer().load(entity, outcome, took);
+    }
+
+    /// Caches a value loaded for a [`get_call`](Self::get_call) in both tiers, unless an
+    /// invalidation of its phone numbers ran since that lookup began (then it is only
+    /// returned). `None` caches "not found".
+    ///
+    /// # Errors
+    /// [`crate::Error::Encode`] when the value's `Serialize` fails.
+    pub async fn install<T, O, L, C, G>(
+        &self,
+        slots: &CallSlots<O, L, C, G>,
+        key: CacheKey,
+        value: Option<T>,
+    ) -> Result<Option<Arc<T>>, crate::Error>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        let entity = key.entity();
+        let bytes = envelope::encode(value.as_ref(), crate::cache::unix_millis())
+            .map_err(|source| crate::Error::Encode { entity, source })?;
+        let negative = value.is_none();
+        let value = value.map(Arc::new);
+        let entry = L1Entry::new(
+            value.clone(),
+            bytes.len(),
+            self.l1_ttl_for(entity, negative),
+        );
+        let l2_ttl = self.l2_ttl_for(entity, negative);
+        let snapshot = slots.snapshot;
+        self.l1()
+            .entry(key)
+            .and_compute_with(|_| async {
+                if !self.epochs().unchanged(&snapshot) {
+                    return Op::Nop;
+                }
+                if let Some(l2) = self.l2() {
+                    let stored = l2
+                        .set(&self.keys().render(&key), &bytes, l2_ttl, None)
+                        .await;
+                    if stored.is_ok() {
+                        self.resolve_owed(&key);
+                    }
+                }
+                Op::Put(entry)
+            })
+            .await;
+        Ok(value)
+    }
+
+    async fn install_l1(&self, key: CacheKey, entry: L1Entry, snapshot: &Snapshot) {
+        let snapshot = *snapshot;
+        self.l1()
+            .entry(key)
+            .and_compute_with(|existing| async move {
+                if existing.is_some() || !self.epochs().unchanged(&snapshot) {
+                    Op::Nop
+                } else {
+                    Op::Put(entry)
+                }
+            })
+            .await;
+    }
+}
+
+fn call_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(&CALL_SCRIPT.replace("VERSION", &ENVELOPE_VERSION.to_string()))
+    })
+}

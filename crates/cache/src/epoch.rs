@@ -1,0 +1,108 @@
+//! Invalidation epochs: how a read that did not hold a key's lock while it read (the batched
+//! call lookup) tells whether an invalidation may have passed it by.
+//!
+//! Each invalidation bumps the epoch of the phone numbers it concerns (a lead's, an
+//! organization's) inside each key's lock, right after deleting the key from Redis. A
+//! batched read notes the epochs of the phones it is about before it reads anything, and
+//! installs a value only if, under that key's lock, the epoch has not moved. Either the
+//! install comes first (and the invalidation then deletes it), or the epoch has moved (and
+//! nothing stale is installed). Epochs are striped: another phone on the same stripe only
+//! costs an install that is skipped, never a wrong answer. Invalidations that name no phone
+//! (one exact key) bump a global epoch that every batched read checks too.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::key::PhoneDigest;
+
+const STRIPES: usize = 4096;
+
+/// Striped epoch counters, one per phone-number group, and one global.
+pub(crate) struct Epochs {
+    stripes: Box<[AtomicU64]>,
+    global: AtomicU64,
+    hasher: std::hash::RandomState,
+}
+
+/// The epochs a batched read saw before it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    global: u64,
+    stripes: [(usize, u64); 2],
+}
+
+impl Epochs {
+    pub fn new() -> Self {
+        Epochs {
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            global: AtomicU64::new(0),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn stripe(&self, group: &PhoneDigest) -> usize {
+        let mut hasher = self.hasher.build_hasher();
+        group.hash(&mut hasher);
+        // The modulo keeps the value below STRIPES, so the cast cannot truncate.
+        (std::hash::Hasher::finish(&hasher) % STRIPES as u64) as usize
+    }
+
+    /// Marks `group` invalidated (or everything, for `None`).
+    pub fn bump(&self, group: Option<&PhoneDigest>) {
+        match group {
+            Some(group) => {
+                self.stripes[self.stripe(group)].fetch_add(1, Ordering::AcqRel);
+            }
+            None => {
+                self.global.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// The epochs of two groups (and the global one), before a read.
+    pub fn snapshot(&self, a: &PhoneDigest, b: &PhoneDigest) -> Snapshot {
+        let (sa, sb) = (self.stripe(a), self.stripe(b));
+        Snapshot {
+            global: self.global.load(Ordering::Acquire),
+            stripes: [
+                (sa, self.stripes[sa].load(Ordering::Acquire)),
+                (sb, self.stripes[sb].load(Ordering::Acquire)),
+            ],
+        }
+    }
+
+    /// Whether nothing `snapshot` covers was invalidated since it was taken.
+    pub fn unchanged(&self, snapshot: &Snapshot) -> bool {
+        self.global.load(Ordering::Acquire) == snapshot.global
+            && snapshot
+                .stripes
+                .iter()
+                .all(|(i, seen)| self.stripes[*i].load(Ordering::Acquire) == *seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeySchema;
+
+    #[test]
+    fn a_bump_of_either_group_or_the_global_epoch_is_seen() {
+        let keys = KeySchema::new("tc", "t", 1, b"0123456789abcdef").unwrap();
+        let (org, lead) = (
+            keys.phone_digest("+18005550001"),
+            keys.phone_digest("+16462000000"),
+        );
+        let epochs = Epochs::new();
+        let before = epochs.snapshot(&org, &lead);
+        assert!(epochs.unchanged(&before));
+        epochs.bump(Some(&lead));
+        assert!(!epochs.unchanged(&before));
+        let again = epochs.snapshot(&org, &lead);
+        epochs.bump(Some(&org));
+        assert!(!epochs.unchanged(&again));
+        let third = epochs.snapshot(&org, &lead);
+        epochs.bump(None);
+        assert!(!epochs.unchanged(&third));
+    }
+}

@@ -1,0 +1,162 @@
+//! The call lookup (organization → lead → context and greeting): one Redis round trip
+//! when L1 lacks anything, none when L1 has everything, and no stale install after an
+//! invalidation even though the batched load holds no key lock while it reads.
+
+use tiercache::{Channel, Invalidation, InvalidationSource, NoopObserver, Slot, TwoTierCache};
+use tiercache_tests::cache::{TestLead, config};
+use tiercache_tests::{RedisServer, command_count, unique_namespace};
+
+type Slots = tiercache::CallSlots<TestLead, TestLead, TestLead, TestLead>;
+
+const ORG: &str = "+18005550001";
+const CALLER: &str = "+16462000000";
+
+fn cache(ns: &str, redis_url: &str) -> TwoTierCache {
+    TwoTierCache::new(config(ns, Some(redis_url)).build().unwrap(), NoopObserver).unwrap()
+}
+
+/// Loads the missing parts the way the repository does: org 7, lead 42, its context and greeting.
+async fn complete(cache: &TwoTierCache, slots: &Slots, lead: Option<TestLead>) {
+    let keys = cache.keys();
+    if !slots.org.is_known() {
+        cache
+            .install(slots, keys.org_by_phone(ORG), Some(TestLead::new(7, 1)))
+            .await
+            .unwrap();
+    }
+    if !slots.lead.is_known() {
+        cache
+            .install(slots, keys.lead_by_phone(CALLER, 7), lead.clone())
+            .await
+            .unwrap();
+    }
+    if let Some(lead) = lead {
+        cache
+            .install(
+                slots,
+                keys.context(lead.id),
+                Some(TestLead::new(lead.id, 10)),
+            )
+            .await
+            .unwrap();
+        cache
+            .install(
+                slots,
+                keys.greeting(lead.id, Channel::Voice),
+                Some(TestLead::new(lead.id, 20)),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+fn found(slot: &Slot<TestLead>) -> Option<(i64, u32)> {
+    match slot {
+        Slot::Found(v) => Some((v.id, v.version)),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_call_costs_one_script_round_trip_or_nothing() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("call");
+    let (a, b) = (cache(&ns, &server.url()), cache(&ns, &server.url()));
+    let mut admin = server.client().await;
+
+    let cold: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    assert!(!cold.is_complete());
+    complete(&a, &cold, Some(TestLead::new(42, 1))).await;
+
+    // Instance A: everything in L1, no Redis command.
+    let before = command_count(&mut admin, "evalsha").await;
+    let warm: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    assert!(warm.is_complete());
+    assert_eq!(command_count(&mut admin, "evalsha").await, before);
+
+    // Instance B, cold L1: one script call follows the ids through Redis and finds all four.
+    let gets = command_count(&mut admin, "get").await;
+    let from_l2: Slots = b.get_call(ORG, CALLER, Channel::Voice).await;
+    assert_eq!(
+        [
+            found(&from_l2.org),
+            found(&from_l2.lead),
+            found(&from_l2.context),
+            found(&from_l2.greeting)
+        ],
+        [Some((7, 1)), Some((42, 1)), Some((42, 10)), Some((42, 20))]
+    );
+    assert_eq!(
+        command_count(&mut admin, "evalsha").await,
+        before + 1,
+        "one round trip"
+    );
+    // Redis counts the script's own GETs too: four, all inside that one call.
+    assert_eq!(command_count(&mut admin, "get").await, gets + 4);
+    // And B now has them in L1.
+    let again: Slots = b.get_call(ORG, CALLER, Channel::Voice).await;
+    assert!(again.is_complete());
+    assert_eq!(command_count(&mut admin, "evalsha").await, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_caller_is_cached_as_not_found_in_both_tiers() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("callneg");
+    let (a, b) = (cache(&ns, &server.url()), cache(&ns, &server.url()));
+    let cold: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    complete(&a, &cold, None).await;
+    for instance in [&a, &b] {
+        let slots: Slots = instance.get_call(ORG, CALLER, Channel::Voice).await;
+        assert!(slots.is_complete());
+        assert!(matches!(slots.lead, Slot::NotFound));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_load_that_raced_an_invalidation_is_not_installed() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("callrace");
+    let a = cache(&ns, &server.url());
+    let keys = a.keys().clone();
+    let warm: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    complete(&a, &warm, Some(TestLead::new(42, 1))).await;
+    a.invalidate(
+        Invalidation::lead_activity(&keys, 42, CALLER),
+        InvalidationSource::Write,
+    )
+    .await;
+
+    // A lookup starts, reads (context missing), loads the old row...
+    let racing: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    assert!(matches!(racing.context, Slot::Missing));
+    // ...a write to the same lead commits and invalidates...
+    a.invalidate(
+        Invalidation::lead_activity(&keys, 42, CALLER),
+        InvalidationSource::Write,
+    )
+    .await;
+    // ...and the old row arrives: it is returned to its caller but not cached.
+    let served = a
+        .install(&racing, keys.context(42), Some(TestLead::new(42, 10)))
+        .await
+        .unwrap();
+    assert_eq!(served.map(|v| v.version), Some(10));
+    let after: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    assert!(
+        matches!(after.context, Slot::Missing),
+        "the stale context was not installed"
+    );
+    let mut admin = server.client().await;
+    let exists: bool = redis::AsyncCommands::exists(&mut admin, keys.render(&keys.context(42)))
+        .await
+        .unwrap();
+    assert!(!exists, "nor written to Redis");
+
+    // Without a racing invalidation, the same install lands.
+    a.install(&after, keys.context(42), Some(TestLead::new(42, 11)))
+        .await
+        .unwrap();
+    let last: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    assert_eq!(found(&last.context), Some((42, 11)));
+}
