@@ -10,3 +10,4 @@ mod cache_l1;
 mod cache_modes;
 mod cache_reads;
 mod fixtures;
+mod queries;

@@ -1,5 +1,6 @@
 //! Plain queries, one function each, on any executor (pool or transaction). Every query
-//! here is exercised by the tests in `tests/suites/repository.rs`.
+//! runs in the HTTP suites (`tests/suites/api.rs`); `tests/suites/queries.rs` covers their
+//! edge cases and checks with `EXPLAIN` that each uses an index at the demo data's size.
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -10,54 +11,24 @@ use crate::model::{Context, HistoryPage, Lead, LeadPatch, Message, NewMessage, O
 /// How many characters of a message a topic or preview keeps.
 const PREVIEW_CHARS: i32 = 80;
 
-/// The organization reached on `phone` (E.164).
-pub async fn org_by_phone(
-    db: impl PgExecutor<'_>,
-    phone: &str,
-) -> Result<Option<Org>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, phone, name, settings, created_at, updated_at
-         FROM organizations WHERE phone = $1",
-    )
-    .bind(phone)
-    .fetch_optional(db)
-    .await
-}
+/// The statements, public so that tests can `EXPLAIN` exactly what runs.
+pub mod sql {
+    /// The `org_by_phone` statement.
+    pub const ORG_BY_PHONE: &str = "SELECT id, phone, name, settings, created_at, updated_at
+         FROM organizations WHERE phone = $1";
 
-/// The lead with `phone` (E.164) in organization `org_id`.
-pub async fn lead_by_phone(
-    db: impl PgExecutor<'_>,
-    phone: &str,
-    org_id: i64,
-) -> Result<Option<Lead>, sqlx::Error> {
-    sqlx::query_as(
+    /// The `lead_by_phone` statement.
+    pub const LEAD_BY_PHONE: &str =
         "SELECT id, org_id, phone, name, status, notes, created_at, updated_at
-         FROM leads WHERE org_id = $1 AND phone = $2",
-    )
-    .bind(org_id)
-    .bind(phone)
-    .fetch_optional(db)
-    .await
-}
+         FROM leads WHERE org_id = $1 AND phone = $2";
 
-/// The lead with id `id`.
-pub async fn lead_by_id(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Lead>, sqlx::Error> {
-    sqlx::query_as(
+    /// The `lead_by_id` statement.
+    pub const LEAD_BY_ID: &str =
         "SELECT id, org_id, phone, name, status, notes, created_at, updated_at
-         FROM leads WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(db)
-    .await
-}
+         FROM leads WHERE id = $1";
 
-/// A lead's conversation context, in one round trip.
-pub async fn context(
-    db: impl PgExecutor<'_>,
-    lead_id: i64,
-) -> Result<Option<Context>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT l.id AS lead_id, l.org_id, o.name AS org_name,
+    /// The `context` statement.
+    pub const CONTEXT: &str = "SELECT l.id AS lead_id, l.org_id, o.name AS org_name,
                 o.settings ->> 'agent_name' AS agent_name,
                 l.name, l.status, l.notes,
                 (SELECT count(*) FROM messages m WHERE m.lead_id = l.id) AS message_count,
@@ -66,21 +37,10 @@ pub async fn context(
                       WHERE m.lead_id = l.id AND m.direction = 'inbound'
                       ORDER BY m.created_at DESC, m.id DESC LIMIT 3) AS last_topics
          FROM leads l JOIN organizations o ON o.id = l.org_id
-         WHERE l.id = $1",
-    )
-    .bind(lead_id)
-    .bind(PREVIEW_CHARS)
-    .fetch_optional(db)
-    .await
-}
+         WHERE l.id = $1";
 
-/// Counts over a lead's conversation, in one round trip.
-pub async fn summary(
-    db: impl PgExecutor<'_>,
-    lead_id: i64,
-) -> Result<Option<Summary>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT l.id AS lead_id,
+    /// The `summary` statement.
+    pub const SUMMARY: &str = "SELECT l.id AS lead_id,
                 count(m.id) AS message_count,
                 count(m.id) FILTER (WHERE m.direction = 'inbound') AS inbound_count,
                 count(m.id) FILTER (WHERE m.direction = 'outbound') AS outbound_count,
@@ -92,23 +52,10 @@ pub async fn summary(
                  ORDER BY z.created_at DESC, z.id DESC LIMIT 1) AS last_message
          FROM leads l LEFT JOIN messages m ON m.lead_id = l.id
          WHERE l.id = $1
-         GROUP BY l.id",
-    )
-    .bind(lead_id)
-    .bind(PREVIEW_CHARS)
-    .fetch_optional(db)
-    .await
-}
+         GROUP BY l.id";
 
-/// Everything a call needs, in one round trip: the organization reached on `called`, the
-/// lead with phone `caller` in it, and that lead's context (each `None` when absent).
-pub async fn call(
-    db: impl PgExecutor<'_>,
-    called: &str,
-    caller: &str,
-) -> Result<CallRows, sqlx::Error> {
-    let (org, lead, context): CallColumns = sqlx::query_as(
-        "WITH o AS (
+    /// The `call` statement.
+    pub const CALL: &str = "WITH o AS (
              SELECT id, phone, name, settings, created_at, updated_at
              FROM organizations WHERE phone = $1
          ), l AS (
@@ -128,13 +75,110 @@ pub async fn call(
                      SELECT left(m.body, $3) FROM messages m
                      WHERE m.lead_id = l.id AND m.direction = 'inbound'
                      ORDER BY m.created_at DESC, m.id DESC LIMIT 3)))
-              FROM l, o) AS context",
-    )
-    .bind(called)
-    .bind(caller)
-    .bind(PREVIEW_CHARS)
-    .fetch_one(db)
-    .await?;
+              FROM l, o) AS context";
+
+    /// The `history_total` statement.
+    pub const HISTORY_TOTAL: &str =
+        "SELECT (SELECT count(*) FROM messages m WHERE m.lead_id = l.id)
+         FROM leads l WHERE l.id = $1";
+
+    /// The `history_page` statement.
+    pub const HISTORY_PAGE: &str = "SELECT id, lead_id, channel, direction, body, created_at
+         FROM messages WHERE lead_id = $1
+         ORDER BY created_at DESC, id DESC
+         LIMIT $2 OFFSET $3";
+
+    /// The `update_lead` statement.
+    pub const UPDATE_LEAD: &str = "UPDATE leads SET
+            name = COALESCE($2, name),
+            status = COALESCE($3, status),
+            notes = CASE WHEN $4 THEN $5 ELSE notes END,
+            updated_at = $6
+         WHERE id = $1
+         RETURNING id, org_id, phone, name, status, notes, created_at, updated_at";
+
+    /// The `upsert_conversation` statement.
+    pub const UPSERT_CONVERSATION: &str = "INSERT INTO conversations (lead_id, channel, started_at)
+         SELECT id, $2, $3 FROM leads WHERE id = $1
+         ON CONFLICT (lead_id, channel) DO UPDATE SET channel = EXCLUDED.channel
+         RETURNING id, (SELECT phone FROM leads WHERE id = $1)";
+
+    /// The `insert_message` statement.
+    pub const INSERT_MESSAGE: &str =
+        "INSERT INTO messages (conversation_id, lead_id, channel, direction, body, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, lead_id, channel, direction, body, created_at";
+}
+
+/// The organization reached on `phone` (E.164).
+pub async fn org_by_phone(
+    db: impl PgExecutor<'_>,
+    phone: &str,
+) -> Result<Option<Org>, sqlx::Error> {
+    sqlx::query_as(sql::ORG_BY_PHONE)
+        .bind(phone)
+        .fetch_optional(db)
+        .await
+}
+
+/// The lead with `phone` (E.164) in organization `org_id`.
+pub async fn lead_by_phone(
+    db: impl PgExecutor<'_>,
+    phone: &str,
+    org_id: i64,
+) -> Result<Option<Lead>, sqlx::Error> {
+    sqlx::query_as(sql::LEAD_BY_PHONE)
+        .bind(org_id)
+        .bind(phone)
+        .fetch_optional(db)
+        .await
+}
+
+/// The lead with id `id`.
+pub async fn lead_by_id(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Lead>, sqlx::Error> {
+    sqlx::query_as(sql::LEAD_BY_ID)
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// A lead's conversation context, in one round trip.
+pub async fn context(
+    db: impl PgExecutor<'_>,
+    lead_id: i64,
+) -> Result<Option<Context>, sqlx::Error> {
+    sqlx::query_as(sql::CONTEXT)
+        .bind(lead_id)
+        .bind(PREVIEW_CHARS)
+        .fetch_optional(db)
+        .await
+}
+
+/// Counts over a lead's conversation, in one round trip.
+pub async fn summary(
+    db: impl PgExecutor<'_>,
+    lead_id: i64,
+) -> Result<Option<Summary>, sqlx::Error> {
+    sqlx::query_as(sql::SUMMARY)
+        .bind(lead_id)
+        .bind(PREVIEW_CHARS)
+        .fetch_optional(db)
+        .await
+}
+
+/// Everything a call needs, in one round trip: the organization reached on `called`, the
+/// lead with phone `caller` in it, and that lead's context (each `None` when absent).
+pub async fn call(
+    db: impl PgExecutor<'_>,
+    called: &str,
+    caller: &str,
+) -> Result<CallRows, sqlx::Error> {
+    let (org, lead, context): CallColumns = sqlx::query_as(sql::CALL)
+        .bind(called)
+        .bind(caller)
+        .bind(PREVIEW_CHARS)
+        .fetch_one(db)
+        .await?;
     Ok(CallRows {
         org: org.map(|j| j.0),
         lead: lead.map(|j| j.0),
@@ -163,27 +207,19 @@ pub async fn history(
     limit: u32,
     offset: u32,
 ) -> Result<Option<HistoryPage>, sqlx::Error> {
-    let total: Option<i64> = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM messages m WHERE m.lead_id = l.id)
-         FROM leads l WHERE l.id = $1",
-    )
-    .bind(lead_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let total: Option<i64> = sqlx::query_scalar(sql::HISTORY_TOTAL)
+        .bind(lead_id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(total) = total else {
         return Ok(None);
     };
-    let messages: Vec<Message> = sqlx::query_as(
-        "SELECT id, lead_id, channel, direction, body, created_at
-         FROM messages WHERE lead_id = $1
-         ORDER BY created_at DESC, id DESC
-         LIMIT $2 OFFSET $3",
-    )
-    .bind(lead_id)
-    .bind(i64::from(limit))
-    .bind(i64::from(offset))
-    .fetch_all(&mut *conn)
-    .await?;
+    let messages: Vec<Message> = sqlx::query_as(sql::HISTORY_PAGE)
+        .bind(lead_id)
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(Some(HistoryPage {
         lead_id,
         limit,
@@ -204,23 +240,15 @@ pub async fn update_lead(
         Some(notes) => (true, notes.clone()),
         None => (false, None),
     };
-    sqlx::query_as(
-        "UPDATE leads SET
-            name = COALESCE($2, name),
-            status = COALESCE($3, status),
-            notes = CASE WHEN $4 THEN $5 ELSE notes END,
-            updated_at = $6
-         WHERE id = $1
-         RETURNING id, org_id, phone, name, status, notes, created_at, updated_at",
-    )
-    .bind(id)
-    .bind(&patch.name)
-    .bind(&patch.status)
-    .bind(set_notes)
-    .bind(notes)
-    .bind(now)
-    .fetch_optional(db)
-    .await
+    sqlx::query_as(sql::UPDATE_LEAD)
+        .bind(id)
+        .bind(&patch.name)
+        .bind(&patch.status)
+        .bind(set_notes)
+        .bind(notes)
+        .bind(now)
+        .fetch_optional(db)
+        .await
 }
 
 /// Adds a message to lead `lead_id`'s conversation on its channel (created if need be);
@@ -231,32 +259,23 @@ pub async fn insert_message(
     message: &NewMessage,
     now: DateTime<Utc>,
 ) -> Result<Option<(Message, String)>, sqlx::Error> {
-    let conversation: Option<(i64, String)> = sqlx::query_as(
-        "INSERT INTO conversations (lead_id, channel, started_at)
-         SELECT id, $2, $3 FROM leads WHERE id = $1
-         ON CONFLICT (lead_id, channel) DO UPDATE SET channel = EXCLUDED.channel
-         RETURNING id, (SELECT phone FROM leads WHERE id = $1)",
-    )
-    .bind(lead_id)
-    .bind(&message.channel)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let conversation: Option<(i64, String)> = sqlx::query_as(sql::UPSERT_CONVERSATION)
+        .bind(lead_id)
+        .bind(&message.channel)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some((conversation, lead_phone)) = conversation else {
         return Ok(None);
     };
-    let inserted = sqlx::query_as(
-        "INSERT INTO messages (conversation_id, lead_id, channel, direction, body, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         RETURNING id, lead_id, channel, direction, body, created_at",
-    )
-    .bind(conversation)
-    .bind(lead_id)
-    .bind(&message.channel)
-    .bind(&message.direction)
-    .bind(&message.body)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?;
+    let inserted = sqlx::query_as(sql::INSERT_MESSAGE)
+        .bind(conversation)
+        .bind(lead_id)
+        .bind(&message.channel)
+        .bind(&message.direction)
+        .bind(&message.body)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(Some((inserted, lead_phone)))
 }
