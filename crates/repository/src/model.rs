@@ -187,3 +187,37 @@ fn double_option<'de, D: serde::Deserializer<'de>>(
 ) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn orgs_and_leads_lead_with_their_id_for_the_call_script() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let org = Org {
+            id: 1234,
+            phone: "+18005550001".to_owned(),
+            name: "Acme".to_owned(),
+            settings: OrgSettings::default(),
+            created_at: at,
+            updated_at: at,
+        };
+        let lead = Lead {
+            id: 99_999,
+            org_id: 1234,
+            phone: "+16462000042".to_owned(),
+            name: "Maria".to_owned(),
+            status: "new".to_owned(),
+            notes: None,
+            created_at: at,
+            updated_at: at,
+        };
+        let org_bytes = tiercache::envelope::encode(Some(&org), 0).unwrap();
+        let lead_bytes = tiercache::envelope::encode(Some(&lead), 0).unwrap();
+        assert_eq!(tiercache::envelope::leading_id(&org_bytes), Some(1234));
+        assert_eq!(tiercache::envelope::leading_id(&lead_bytes), Some(99_999));
+    }
+}
