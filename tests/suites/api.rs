@@ -708,3 +708,61 @@ async fn the_quick_start_works_from_no_database_at_all() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_request_in_flight_finish() {
+    let db = TestDb::seeded("shutdown", 2, 10).await;
+    let ns = unique_namespace("shutdown");
+    let server = TestServer::start(&db, Options::new(&ns, None)).await;
+    let pool = db.pool().await;
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE leads IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let (client, url) = (
+        server.client.clone(),
+        format!("{}/api/webhooks/conversation-initiation", server.base),
+    );
+    let in_flight = tokio::spawn(async move {
+        let response = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(webhook_body(&demo_lead_phone(0), &demo_org_phone(1)))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    });
+    // Wait (bounded) until the request's query is queued behind the lock.
+    let waiting = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let waiters: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'leads'::regclass",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiters > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waiting.is_ok(), "the webhook reached the database");
+
+    let stopping = tokio::spawn(server.shutdown());
+    // The server stops accepting but waits for the request it is serving.
+    tokio::task::yield_now().await;
+    assert!(!stopping.is_finished());
+    blocker.rollback().await.unwrap();
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["greeting_source"], "lead");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
