@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use tiercache::{CacheObserver, NoopObserver, TwoTierCache};
+use tiercache::{CacheObserver, Fanout, TwoTierCache};
+use tiercache_monitoring::{Metrics, MonitorTask};
 use tiercache_repository::Repository;
 use tiercache_server::{AppState, Config, router};
 use tokio::sync::oneshot;
@@ -24,7 +25,11 @@ pub struct TestServer {
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    _monitor: MonitorTask,
 }
+
+/// How often a test server's monitor samples and evaluates alerts.
+pub const MONITOR_TICK: Duration = Duration::from_millis(100);
 
 /// A clock for reproducible writes: 2026-06-01, one second further at each call.
 pub fn stepping_clock() -> tiercache_repository::Clock {
@@ -44,8 +49,10 @@ pub struct Options<'a> {
     pub prefix: &'a str,
     /// Webhook budget.
     pub webhook_budget: Duration,
-    /// Receives the cache's events.
+    /// Receives the cache's events (besides the metrics).
     pub observer: Option<Arc<dyn CacheObserver>>,
+    /// Turns the admin API on.
+    pub admin_token: Option<&'a str>,
 }
 
 impl<'a> Options<'a> {
@@ -56,6 +63,7 @@ impl<'a> Options<'a> {
             prefix,
             webhook_budget: Duration::from_secs(2),
             observer: None,
+            admin_token: None,
         }
     }
 }
@@ -88,14 +96,20 @@ impl TestServer {
         let pool = tiercache_server::startup::connect(&config.database)
             .await
             .unwrap();
-        let observer = opts.observer.unwrap_or_else(|| Arc::new(NoopObserver));
-        let cache = TwoTierCache::with_observer(config.cache.clone(), observer).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut observers: Vec<Arc<dyn CacheObserver>> = vec![metrics.clone()];
+        observers.extend(opts.observer);
+        let cache =
+            TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers))).unwrap();
         let repo = Repository::new(pool, cache).with_clock(stepping_clock());
-        Self::serve(AppState::new(repo, config.webhook_budget)).await
+        let state = AppState::new(repo, metrics, config.webhook_budget)
+            .with_admin_token(opts.admin_token.map(str::to_owned));
+        Self::serve(state).await
     }
 
-    /// Serves `state` on a free loopback port.
+    /// Serves `state` on a free loopback port, its monitor ticking every 100 ms.
     pub async fn serve(state: AppState) -> TestServer {
+        let monitor = state.spawn_monitor(MONITOR_TICK);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -114,6 +128,7 @@ impl TestServer {
             state,
             stop: Some(stop),
             task: Some(task),
+            _monitor: monitor,
         }
     }
 

@@ -546,13 +546,9 @@ async fn past_its_budget_the_webhook_answers_with_the_orgs_default_greeting() {
             .first_message
             .contains("Globex Realty 1")
     );
-    assert_eq!(
-        server
-            .state
-            .deadline_fallbacks
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(server.state.metrics.webhook_fallbacks(), 1);
+    let (_, metrics) = server.get("/api/monitoring/metrics").await;
+    assert!(metrics.contains("tiercache_webhook_deadline_fallbacks_total 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,14 +563,16 @@ async fn postgres_unreachable_and_nothing_cached_is_a_503() {
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/none"))
         .unwrap();
-    let cache = tiercache::TwoTierCache::new(
+    let metrics = Arc::new(tiercache_monitoring::Metrics::new());
+    let cache = tiercache::TwoTierCache::with_observer(
         tiercache::CacheConfig::builder().build().unwrap(),
-        tiercache::NoopObserver,
+        metrics.clone(),
     )
     .unwrap();
     let repo = tiercache_repository::Repository::new(pool, cache);
     let server = TestServer::serve(tiercache_server::AppState::new(
         repo,
+        metrics,
         Duration::from_secs(2),
     ))
     .await;

@@ -136,6 +136,8 @@ pub(crate) struct L1Entry {
     pub(crate) value: Option<Arc<dyn Any + Send + Sync>>,
     weight: u32,
     ttl: Duration,
+    /// When the value left the source of truth, in Unix milliseconds.
+    pub(crate) loaded_at_ms: u64,
 }
 
 impl L1Entry {
@@ -143,6 +145,7 @@ impl L1Entry {
         value: Option<Arc<T>>,
         encoded_len: usize,
         ttl: Duration,
+        loaded_at_ms: u64,
     ) -> Self {
         let weight = u32::try_from(encoded_len)
             .unwrap_or(u32::MAX)
@@ -151,6 +154,7 @@ impl L1Entry {
             value: value.map(|v| v as Arc<dyn Any + Send + Sync>),
             weight,
             ttl,
+            loaded_at_ms,
         }
     }
 
@@ -386,6 +390,45 @@ impl TwoTierCache {
         self.inner.policies.get(entity).ttl(false, negative)
     }
 
+    /// What Redis says of itself, when L2 is configured.
+    pub async fn l2_info(&self) -> Option<Result<crate::l2::RedisInfo, crate::l2::L2Error>> {
+        match &self.inner.l2 {
+            Some(l2) => Some(l2.info().await),
+            None => None,
+        }
+    }
+
+    /// The last L2 failure, when L2 is configured and has failed.
+    pub fn last_l2_error(&self) -> Option<crate::l2::LastL2Error> {
+        self.inner.l2.as_ref().and_then(L2::last_error)
+    }
+
+    /// Drops everything: L1 at once, and every key under the namespace from Redis in a
+    /// background task (`SCAN` and `UNLINK` in batches: Redis is never blocked, no
+    /// `FLUSHDB`). Loads in flight are not installed afterwards (the global epoch moves).
+    ///
+    /// Returns the task deleting from Redis (its result is the number of keys removed), when
+    /// L2 is configured.
+    pub fn invalidate_all(
+        &self,
+        source: InvalidationSource,
+    ) -> Option<JoinHandle<Result<u64, crate::l2::L2Error>>> {
+        self.inner.epochs.bump(None);
+        self.inner.l1.invalidate_all();
+        for entity in Entity::ALL {
+            self.inner.observer.invalidated(entity, source);
+        }
+        let inner = Arc::clone(&self.inner);
+        self.inner.l2.as_ref()?;
+        Some(tokio::spawn(async move {
+            let pattern = format!("{}*", inner.keys.namespace());
+            match &inner.l2 {
+                Some(l2) => l2.unlink_matching(&pattern).await,
+                None => Ok(0),
+            }
+        }))
+    }
+
     /// Keys (and leads' history pages) whose invalidation has not reached Redis yet.
     pub fn owed_invalidations(&self) -> usize {
         self.inner.pending.len()
@@ -439,11 +482,15 @@ impl TwoTierCache {
             } else {
                 Outcome::NegativeHit
             };
+            let loaded_at_ms = entry.loaded_at_ms;
             match entry.downcast::<T>() {
                 Ok(value) => {
                     inner
                         .observer
                         .lookup(entity, Tier::L1, outcome, started.elapsed());
+                    inner
+                        .observer
+                        .served(entity, Tier::L1, age_since(loaded_at_ms));
                     return Ok(value);
                 }
                 Err(()) => inner.observer.corrupt(entity, Tier::L1, CorruptKind::Type),
@@ -579,10 +626,13 @@ impl Inner {
                         };
                         self.observer
                             .lookup(entity, Tier::L2, outcome, started.elapsed());
+                        self.observer
+                            .served(entity, Tier::L2, age_since(decoded.loaded_at_ms));
                         let entry = L1Entry::new(
                             decoded.value.map(Arc::new),
                             bytes.len(),
                             self.l1_ttl(policy, negative),
+                            decoded.loaded_at_ms,
                         );
                         return if cacheable {
                             Ok(entry)
@@ -639,7 +689,8 @@ impl Inner {
             }
         };
         let negative = loaded.is_none();
-        let bytes = envelope::encode(loaded.as_ref(), unix_millis())
+        let loaded_at_ms = unix_millis();
+        let bytes = envelope::encode(loaded.as_ref(), loaded_at_ms)
             .map_err(|source| Exit::Failed(Error::Encode { entity, source }))?;
         if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
             let index_key = page.map(|(lead, _, _)| self.keys.history_index(lead));
@@ -664,6 +715,7 @@ impl Inner {
             loaded.map(Arc::new),
             bytes.len(),
             self.l1_ttl(policy, negative),
+            loaded_at_ms,
         );
         if cacheable {
             Ok(entry)
@@ -841,6 +893,11 @@ fn config_error(field: &str, message: String) -> Error {
             message,
         }],
     })
+}
+
+/// How long ago `loaded_at_ms` (Unix milliseconds) was; zero if the clock went back.
+pub(crate) fn age_since(loaded_at_ms: u64) -> Duration {
+    Duration::from_millis(unix_millis().saturating_sub(loaded_at_ms))
 }
 
 pub(crate) fn unix_millis() -> u64 {

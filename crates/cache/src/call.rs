@@ -240,14 +240,19 @@ impl TwoTierCache {
     async fn peek<T: Send + Sync + 'static>(&self, key: CacheKey) -> Slot<T> {
         let started = std::time::Instant::now();
         let entity = key.entity();
-        let found = self
-            .l1()
-            .get(&key)
-            .await
-            .map(|entry| (entry.value.is_some(), entry.downcast::<T>()));
+        let found = self.l1().get(&key).await.map(|entry| {
+            let age = crate::cache::age_since(entry.loaded_at_ms);
+            (entry.value.is_some(), age, entry.downcast::<T>())
+        });
         let (outcome, slot) = match found {
-            Some((true, Ok(Some(value)))) => (Outcome::Hit, Slot::Found(value)),
-            Some((false, Ok(None))) => (Outcome::NegativeHit, Slot::NotFound),
+            Some((true, age, Ok(Some(value)))) => {
+                self.observer().served(entity, Tier::L1, age);
+                (Outcome::Hit, Slot::Found(value))
+            }
+            Some((false, age, Ok(None))) => {
+                self.observer().served(entity, Tier::L1, age);
+                (Outcome::NegativeHit, Slot::NotFound)
+            }
             Some(_) => {
                 self.observer().corrupt(entity, Tier::L1, CorruptKind::Type);
                 (Outcome::Miss, Slot::Missing)
@@ -288,10 +293,16 @@ impl TwoTierCache {
                 };
                 self.observer().lookup(entity, Tier::L2, outcome, took);
                 let value = decoded.value.map(Arc::new);
+                self.observer().served(
+                    entity,
+                    Tier::L2,
+                    crate::cache::age_since(decoded.loaded_at_ms),
+                );
                 let entry = L1Entry::new(
                     value.clone(),
                     bytes.len(),
                     self.l1_ttl_for(entity, negative),
+                    decoded.loaded_at_ms,
                 );
                 self.install_l1(key, entry, snapshot).await;
                 match value {
@@ -334,7 +345,8 @@ impl TwoTierCache {
         T: Serialize + Send + Sync + 'static,
     {
         let entity = key.entity();
-        let bytes = envelope::encode(value.as_ref(), crate::cache::unix_millis())
+        let loaded_at_ms = crate::cache::unix_millis();
+        let bytes = envelope::encode(value.as_ref(), loaded_at_ms)
             .map_err(|source| crate::Error::Encode { entity, source })?;
         let negative = value.is_none();
         let value = value.map(Arc::new);
@@ -342,6 +354,7 @@ impl TwoTierCache {
             value.clone(),
             bytes.len(),
             self.l1_ttl_for(entity, negative),
+            loaded_at_ms,
         );
         let l2_ttl = self.l2_ttl_for(entity, negative);
         let snapshot = slots.snapshot;

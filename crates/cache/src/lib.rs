@@ -28,9 +28,9 @@ pub use error::{BoxError, ConfigError, ConfigProblem, Error, KeyError};
 pub use history_index::MAX_PAGES_PER_LEAD;
 pub use invalidation::Invalidation;
 pub use key::{CacheKey, Channel, KeySchema, PhoneDigest};
-pub use l2::{L2Error, L2ErrorKind, PoolState};
+pub use l2::{L2Error, L2ErrorKind, LastL2Error, PoolState, RedisInfo};
 pub use observer::{
-    CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
+    CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, Fanout, InvalidationSource,
     LoadOutcome, NoopObserver, Outcome, Tier,
 };
 pub use pending::MAX_PENDING_KEYS;

@@ -69,6 +69,9 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// Every variant, in declaration order (the order of `self as usize`).
+    pub const ALL: [Tier; 2] = [Tier::L1, Tier::L2];
+
     /// The label value for this tier.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -90,6 +93,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every variant, in declaration order (the order of `self as usize`).
+    pub const ALL: [Outcome; 3] = [Outcome::Hit, Outcome::NegativeHit, Outcome::Miss];
+
     /// The label value for this outcome.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -114,6 +120,14 @@ pub enum LoadOutcome {
 }
 
 impl LoadOutcome {
+    /// Every variant, in declaration order (the order of `self as usize`).
+    pub const ALL: [LoadOutcome; 4] = [
+        LoadOutcome::Found,
+        LoadOutcome::NotFound,
+        LoadOutcome::Error,
+        LoadOutcome::Timeout,
+    ];
+
     /// The label value for this outcome.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -137,6 +151,10 @@ pub enum CorruptKind {
 }
 
 impl CorruptKind {
+    /// Every variant, in declaration order (the order of `self as usize`).
+    pub const ALL: [CorruptKind; 3] =
+        [CorruptKind::Decode, CorruptKind::Version, CorruptKind::Type];
+
     /// The label value for this kind.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -157,6 +175,9 @@ pub enum EvictionCause {
 }
 
 impl EvictionCause {
+    /// Every variant, in declaration order (the order of `self as usize`).
+    pub const ALL: [EvictionCause; 2] = [EvictionCause::Size, EvictionCause::Expired];
+
     /// The label value for this cause.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -180,6 +201,14 @@ pub enum InvalidationSource {
 }
 
 impl InvalidationSource {
+    /// Every variant, in declaration order (the order of `self as usize`).
+    pub const ALL: [InvalidationSource; 4] = [
+        InvalidationSource::Write,
+        InvalidationSource::Admin,
+        InvalidationSource::Bus,
+        InvalidationSource::Database,
+    ];
+
     /// The label value for this source.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -203,6 +232,13 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
+    /// Every variant, in declaration order (the order of `self as usize`).
+    pub const ALL: [CircuitState; 3] = [
+        CircuitState::Closed,
+        CircuitState::Open,
+        CircuitState::HalfOpen,
+    ];
+
     /// The label value for this state.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -220,6 +256,9 @@ impl CircuitState {
 pub trait CacheObserver: Send + Sync + 'static {
     /// A lookup in `tier` ended with `outcome` after `took`.
     fn lookup(&self, _entity: Entity, _tier: Tier, _outcome: Outcome, _took: Duration) {}
+    /// A cached value (or "not found") from `tier` was served, loaded from the source of
+    /// truth `age` ago: how far behind the source an answer may be.
+    fn served(&self, _entity: Entity, _tier: Tier, _age: Duration) {}
     /// A loader call ended with `outcome` after `took`.
     fn load(&self, _entity: Entity, _outcome: LoadOutcome, _took: Duration) {}
     /// A caller was served by another caller's load of the same key instead of loading.
@@ -245,3 +284,44 @@ pub trait CacheObserver: Send + Sync + 'static {
 pub struct NoopObserver;
 
 impl CacheObserver for NoopObserver {}
+
+/// Sends every event to each of several observers, in order.
+pub struct Fanout(pub Vec<std::sync::Arc<dyn CacheObserver>>);
+
+impl CacheObserver for Fanout {
+    fn lookup(&self, entity: Entity, tier: Tier, outcome: Outcome, took: Duration) {
+        self.0
+            .iter()
+            .for_each(|o| o.lookup(entity, tier, outcome, took));
+    }
+    fn served(&self, entity: Entity, tier: Tier, age: Duration) {
+        self.0.iter().for_each(|o| o.served(entity, tier, age));
+    }
+    fn load(&self, entity: Entity, outcome: LoadOutcome, took: Duration) {
+        self.0.iter().for_each(|o| o.load(entity, outcome, took));
+    }
+    fn coalesced(&self, entity: Entity) {
+        self.0.iter().for_each(|o| o.coalesced(entity));
+    }
+    fn stale_served(&self, entity: Entity) {
+        self.0.iter().for_each(|o| o.stale_served(entity));
+    }
+    fn corrupt(&self, entity: Entity, tier: Tier, kind: CorruptKind) {
+        self.0.iter().for_each(|o| o.corrupt(entity, tier, kind));
+    }
+    fn l2_error(&self, kind: L2ErrorKind) {
+        self.0.iter().for_each(|o| o.l2_error(kind));
+    }
+    fn evicted(&self, entity: Entity, cause: EvictionCause) {
+        self.0.iter().for_each(|o| o.evicted(entity, cause));
+    }
+    fn invalidated(&self, entity: Entity, source: InvalidationSource) {
+        self.0.iter().for_each(|o| o.invalidated(entity, source));
+    }
+    fn owed_replayed(&self, keys: usize) {
+        self.0.iter().for_each(|o| o.owed_replayed(keys));
+    }
+    fn circuit_changed(&self, from: CircuitState, to: CircuitState) {
+        self.0.iter().for_each(|o| o.circuit_changed(from, to));
+    }
+}

@@ -17,6 +17,10 @@ pub mod sql {
     pub const ORG_BY_PHONE: &str = "SELECT id, phone, name, settings, created_at, updated_at
          FROM organizations WHERE phone = $1";
 
+    /// The `org_by_id` statement.
+    pub const ORG_BY_ID: &str = "SELECT id, phone, name, settings, created_at, updated_at
+         FROM organizations WHERE id = $1";
+
     /// The `lead_by_phone` statement.
     pub const LEAD_BY_PHONE: &str =
         "SELECT id, org_id, phone, name, status, notes, created_at, updated_at
@@ -117,6 +121,14 @@ pub async fn org_by_phone(
 ) -> Result<Option<Org>, sqlx::Error> {
     sqlx::query_as(sql::ORG_BY_PHONE)
         .bind(phone)
+        .fetch_optional(db)
+        .await
+}
+
+/// The organization with id `id`.
+pub async fn org_by_id(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Org>, sqlx::Error> {
+    sqlx::query_as(sql::ORG_BY_ID)
+        .bind(id)
         .fetch_optional(db)
         .await
 }

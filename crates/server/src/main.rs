@@ -55,11 +55,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "http://{}",
         listener.local_addr().context("reading the bound address")?
     );
-    print_where_to_look(&base, config.redis_enabled);
+    let admin = service.state.admin_token.is_some();
+    print_where_to_look(&base, config.redis_enabled, admin);
     serve(listener, router(service.state), shutdown_signal()).await
 }
 
-fn print_where_to_look(base: &str, redis_enabled: bool) {
+fn print_where_to_look(base: &str, redis_enabled: bool, admin: bool) {
     let (org, lead) = (demo_org_phone(1), demo_lead_phone(0));
     println!(
         "\nTiercache is serving on {base} (Redis tier {}).\n\
@@ -67,7 +68,16 @@ fn print_where_to_look(base: &str, redis_enabled: bool) {
          \n  Webhook:   curl -s -X POST {base}/api/webhooks/conversation-initiation \\\n\
          \x20              -H 'content-type: application/json' \\\n\
          \x20              -d '{{\"caller_id\":\"{lead}\",\"called_number\":\"{org}\",\"call_sid\":\"CA123\"}}'\n\
-         \n  Health:    {base}/api/monitoring/health/live\n",
-        if redis_enabled { "on" } else { "off" }
+         \n  Metrics:   {base}/api/monitoring/metrics\n\
+         \n  Health:    {base}/api/monitoring/health   (and /live, /ready, /redis below it)\n\
+         \n  Stats:     {base}/api/monitoring/stats/cache   Alerts: {base}/api/monitoring/alerts\n\
+         \n  Stream:    curl -N {base}/api/monitoring/stream\n\
+         \n  Admin:     {admin}\n",
+        if redis_enabled { "on" } else { "off" },
+        admin = if admin {
+            format!("POST {base}/api/admin/invalidate with 'authorization: Bearer $ADMIN_TOKEN'")
+        } else {
+            "off (set ADMIN_TOKEN to turn it on)".to_owned()
+        }
     );
 }

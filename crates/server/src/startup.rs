@@ -9,13 +9,16 @@ use axum::Router;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
-use tiercache::{NoopObserver, TwoTierCache};
+use std::sync::Arc;
+
+use tiercache::TwoTierCache;
+use tiercache_monitoring::{Metrics, MonitorTask};
 use tiercache_repository::seed::{Seeded, seed_if_empty};
 use tiercache_repository::{MIGRATOR, Repository};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, DatabaseConfig};
-use crate::state::AppState;
+use crate::state::{AppState, MONITOR_INTERVAL};
 
 /// A service ready to serve.
 pub struct Service {
@@ -23,6 +26,8 @@ pub struct Service {
     pub state: AppState,
     /// What seeding did.
     pub seeded: Seeded,
+    /// The monitor's timer (sampling, alerts, stream); stops when dropped.
+    pub monitor: MonitorTask,
 }
 
 /// Creates the database if missing, migrates, seeds when empty, builds cache and repositories.
@@ -33,12 +38,17 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
         .await
         .context("running database migrations")?;
     let seeded = seed_if_empty(&pool).await.context("loading demo data")?;
-    let cache =
-        TwoTierCache::new(config.cache.clone(), NoopObserver).context("building the cache")?;
+    let metrics = Arc::new(Metrics::new());
+    let cache = TwoTierCache::with_observer(config.cache.clone(), metrics.clone())
+        .context("building the cache")?;
     let repo = Repository::new(pool, cache);
+    let state = AppState::new(repo, metrics, config.webhook_budget)
+        .with_admin_token(config.admin_token.clone());
+    let monitor = state.spawn_monitor(MONITOR_INTERVAL);
     Ok(Service {
-        state: AppState::new(repo, config.webhook_budget),
+        state,
         seeded,
+        monitor,
     })
 }
 

@@ -1,9 +1,13 @@
 //! What every handler shares.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use sqlx::PgPool;
+use tiercache_monitoring::alerts::THRESHOLDS;
+use tiercache_monitoring::{DatabaseProbe, Metrics, Monitor, MonitorTask, MonitoringState};
 use tiercache_repository::Repository;
 
 /// Handler state: cheap to clone.
@@ -13,17 +17,63 @@ pub struct AppState {
     pub repo: Repository,
     /// How long the webhook may take before it answers with what it has.
     pub webhook_budget: Duration,
-    /// Webhook calls answered past their budget with a default greeting.
-    pub deadline_fallbacks: Arc<AtomicU64>,
+    /// The metrics registry (also the cache's observer).
+    pub metrics: Arc<Metrics>,
+    /// Window, alerts and live stream.
+    pub monitor: Arc<Monitor>,
+    /// The bearer token of the admin API; no token, no admin API.
+    pub admin_token: Option<Arc<str>>,
 }
 
+/// How often the monitor samples, evaluates alerts and publishes a snapshot.
+pub const MONITOR_INTERVAL: Duration = Duration::from_secs(5);
+
 impl AppState {
-    /// State around `repo`.
-    pub fn new(repo: Repository, webhook_budget: Duration) -> Self {
+    /// State around `repo`, whose cache reports to `metrics`.
+    pub fn new(repo: Repository, metrics: Arc<Metrics>, webhook_budget: Duration) -> Self {
+        let monitor = Monitor::new(Arc::clone(&metrics), repo.cache().clone(), THRESHOLDS);
         AppState {
             repo,
             webhook_budget,
-            deadline_fallbacks: Arc::new(AtomicU64::new(0)),
+            metrics,
+            monitor,
+            admin_token: None,
         }
+    }
+
+    /// Turns the admin API on with this bearer token.
+    pub fn with_admin_token(mut self, token: Option<String>) -> Self {
+        self.admin_token = token.map(Arc::from);
+        self
+    }
+
+    /// Starts the monitor's timer; it stops when the returned task is dropped.
+    pub fn spawn_monitor(&self, every: Duration) -> MonitorTask {
+        self.monitor.spawn(every)
+    }
+
+    /// The monitoring routes' state.
+    pub fn monitoring(&self) -> MonitoringState {
+        MonitoringState {
+            metrics: Arc::clone(&self.metrics),
+            cache: self.repo.cache().clone(),
+            db: Arc::new(PgProbe(self.repo.pool().clone())),
+            monitor: Arc::clone(&self.monitor),
+        }
+    }
+}
+
+/// PostgreSQL's health probe: `SELECT 1` on the service's pool.
+struct PgProbe(PgPool);
+
+impl DatabaseProbe for PgProbe {
+    fn ping(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.0)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
     }
 }

@@ -16,6 +16,14 @@ pub enum L2ErrorKind {
 }
 
 impl L2ErrorKind {
+    /// Every variant, in declaration order (the order of `self as usize`).
+    pub const ALL: [L2ErrorKind; 4] = [
+        L2ErrorKind::Timeout,
+        L2ErrorKind::Connection,
+        L2ErrorKind::Protocol,
+        L2ErrorKind::CircuitOpen,
+    ];
+
     /// The label value for this kind.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -44,12 +44,56 @@ pub(crate) struct IndexEntry<'a> {
     pub ttl: Duration,
 }
 
+/// The last L2 failure, for health checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastL2Error {
+    /// Its kind.
+    pub kind: L2ErrorKind,
+    /// The command.
+    pub op: &'static str,
+    /// The error's text (Redis's own message; never a key or a value).
+    pub message: String,
+    /// When, in Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// What Redis says of itself (`INFO memory` and `INFO stats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisInfo {
+    /// `used_memory`, bytes.
+    pub used_memory: u64,
+    /// `maxmemory`, bytes (0: no limit).
+    pub maxmemory: u64,
+    /// `evicted_keys`: keys Redis dropped for memory since it started.
+    pub evicted_keys: u64,
+    /// `connected_clients`.
+    pub connected_clients: u64,
+}
+
+impl RedisInfo {
+    fn parse(text: &str) -> Self {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        RedisInfo {
+            used_memory: field("used_memory"),
+            maxmemory: field("maxmemory"),
+            evicted_keys: field("evicted_keys"),
+            connected_clients: field("connected_clients"),
+        }
+    }
+}
+
 /// The Redis tier.
 pub(crate) struct L2 {
     pool: bb8::Pool<Manager>,
     timeout: Duration,
     breaker: CircuitBreaker,
     observer: Arc<dyn CacheObserver>,
+    last_error: std::sync::Mutex<Option<LastL2Error>>,
 }
 
 impl L2 {
@@ -72,6 +116,7 @@ impl L2 {
             timeout: config.command_timeout,
             breaker: CircuitBreaker::new(breaker),
             observer,
+            last_error: std::sync::Mutex::new(None),
         })
     }
 
@@ -155,6 +200,59 @@ impl L2 {
             .await
     }
 
+    /// `INFO` (all sections), parsed.
+    pub async fn info(&self) -> Result<RedisInfo, L2Error> {
+        let text: String = self
+            .run("info", async |conn| {
+                redis::cmd("INFO").query_async(conn).await
+            })
+            .await?;
+        Ok(RedisInfo::parse(&text))
+    }
+
+    /// Deletes every key matching `pattern`, a batch of `SCAN` then `UNLINK` at a time, so
+    /// Redis is never blocked. Not for a request path: run it in a task of its own.
+    pub async fn unlink_matching(&self, pattern: &str) -> Result<u64, L2Error> {
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        // Bounded: a SCAN over the whole keyspace ends when the cursor comes back to 0.
+        for _ in 0..1_000_000 {
+            let (next, keys): (u64, Vec<String>) = self
+                .run("scan", async |conn| {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(conn)
+                        .await
+                })
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = self
+                    .run("unlink", async |conn| {
+                        redis::cmd("UNLINK").arg(&keys).query_async(conn).await
+                    })
+                    .await?;
+                removed += n;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The last failure, if any.
+    pub fn last_error(&self) -> Option<LastL2Error> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// `PING`, returning the round trip.
     pub async fn ping(&self) -> Result<Duration, L2Error> {
         let started = Instant::now();
@@ -218,6 +316,19 @@ impl L2 {
         let error = L2Error { kind, op, source };
         if kind != L2ErrorKind::CircuitOpen {
             tracing::debug!(error = %error, "L2 command failed; continuing without it");
+            let message = match &error.source {
+                Some(e) => e.to_string(),
+                None => kind.as_str().to_owned(),
+            };
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(LastL2Error {
+                kind,
+                op,
+                message,
+                at_ms: crate::cache::unix_millis(),
+            });
         }
         error
     }
@@ -236,4 +347,26 @@ impl L2 {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_fields_parse_and_default_to_zero() {
+        let info = RedisInfo::parse(
+            "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:0\r\n# Stats\r\nevicted_keys:7\r\nconnected_clients:3\r\n",
+        );
+        assert_eq!(
+            info,
+            RedisInfo {
+                used_memory: 1_048_576,
+                maxmemory: 0,
+                evicted_keys: 7,
+                connected_clients: 3
+            }
+        );
+        assert_eq!(RedisInfo::parse("garbage"), RedisInfo::default());
+    }
 }

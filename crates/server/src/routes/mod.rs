@@ -1,7 +1,10 @@
 //! The HTTP API: one function builds the router from its state.
 
+mod admin;
 mod domain;
 mod webhook;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -10,9 +13,11 @@ use crate::state::AppState;
 
 pub use webhook::{WebhookRequest, WebhookResponse};
 
-/// The service's routes.
+/// The service's routes: the domain API, the webhook, monitoring, and (with a token) admin.
+/// Every request is counted by route template through the metrics layer.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let metrics = Arc::clone(&state.metrics);
+    let mut app = Router::new()
         .route(
             "/api/webhooks/conversation-initiation",
             post(webhook::conversation_initiation),
@@ -30,8 +35,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/leads/{id}/summary", get(domain::summary))
         .route("/api/leads/{id}/greeting", get(domain::greeting))
         .route("/api/leads/{id}/history", get(domain::history))
-        .route("/api/leads/{id}/messages", post(domain::add_message))
-        .route("/api/monitoring/health/live", get(|| async { "ok" }))
+        .route("/api/leads/{id}/messages", post(domain::add_message));
+    // Without a token the admin routes do not exist (404), rather than exist and refuse.
+    if state.admin_token.is_some() {
+        app = app.route("/api/admin/invalidate", post(admin::invalidate));
+    }
+    app.with_state(state.clone())
+        .merge(tiercache_monitoring::router(state.monitoring()))
         .fallback(domain::not_found)
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            tiercache_monitoring::track_http,
+        ))
 }

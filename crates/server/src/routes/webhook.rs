@@ -7,7 +7,6 @@
 //! greeting, marked `deadline_default`) rather than letting the platform time out.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
@@ -134,7 +133,7 @@ pub async fn conversation_initiation(
         Some(Ok((org, _))) => new_caller(&request.call_sid, Some(&org), "new_caller"),
         Some(Err(e)) => return Err(e),
         None => {
-            state.deadline_fallbacks.fetch_add(1, Ordering::Relaxed);
+            state.metrics.webhook_fallback();
             tracing::warn!(budget = ?state.webhook_budget, "webhook past its budget; answering with the default greeting");
             new_caller(
                 &request.call_sid,

@@ -1,0 +1,206 @@
+//! Health: whether the service can serve, and the state of each dependency.
+//!
+//! PostgreSQL down means the service cannot answer a miss: 503. Redis down (or disabled)
+//! only makes it slower: "degraded", still 200, so a load balancer keeps routing to it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tiercache::TwoTierCache;
+
+/// How the monitoring crate asks the server whether PostgreSQL answers (it knows no sqlx).
+pub trait DatabaseProbe: Send + Sync + 'static {
+    /// Runs a trivial query; `Err` carries a message fit for an operator.
+    fn ping(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// Bound on each probe, so a health check answers even when a dependency hangs.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One dependency's health.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Dependency {
+    /// Whether it answered.
+    pub ok: bool,
+    /// Its round trip, when it answered.
+    pub latency_ms: Option<f64>,
+    /// Why not, when it did not.
+    pub error: Option<String>,
+}
+
+/// `GET /api/monitoring/health`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Health {
+    /// `ok`, `degraded` (Redis down or disabled: slower, still correct) or `down`.
+    pub status: &'static str,
+    /// PostgreSQL.
+    pub postgres: Dependency,
+    /// Redis; `null` when disabled.
+    pub redis: Option<Dependency>,
+    /// The cache itself.
+    pub cache: CacheHealth,
+}
+
+/// The cache's own state.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CacheHealth {
+    /// Whether values are kept in process.
+    pub l1_enabled: bool,
+    /// Entries in L1.
+    pub l1_entries: u64,
+    /// Bytes charged against the L1 bound.
+    pub l1_bytes: u64,
+    /// The bound.
+    pub l1_max_bytes: u64,
+    /// The breaker in front of Redis.
+    pub circuit: Option<&'static str>,
+    /// Redis deletes owed.
+    pub owed_invalidations: usize,
+}
+
+impl Health {
+    /// Whether a load balancer should send traffic here.
+    pub fn can_serve(&self) -> bool {
+        self.postgres.ok
+    }
+}
+
+/// Probes every dependency.
+pub async fn check(db: &dyn DatabaseProbe, cache: &TwoTierCache) -> Health {
+    let (postgres, redis) = tokio::join!(probe_db(db), probe_redis(cache));
+    let status = match (&postgres, &redis) {
+        (p, _) if !p.ok => "down",
+        (_, Some(r)) if !r.ok => "degraded",
+        (_, None) => "degraded",
+        _ => "ok",
+    };
+    let l1 = cache.l1_stats();
+    Health {
+        status,
+        postgres,
+        redis,
+        cache: CacheHealth {
+            l1_enabled: cache.has_l1(),
+            l1_entries: l1.entries,
+            l1_bytes: l1.weighted_bytes,
+            l1_max_bytes: l1.max_bytes,
+            circuit: cache.circuit().map(|c| c.as_str()),
+            owed_invalidations: cache.owed_invalidations(),
+        },
+    }
+}
+
+/// PostgreSQL alone (for readiness).
+pub async fn probe_db(db: &dyn DatabaseProbe) -> Dependency {
+    let started = Instant::now();
+    match tokio::time::timeout(PROBE_TIMEOUT, db.ping()).await {
+        Ok(Ok(())) => Dependency {
+            ok: true,
+            latency_ms: Some(millis(started.elapsed())),
+            error: None,
+        },
+        Ok(Err(e)) => Dependency {
+            ok: false,
+            latency_ms: None,
+            error: Some(e),
+        },
+        Err(_) => Dependency {
+            ok: false,
+            latency_ms: None,
+            error: Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+        },
+    }
+}
+
+async fn probe_redis(cache: &TwoTierCache) -> Option<Dependency> {
+    let result = cache.ping_l2().await?;
+    Some(match result {
+        Ok(rtt) => Dependency {
+            ok: true,
+            latency_ms: Some(millis(rtt)),
+            error: None,
+        },
+        Err(e) => Dependency {
+            ok: false,
+            latency_ms: None,
+            error: Some(e.kind.as_str().to_owned()),
+        },
+    })
+}
+
+/// `GET /api/monitoring/health/redis`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RedisHealth {
+    /// Whether Redis is configured.
+    pub enabled: bool,
+    /// Whether it answered a PING.
+    pub ok: bool,
+    /// The PING's round trip.
+    pub latency_ms: Option<f64>,
+    /// The breaker's state.
+    pub circuit: Option<&'static str>,
+    /// Open pool connections.
+    pub pool_connections: Option<u32>,
+    /// Idle pool connections.
+    pub pool_idle: Option<u32>,
+    /// `used_memory`, bytes.
+    pub used_memory_bytes: Option<u64>,
+    /// `maxmemory`, bytes (0: no limit).
+    pub max_memory_bytes: Option<u64>,
+    /// Keys Redis evicted for memory since it started.
+    pub evicted_keys: Option<u64>,
+    /// Connected clients.
+    pub connected_clients: Option<u64>,
+    /// The last failure seen, if any.
+    pub last_error: Option<LastError>,
+}
+
+/// The last L2 failure.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LastError {
+    /// Its kind.
+    pub kind: &'static str,
+    /// The command.
+    pub op: &'static str,
+    /// Redis's message.
+    pub message: String,
+    /// When, in Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// Redis in detail.
+pub async fn redis(cache: &TwoTierCache) -> RedisHealth {
+    let ping = cache.ping_l2().await;
+    let info = match cache.l2_info().await {
+        Some(Ok(info)) => Some(info),
+        _ => None,
+    };
+    let pool = cache.pool_state();
+    RedisHealth {
+        enabled: cache.has_l2(),
+        ok: matches!(ping, Some(Ok(_))),
+        latency_ms: match ping {
+            Some(Ok(rtt)) => Some(millis(rtt)),
+            _ => None,
+        },
+        circuit: cache.circuit().map(|c| c.as_str()),
+        pool_connections: pool.map(|p| p.connections),
+        pool_idle: pool.map(|p| p.idle),
+        used_memory_bytes: info.as_ref().map(|i| i.used_memory),
+        max_memory_bytes: info.as_ref().map(|i| i.maxmemory),
+        evicted_keys: info.as_ref().map(|i| i.evicted_keys),
+        connected_clients: info.as_ref().map(|i| i.connected_clients),
+        last_error: cache.last_l2_error().map(|e| LastError {
+            kind: e.kind.as_str(),
+            op: e.op,
+            message: e.message,
+            at_ms: e.at_ms,
+        }),
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}

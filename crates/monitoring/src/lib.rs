@@ -1,0 +1,15 @@
+//! Tiercache's observability: Prometheus metrics fed by the cache's observer and an HTTP
+//! layer, health checks, hit-rate statistics, alerts (in process and as Prometheus rules),
+//! and a live Server-Sent Events stream, served by axum.
+
+pub mod alerts;
+pub mod health;
+pub mod metrics;
+pub mod monitor;
+pub mod routes;
+pub mod stats;
+
+pub use health::DatabaseProbe;
+pub use metrics::Metrics;
+pub use monitor::{Monitor, MonitorTask};
+pub use routes::{MonitoringState, router, track_http};

@@ -1,0 +1,590 @@
+//! The metrics registry: every series Tiercache exports, with handles resolved once so the
+//! hot path only bumps an atomic.
+//!
+//! Names follow Prometheus conventions (`tiercache_<what>_<unit>`, `_total` on counters,
+//! seconds and bytes). Labels come from the cache crate's enums and from route templates,
+//! so their sets are fixed: never a key, a phone number or an id.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tiercache::{
+    CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
+    L2ErrorKind, LoadOutcome, Outcome, Tier, TwoTierCache,
+};
+
+/// Latency buckets: 50 µs to 250 ms, where a cache's and a webhook's answers fall.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+
+/// Age buckets: 100 ms to an hour (the longest L2 TTL is 30 minutes).
+pub const AGE_BUCKETS: [f64; 12] = [
+    0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+const E: usize = Entity::ALL.len();
+const T: usize = Tier::ALL.len();
+const O: usize = Outcome::ALL.len();
+
+/// Every metric, registered in one [`Registry`].
+pub struct Metrics {
+    registry: Registry,
+    requests: Vec<IntCounter>,
+    lookup_seconds: Vec<Histogram>,
+    loads: Vec<IntCounter>,
+    load_seconds: Vec<Histogram>,
+    coalesced: Vec<IntCounter>,
+    stale: Vec<IntCounter>,
+    corrupt: Vec<IntCounter>,
+    l2_errors: Vec<IntCounter>,
+    evictions: Vec<IntCounter>,
+    invalidations: Vec<IntCounter>,
+    circuit_transitions: Vec<IntCounter>,
+    age_seconds: Vec<Histogram>,
+    owed_replayed: IntCounter,
+    circuit_state: IntGaugeVec,
+    l1_entries: IntGauge,
+    l1_bytes: IntGauge,
+    l1_max_bytes: IntGauge,
+    owed_invalidations: IntGauge,
+    redis_up: IntGauge,
+    redis_enabled: IntGauge,
+    redis_pool_connections: IntGauge,
+    redis_pool_idle: IntGauge,
+    http_requests: IntCounterVec,
+    http_seconds: HistogramVec,
+    webhook_fallbacks: IntCounter,
+    admin_actions: IntCounterVec,
+    // Totals the alert evaluation reads without gathering every series.
+    http_total: AtomicU64,
+    http_server_errors: AtomicU64,
+    http_nanos: AtomicU64,
+}
+
+/// Registers `collector` and returns it; names are static, so a clash is a programming error
+/// caught by the tests, not a runtime condition.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    if let Err(e) = registry.register(Box::new(collector.clone())) {
+        tracing::error!(error = %e, "metric registered twice");
+    }
+    collector
+}
+
+fn counters(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    values: Vec<Vec<&str>>,
+) -> Vec<IntCounter> {
+    let vec = register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(invalid_definition),
+    );
+    values.iter().map(|v| vec.with_label_values(v)).collect()
+}
+
+fn histograms(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+    values: Vec<Vec<&str>>,
+) -> Vec<Histogram> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let vec = register(
+        registry,
+        HistogramVec::new(opts, labels).unwrap_or_else(invalid_definition),
+    );
+    values.iter().map(|v| vec.with_label_values(v)).collect()
+}
+
+/// Metric definitions are static and valid; prometheus only fails on invalid names.
+fn invalid_definition<T>(e: prometheus::Error) -> T {
+    panic!("invalid metric definition: {e}")
+}
+
+/// Every (entity, tier, outcome), in index order.
+fn entity_tier_outcome() -> Vec<Vec<&'static str>> {
+    let mut out = Vec::with_capacity(E * T * O);
+    for e in Entity::ALL {
+        for t in Tier::ALL {
+            for o in Outcome::ALL {
+                out.push(vec![e.as_str(), t.as_str(), o.as_str()]);
+            }
+        }
+    }
+    out
+}
+
+fn per_entity<I: Copy>(other: &[I], name: impl Fn(I) -> &'static str) -> Vec<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for e in Entity::ALL {
+        for x in other {
+            out.push(vec![e.as_str(), name(*x)]);
+        }
+    }
+    out
+}
+
+impl Metrics {
+    /// A registry with every Tiercache metric.
+    #[allow(clippy::too_many_lines)]
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let entities: Vec<Vec<&str>> = Entity::ALL.iter().map(|e| vec![e.as_str()]).collect();
+        let requests = counters(
+            &r,
+            "tiercache_cache_requests_total",
+            "Cache lookups by entity, tier and result.",
+            &["entity", "tier", "result"],
+            entity_tier_outcome(),
+        );
+        let lookup_seconds = histograms(
+            &r,
+            "tiercache_cache_lookup_duration_seconds",
+            "Time to look a key up in one tier.",
+            &LATENCY_BUCKETS,
+            &["entity", "tier", "result"],
+            entity_tier_outcome(),
+        );
+        let loads = counters(
+            &r,
+            "tiercache_loads_total",
+            "Loader calls (reads from PostgreSQL) by entity and result.",
+            &["entity", "result"],
+            per_entity(&LoadOutcome::ALL, LoadOutcome::as_str),
+        );
+        let load_seconds = histograms(
+            &r,
+            "tiercache_load_duration_seconds",
+            "Loader call duration.",
+            &LATENCY_BUCKETS,
+            &["entity"],
+            entities.clone(),
+        );
+        let coalesced = counters(
+            &r,
+            "tiercache_coalesced_loads_total",
+            "Callers served by another caller's load of the same key.",
+            &["entity"],
+            entities.clone(),
+        );
+        let stale = counters(
+            &r,
+            "tiercache_stale_served_total",
+            "Stale values served because the loader failed.",
+            &["entity"],
+            entities.clone(),
+        );
+        let mut corrupt_labels = Vec::new();
+        for e in Entity::ALL {
+            for t in Tier::ALL {
+                for k in CorruptKind::ALL {
+                    corrupt_labels.push(vec![e.as_str(), t.as_str(), k.as_str()]);
+                }
+            }
+        }
+        let corrupt = counters(
+            &r,
+            "tiercache_corrupt_entries_total",
+            "Unreadable cached payloads, treated as misses.",
+            &["entity", "tier", "kind"],
+            corrupt_labels,
+        );
+        let l2_errors = counters(
+            &r,
+            "tiercache_l2_errors_total",
+            "Redis commands that failed or were skipped, by kind.",
+            &["kind"],
+            L2ErrorKind::ALL.iter().map(|k| vec![k.as_str()]).collect(),
+        );
+        let evictions = counters(
+            &r,
+            "tiercache_l1_evictions_total",
+            "Entries L1 dropped on its own, by cause.",
+            &["entity", "cause"],
+            per_entity(&EvictionCause::ALL, EvictionCause::as_str),
+        );
+        let invalidations = counters(
+            &r,
+            "tiercache_invalidations_total",
+            "Invalidations by entity and source.",
+            &["entity", "source"],
+            per_entity(&InvalidationSource::ALL, InvalidationSource::as_str),
+        );
+        let circuit_transitions = counters(
+            &r,
+            "tiercache_circuit_transitions_total",
+            "Circuit breaker state changes, by the state entered.",
+            &["state"],
+            CircuitState::ALL.iter().map(|s| vec![s.as_str()]).collect(),
+        );
+        let mut age_labels = Vec::new();
+        for e in Entity::ALL {
+            for t in Tier::ALL {
+                age_labels.push(vec![e.as_str(), t.as_str()]);
+            }
+        }
+        let age_seconds = histograms(
+            &r,
+            "tiercache_served_value_age_seconds",
+            "How long before being served a cached value was read from PostgreSQL.",
+            &AGE_BUCKETS,
+            &["entity", "tier"],
+            age_labels,
+        );
+        let owed_replayed = register(
+            &r,
+            IntCounter::new(
+                "tiercache_owed_invalidations_replayed_total",
+                "Redis deletes replayed after Redis came back.",
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let circuit_state = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tiercache_circuit_state",
+                    "1 for the circuit breaker's current state.",
+                ),
+                &["state"],
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let gauge = |name: &str, help: &str| {
+            register(
+                &r,
+                IntGauge::new(name, help).unwrap_or_else(invalid_definition),
+            )
+        };
+        let l1_entries = gauge("tiercache_l1_entries", "Entries in L1.");
+        let l1_bytes = gauge("tiercache_l1_bytes", "Bytes charged against the L1 bound.");
+        let l1_max_bytes = gauge("tiercache_l1_max_bytes", "The L1 bound in bytes.");
+        let owed_invalidations = gauge(
+            "tiercache_owed_invalidations",
+            "Redis deletes not yet replayed.",
+        );
+        let redis_up = gauge(
+            "tiercache_redis_up",
+            "1 when Redis answers, 0 when it does not or is disabled.",
+        );
+        let redis_enabled = gauge(
+            "tiercache_redis_enabled",
+            "1 when the cache has a Redis tier.",
+        );
+        let redis_pool_connections = gauge(
+            "tiercache_redis_pool_connections",
+            "Open Redis connections.",
+        );
+        let redis_pool_idle = gauge(
+            "tiercache_redis_pool_idle_connections",
+            "Idle Redis connections.",
+        );
+        let http_requests = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tiercache_http_requests_total",
+                    "HTTP requests by route template, method and status.",
+                ),
+                &["route", "method", "status"],
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let http_seconds = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tiercache_http_request_duration_seconds",
+                    "HTTP request duration by route template and method.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route", "method"],
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let webhook_fallbacks = register(
+            &r,
+            IntCounter::new(
+                "tiercache_webhook_deadline_fallbacks_total",
+                "Webhook calls answered with the default greeting past their budget.",
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let admin_actions = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tiercache_admin_actions_total",
+                    "Admin API actions, by action and result.",
+                ),
+                &["action", "result"],
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        Metrics {
+            registry: r,
+            requests,
+            lookup_seconds,
+            loads,
+            load_seconds,
+            coalesced,
+            stale,
+            corrupt,
+            l2_errors,
+            evictions,
+            invalidations,
+            circuit_transitions,
+            age_seconds,
+            owed_replayed,
+            circuit_state,
+            l1_entries,
+            l1_bytes,
+            l1_max_bytes,
+            owed_invalidations,
+            redis_up,
+            redis_enabled,
+            redis_pool_connections,
+            redis_pool_idle,
+            http_requests,
+            http_seconds,
+            webhook_fallbacks,
+            admin_actions,
+            http_total: AtomicU64::new(0),
+            http_server_errors: AtomicU64::new(0),
+            http_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one HTTP request.
+    pub fn http(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.http_requests
+            .with_label_values(&[route, method, status_label(status)])
+            .inc();
+        self.http_seconds
+            .with_label_values(&[route, method])
+            .observe(took.as_secs_f64());
+        self.http_total.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.http_server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.http_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// HTTP responses so far: (all, server errors, summed duration).
+    pub fn http_totals(&self) -> (u64, u64, Duration) {
+        (
+            self.http_total.load(Ordering::Relaxed),
+            self.http_server_errors.load(Ordering::Relaxed),
+            Duration::from_nanos(self.http_nanos.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Webhook calls answered past their budget so far.
+    pub fn webhook_fallbacks(&self) -> u64 {
+        self.webhook_fallbacks.get()
+    }
+
+    /// Counts a webhook answered past its budget.
+    pub fn webhook_fallback(&self) {
+        self.webhook_fallbacks.inc();
+    }
+
+    /// Counts an admin action.
+    pub fn admin_action(&self, action: &'static str, result: &'static str) {
+        self.admin_actions
+            .with_label_values(&[action, result])
+            .inc();
+    }
+
+    /// Whether Redis answered the last health probe.
+    pub fn set_redis_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
+    }
+
+    /// Lookups by (entity, tier, outcome) so far.
+    pub fn requests(&self, entity: Entity, tier: Tier, outcome: Outcome) -> u64 {
+        self.requests[lookup_index(entity, tier, outcome)].get()
+    }
+
+    /// Every series, in the Prometheus text format; gauges are read from `cache` first.
+    pub fn render(&self, cache: &TwoTierCache) -> String {
+        let l1 = cache.l1_stats();
+        self.l1_entries.set(saturate(l1.entries));
+        self.l1_bytes.set(saturate(l1.weighted_bytes));
+        self.l1_max_bytes.set(saturate(l1.max_bytes));
+        self.owed_invalidations
+            .set(saturate(cache.owed_invalidations() as u64));
+        self.redis_enabled.set(i64::from(cache.has_l2()));
+        let current = cache.circuit();
+        for state in CircuitState::ALL {
+            self.circuit_state
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(current == Some(state)));
+        }
+        if let Some(pool) = cache.pool_state() {
+            self.redis_pool_connections.set(i64::from(pool.connections));
+            self.redis_pool_idle.set(i64::from(pool.idle));
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn saturate(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Status codes as a label: the exact code (a fixed, small set in practice).
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        415 => "415",
+        422 => "422",
+        500 => "500",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn lookup_index(entity: Entity, tier: Tier, outcome: Outcome) -> usize {
+    (entity as usize * T + tier as usize) * O + outcome as usize
+}
+
+impl CacheObserver for Metrics {
+    fn lookup(&self, entity: Entity, tier: Tier, outcome: Outcome, took: Duration) {
+        let i = lookup_index(entity, tier, outcome);
+        self.requests[i].inc();
+        self.lookup_seconds[i].observe(took.as_secs_f64());
+    }
+
+    fn served(&self, entity: Entity, tier: Tier, age: Duration) {
+        self.age_seconds[entity as usize * T + tier as usize].observe(age.as_secs_f64());
+    }
+
+    fn load(&self, entity: Entity, outcome: LoadOutcome, took: Duration) {
+        self.loads[entity as usize * LoadOutcome::ALL.len() + outcome as usize].inc();
+        self.load_seconds[entity as usize].observe(took.as_secs_f64());
+    }
+
+    fn coalesced(&self, entity: Entity) {
+        self.coalesced[entity as usize].inc();
+    }
+
+    fn stale_served(&self, entity: Entity) {
+        self.stale[entity as usize].inc();
+    }
+
+    fn corrupt(&self, entity: Entity, tier: Tier, kind: CorruptKind) {
+        self.corrupt
+            [(entity as usize * T + tier as usize) * CorruptKind::ALL.len() + kind as usize]
+            .inc();
+    }
+
+    fn l2_error(&self, kind: L2ErrorKind) {
+        self.l2_errors[kind as usize].inc();
+    }
+
+    fn evicted(&self, entity: Entity, cause: EvictionCause) {
+        self.evictions[entity as usize * EvictionCause::ALL.len() + cause as usize].inc();
+    }
+
+    fn invalidated(&self, entity: Entity, source: InvalidationSource) {
+        self.invalidations[entity as usize * InvalidationSource::ALL.len() + source as usize].inc();
+    }
+
+    fn owed_replayed(&self, keys: usize) {
+        self.owed_replayed.inc_by(keys as u64);
+    }
+
+    fn circuit_changed(&self, _from: CircuitState, to: CircuitState) {
+        self.circuit_transitions[to as usize].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_line_up_with_their_labels() {
+        let m = Metrics::new();
+        m.lookup(
+            Entity::Greeting,
+            Tier::L2,
+            Outcome::NegativeHit,
+            Duration::from_micros(80),
+        );
+        m.corrupt(Entity::History, Tier::L1, CorruptKind::Type);
+        m.invalidated(Entity::Org, InvalidationSource::Database);
+        m.load(
+            Entity::Summary,
+            LoadOutcome::Timeout,
+            Duration::from_millis(3),
+        );
+        let text = {
+            let mut out = Vec::new();
+            TextEncoder::new()
+                .encode(&m.registry.gather(), &mut out)
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        for line in [
+            r#"tiercache_cache_requests_total{entity="greeting",result="negative_hit",tier="l2"} 1"#,
+            r#"tiercache_corrupt_entries_total{entity="history",kind="type",tier="l1"} 1"#,
+            r#"tiercache_invalidations_total{entity="org",source="database"} 1"#,
+            r#"tiercache_loads_total{entity="summary",result="timeout"} 1"#,
+            r#"tiercache_cache_lookup_duration_seconds_bucket{entity="greeting",result="negative_hit",tier="l2",le="0.0001"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
+        assert_eq!(
+            m.requests(Entity::Greeting, Tier::L2, Outcome::NegativeHit),
+            1
+        );
+        assert_eq!(
+            m.requests(Entity::Greeting, Tier::L1, Outcome::NegativeHit),
+            0
+        );
+    }
+
+    #[test]
+    fn every_label_combination_is_exported_from_the_start() {
+        let m = Metrics::new();
+        let families = m.registry.gather();
+        let requests = families
+            .iter()
+            .find(|f| f.name() == "tiercache_cache_requests_total")
+            .unwrap();
+        assert_eq!(requests.get_metric().len(), E * T * O);
+    }
+}

@@ -1,0 +1,158 @@
+//! The monitoring API: one function builds its router.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::Stream;
+use tiercache::TwoTierCache;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::health::{self, DatabaseProbe};
+use crate::metrics::Metrics;
+use crate::monitor::{Monitor, StreamEvent};
+
+/// What the monitoring routes share.
+#[derive(Clone)]
+pub struct MonitoringState {
+    /// The registry.
+    pub metrics: Arc<Metrics>,
+    /// The cache, for snapshots and Redis probes.
+    pub cache: TwoTierCache,
+    /// PostgreSQL's probe.
+    pub db: Arc<dyn DatabaseProbe>,
+    /// Window, alerts and stream.
+    pub monitor: Arc<Monitor>,
+}
+
+/// `/api/monitoring/*`.
+pub fn router(state: MonitoringState) -> Router {
+    Router::new()
+        .route("/api/monitoring/metrics", get(metrics))
+        .route("/api/monitoring/health", get(health))
+        .route(
+            "/api/monitoring/health/live",
+            get(|| async { Json(serde_json::json!({"live": true})) }),
+        )
+        .route("/api/monitoring/health/ready", get(ready))
+        .route("/api/monitoring/health/redis", get(redis))
+        .route("/api/monitoring/stats/cache", get(stats))
+        .route("/api/monitoring/alerts", get(alerts))
+        .route("/api/monitoring/stream", get(stream))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<MonitoringState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&state.cache),
+    )
+}
+
+async fn health(State(state): State<MonitoringState>) -> Response {
+    let report = health::check(&*state.db, &state.cache).await;
+    let status = if report.can_serve() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+/// Ready once start-up (migrations) is done, which it is when this serves, and PostgreSQL
+/// answers; Redis plays no part.
+async fn ready(State(state): State<MonitoringState>) -> Response {
+    let postgres = health::probe_db(&*state.db).await;
+    let status = if postgres.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": postgres.ok, "postgres": postgres })),
+    )
+        .into_response()
+}
+
+async fn redis(State(state): State<MonitoringState>) -> impl IntoResponse {
+    Json(health::redis(&state.cache).await)
+}
+
+async fn stats(State(state): State<MonitoringState>) -> impl IntoResponse {
+    Json(state.monitor.stats())
+}
+
+async fn alerts(State(state): State<MonitoringState>) -> impl IntoResponse {
+    Json(serde_json::json!({ "alerts": state.monitor.active_alerts() }))
+}
+
+/// Server-Sent Events: a snapshot at once, then every tick's snapshot and each alert as it
+/// fires or resolves. A client that falls behind loses the oldest events, never the service.
+async fn stream(
+    State(state): State<MonitoringState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let first = StreamEvent::Snapshot(Box::new(state.monitor.snapshot()));
+    let receiver = state.monitor.subscribe();
+    let events = futures_util::stream::unfold(
+        (Some(first), receiver),
+        |(first, mut receiver)| async move {
+            if let Some(first) = first {
+                return Some((to_sse(&first), (None, receiver)));
+            }
+            match receiver.recv().await {
+                Ok(event) => Some((to_sse(&event), (None, receiver))),
+                // The client fell behind: it is told how much it missed, and goes on.
+                Err(RecvError::Lagged(missed)) => {
+                    let lagged = Event::default().event("lagged").data(missed.to_string());
+                    Some((Ok(lagged), (None, receiver)))
+                }
+                Err(RecvError::Closed) => None,
+            }
+        },
+    );
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+fn to_sse(event: &StreamEvent) -> Result<Event, Infallible> {
+    let name = match event {
+        StreamEvent::Snapshot(_) => "snapshot",
+        StreamEvent::AlertFiring(_) => "alert_firing",
+        StreamEvent::AlertResolved(_) => "alert_resolved",
+    };
+    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
+    Ok(Event::default().event(name).data(data))
+}
+
+/// Middleware: counts every request by route template (never the raw path), method and
+/// status, with its duration. Add it with `Router::layer` so the route is known.
+pub async fn track_http(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics.http(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
