@@ -10,4 +10,5 @@ mod cache_l1;
 mod cache_modes;
 mod cache_reads;
 mod fixtures;
+mod monitoring;
 mod queries;

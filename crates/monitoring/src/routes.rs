@@ -50,6 +50,8 @@ pub fn router(state: MonitoringState) -> Router {
 }
 
 async fn metrics(State(state): State<MonitoringState>) -> impl IntoResponse {
+    // L1's entry count and size are estimates until its housekeeping has run.
+    state.cache.run_pending_tasks().await;
     (
         [(
             header::CONTENT_TYPE,
