@@ -11,4 +11,5 @@ mod cache_modes;
 mod cache_reads;
 mod fixtures;
 mod monitoring;
+mod prometheus;
 mod queries;

@@ -449,3 +449,26 @@ async fn without_a_token_the_admin_api_does_not_exist() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../grafana/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = tokio::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .await
+            .expect("promtool (Debian package prometheus; .ci/run installs it)");
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}: {report}");
+        assert!(report.contains("SUCCESS"), "{report}");
+    }
+}

@@ -161,62 +161,117 @@ pub fn message(kind: AlertKind, value: f64, threshold: f64) -> String {
     }
 }
 
+/// One Prometheus alerting rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// Which alert.
+    pub kind: AlertKind,
+    /// The condition that fires it.
+    pub expr: String,
+    /// The quantities the condition compares, each a query that returns series whenever
+    /// the service is scraped (whether or not the alert fires).
+    pub measures: Vec<String>,
+    /// How long the condition must hold, if at all.
+    pub for_seconds: Option<u64>,
+    /// `warning` or `critical`.
+    pub severity: &'static str,
+    /// One line for the operator.
+    pub summary: String,
+}
+
+/// The Prometheus rules for `t`.
+pub fn rules(t: &Thresholds) -> Vec<Rule> {
+    let w = format!("{}s", t.window.as_secs());
+    let hit_rate = format!(
+        "(sum(rate(tiercache_cache_requests_total{{tier=~\"l1|l2\",result=~\"hit|negative_hit\"}}[{w}])) / sum(rate(tiercache_cache_requests_total{{tier=\"l1\"}}[{w}])))"
+    );
+    let lookups = format!("sum(increase(tiercache_cache_requests_total{{tier=\"l1\"}}[{w}]))");
+    let avg = format!(
+        "(sum(rate(tiercache_http_request_duration_seconds_sum[{w}])) / sum(rate(tiercache_http_request_duration_seconds_count[{w}])))"
+    );
+    let errors = format!(
+        "(sum(rate(tiercache_http_requests_total{{status=~\"5..\"}}[{w}])) / sum(rate(tiercache_http_requests_total[{w}])))"
+    );
+    let errors_measure = format!(
+        "(sum(rate(tiercache_http_requests_total{{status=~\"5..\"}}[{w}]) or vector(0)) / sum(rate(tiercache_http_requests_total[{w}])))"
+    );
+    vec![
+        Rule {
+            kind: AlertKind::LowHitRate,
+            expr: format!(
+                "{hit_rate} < {} and {lookups} >= {}",
+                t.min_hit_rate, t.warmup_lookups
+            ),
+            measures: vec![hit_rate.clone(), lookups.clone()],
+            for_seconds: None,
+            severity: "warning",
+            summary: format!(
+                "Cache hit rate below {} % after warm-up",
+                t.min_hit_rate * 100.0
+            ),
+        },
+        Rule {
+            kind: AlertKind::SlowResponses,
+            expr: format!("{avg} > {}", t.max_avg_response.as_secs_f64()),
+            measures: vec![avg.clone()],
+            for_seconds: None,
+            severity: "warning",
+            summary: format!(
+                "Average response time above {} ms",
+                t.max_avg_response.as_millis()
+            ),
+        },
+        Rule {
+            kind: AlertKind::HighErrorRate,
+            expr: format!("{errors} > {}", t.max_error_rate),
+            measures: vec![errors_measure],
+            for_seconds: None,
+            severity: "critical",
+            summary: format!("Server error rate above {} %", t.max_error_rate * 100.0),
+        },
+        Rule {
+            kind: AlertKind::RedisDisconnected,
+            expr: "tiercache_redis_up == 0 and tiercache_redis_enabled == 1".to_owned(),
+            measures: vec![
+                "tiercache_redis_up".to_owned(),
+                "tiercache_redis_enabled".to_owned(),
+            ],
+            for_seconds: Some(t.redis_down_for.as_secs()),
+            severity: "critical",
+            summary: format!(
+                "Redis unreachable for {} s or more",
+                t.redis_down_for.as_secs()
+            ),
+        },
+    ]
+}
+
 /// The Prometheus alerting rules for `t` (the content of `grafana/prometheus/alerts.yml`).
 pub fn prometheus_rules(t: &Thresholds) -> String {
-    let window = format!("{}s", t.window.as_secs());
-    let hits = format!(
-        "sum(rate(tiercache_cache_requests_total{{tier=~\"l1|l2\",result=~\"hit|negative_hit\"}}[{window}]))"
-    );
-    let lookups = format!("sum(rate(tiercache_cache_requests_total{{tier=\"l1\"}}[{window}]))");
-    let warmup = format!(
-        "sum(increase(tiercache_cache_requests_total{{tier=\"l1\"}}[{window}])) >= {}",
-        t.warmup_lookups
-    );
-    format!(
+    let mut out = String::from(
         "# Generated from tiercache_monitoring::alerts::THRESHOLDS; a test fails when this file
 # and the thresholds differ. Regenerate with:
 #   cargo run -q -p tiercache-monitoring --example alert_rules > grafana/prometheus/alerts.yml
 groups:
   - name: tiercache
     rules:
-      - alert: {low}
-        expr: ({hits} / {lookups}) < {min_hit_rate} and {warmup}
-        labels:
-          severity: warning
-        annotations:
-          summary: Cache hit rate below {min_hit_pct} % after warm-up
-      - alert: {slow}
-        expr: (sum(rate(tiercache_http_request_duration_seconds_sum[{window}])) / sum(rate(tiercache_http_request_duration_seconds_count[{window}]))) > {max_avg}
-        labels:
-          severity: warning
-        annotations:
-          summary: Average response time above {max_avg_ms} ms
-      - alert: {errors}
-        expr: (sum(rate(tiercache_http_requests_total{{status=~\"5..\"}}[{window}])) / sum(rate(tiercache_http_requests_total[{window}]))) > {max_error_rate}
-        labels:
-          severity: critical
-        annotations:
-          summary: Server error rate above {max_error_pct} %
-      - alert: {redis}
-        expr: tiercache_redis_up == 0 and tiercache_redis_enabled == 1
-        for: {redis_for}s
-        labels:
-          severity: critical
-        annotations:
-          summary: Redis unreachable for {redis_for} s or more
 ",
-        low = AlertKind::LowHitRate.name(),
-        slow = AlertKind::SlowResponses.name(),
-        errors = AlertKind::HighErrorRate.name(),
-        redis = AlertKind::RedisDisconnected.name(),
-        min_hit_rate = t.min_hit_rate,
-        min_hit_pct = t.min_hit_rate * 100.0,
-        max_avg = t.max_avg_response.as_secs_f64(),
-        max_avg_ms = t.max_avg_response.as_millis(),
-        max_error_rate = t.max_error_rate,
-        max_error_pct = t.max_error_rate * 100.0,
-        redis_for = t.redis_down_for.as_secs(),
-    )
+    );
+    for rule in rules(t) {
+        out.push_str(&format!(
+            "      - alert: {}\n        expr: {}\n",
+            rule.kind.name(),
+            rule.expr
+        ));
+        if let Some(seconds) = rule.for_seconds {
+            out.push_str(&format!("        for: {seconds}s\n"));
+        }
+        out.push_str(&format!(
+            "        labels:\n          severity: {}\n        annotations:\n          summary: {}\n",
+            rule.severity, rule.summary
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

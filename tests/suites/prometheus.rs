@@ -1,0 +1,210 @@
+//! A real Prometheus scrapes the running server under a short load, then every PromQL
+//! expression of every dashboard panel and every alert rule is evaluated through its HTTP
+//! API: one that errors or returns no series fails the test (a panel that shows nothing is
+//! a defect).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use tiercache_monitoring::alerts::{THRESHOLDS, rules};
+use tiercache_repository::seed::{demo_lead_phone, demo_org_phone};
+use tiercache_tests::db::TestDb;
+use tiercache_tests::server::{Options, TestServer};
+use tiercache_tests::{SHARED_REDIS_URL, unique_namespace};
+
+/// A Prometheus on a free loopback port, killed on drop.
+struct Prometheus {
+    child: tokio::process::Child,
+    base: String,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Prometheus {
+    async fn start(target: &str) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!(
+            "tiercache-prom-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let rules = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../grafana/prometheus/alerts.yml"
+        );
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\n\
+             scrape_configs:\n  - job_name: tiercache\n    metrics_path: /api/monitoring/metrics\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let port = free_port();
+        let child = tokio::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("prometheus (Debian package prometheus; .ci/run installs it)");
+        let prometheus = Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: TempDir(dir),
+        };
+        let client = reqwest::Client::new();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(r) = client
+                    .get(format!("{}/-/ready", prometheus.base))
+                    .send()
+                    .await
+                    && r.status().is_success()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(ready.is_ok(), "Prometheus did not become ready within 30 s");
+        prometheus
+    }
+
+    async fn query(&self, client: &reqwest::Client, expr: &str) -> Value {
+        client
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_panel_and_rule_shows_real_series_in_a_real_prometheus() {
+    let db = TestDb::seeded("prom", 3, 60).await;
+    let ns = unique_namespace("prom");
+    let server = TestServer::start(&db, Options::new(&ns, Some(SHARED_REDIS_URL))).await;
+    let target = server.base.trim_start_matches("http://").to_owned();
+    let prometheus = Prometheus::start(&target).await;
+    let client = reqwest::Client::new();
+
+    // A short, bounded load: webhooks, reads, writes and a few 404s, for six seconds.
+    let started = Instant::now();
+    let mut n = 0i64;
+    while started.elapsed() < Duration::from_secs(6) && n < 20_000 {
+        let j = n % 60;
+        let hook = format!(
+            r#"{{"caller_id":"{}","called_number":"{}","call_sid":"CA{n}"}}"#,
+            demo_lead_phone(j),
+            demo_org_phone(j % 3 + 1)
+        );
+        server
+            .send(Method::POST, "/api/webhooks/conversation-initiation", &hook)
+            .await;
+        server.get(&format!("/api/leads/{}", j + 1)).await;
+        server.get(&format!("/api/leads/{}/summary", j + 1)).await;
+        if n % 50 == 0 {
+            server
+                .send(
+                    Method::PATCH,
+                    &format!("/api/leads/{}", j + 1),
+                    r#"{"status":"contacted"}"#,
+                )
+                .await;
+            server.get("/api/leads/99999").await;
+        }
+        n += 1;
+    }
+
+    // Enough scrapes for every rate window to hold two samples or more.
+    let scraped = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let v = prometheus
+                .query(&client, "count_over_time(tiercache_l1_entries[1m])")
+                .await;
+            let count = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok());
+            if count.is_some_and(|c| c >= 5.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(scraped.is_ok(), "Prometheus scraped the server");
+
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../grafana/dashboards/tiercache.json")).unwrap();
+    let mut exprs: Vec<(String, String, bool)> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap().to_owned();
+            exprs.push((title, target["expr"].as_str().unwrap().to_owned(), true));
+        }
+    }
+    for rule in rules(&THRESHOLDS) {
+        // The condition itself may rightly be empty (not firing); it must still evaluate.
+        exprs.push((rule.kind.name().to_owned(), rule.expr.clone(), false));
+        for measure in &rule.measures {
+            exprs.push((rule.kind.name().to_owned(), measure.clone(), true));
+        }
+    }
+    assert!(exprs.len() > 30);
+    let mut failures = Vec::new();
+    for (what, expr, needs_series) in &exprs {
+        let answer = prometheus.query(&client, expr).await;
+        if answer["status"] != "success" {
+            failures.push(format!("{what}: `{expr}` errors: {answer}"));
+        } else if *needs_series
+            && answer["data"]["result"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+        {
+            failures.push(format!("{what}: `{expr}` returns no series"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} expressions failed:\n{}",
+        failures.len(),
+        exprs.len(),
+        failures.join("\n")
+    );
+}
