@@ -244,3 +244,30 @@ fn unix_millis() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use tiercache::{CacheConfig, NoopObserver};
+
+    use super::*;
+    use crate::alerts::THRESHOLDS;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_subscriber_that_never_reads_never_holds_the_monitor_up() {
+        let cache = TwoTierCache::new(CacheConfig::builder().build().unwrap(), NoopObserver).unwrap();
+        let monitor = Monitor::new(Arc::new(Metrics::new()), cache, THRESHOLDS);
+        let mut idle = monitor.subscribe();
+        // Four times the buffer: every tick publishes, none waits for the idle subscriber.
+        for _ in 0..STREAM_BUFFER * 4 {
+            monitor.tick().await;
+        }
+        match idle.recv().await {
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                assert!(missed >= (STREAM_BUFFER * 3) as u64, "{missed}");
+            }
+            other => panic!("expected the idle subscriber to have lagged, got {other:?}"),
+        }
+        // It then resumes with the newest events.
+        assert!(matches!(idle.recv().await, Ok(StreamEvent::Snapshot(_))));
+    }
+}
