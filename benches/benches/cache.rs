@@ -207,9 +207,38 @@ fn cleanup(rt: &Runtime, prefix: &str) {
     });
 }
 
+/// The hot read path (an L1 hit) with metrics off (no-op observer) and on (the monitoring
+/// crate's Prometheus observer): the cost of observability.
+fn observability(c: &mut Criterion) {
+    let rt = runtime();
+    let _runtime = rt.enter();
+    let config = || {
+        CacheConfig::builder()
+            .prefix("benchobs")
+            .env("bench")
+            .key_secret(SECRET.to_vec())
+            .build()
+            .unwrap()
+    };
+    let off = TwoTierCache::new(config(), NoopObserver).unwrap();
+    let metrics = std::sync::Arc::new(tiercache_monitoring::Metrics::new());
+    let on = TwoTierCache::with_observer(config(), metrics).unwrap();
+    let mut group = c.benchmark_group("observability");
+    for (name, cache) in [("l1_hit_metrics_off", &off), ("l1_hit_metrics_on", &on)] {
+        let key = cache.keys().lead_by_id(1);
+        rt.block_on(cache.get_or_load(key, || load(1))).unwrap();
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                black_box(cache.get_or_load(black_box(key), || load(1)).await.unwrap())
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = l1_hit, l2_hit_vs_bare_get, miss_then_load, envelope_and_keys
+    targets = l1_hit, l2_hit_vs_bare_get, miss_then_load, envelope_and_keys, observability
 }
 criterion_main!(benches);

@@ -484,7 +484,11 @@ impl CacheObserver for Metrics {
     fn lookup(&self, entity: Entity, tier: Tier, outcome: Outcome, took: Duration) {
         let i = lookup_index(entity, tier, outcome);
         self.requests[i].inc();
-        self.lookup_seconds[i].observe(took.as_secs_f64());
+        // An L1 answer takes well under a microsecond, far below the first bucket (50 µs):
+        // timing it would cost the hot path a histogram update and say nothing.
+        if tier == Tier::L2 || outcome == Outcome::Miss {
+            self.lookup_seconds[i].observe(took.as_secs_f64());
+        }
     }
 
     fn served(&self, entity: Entity, tier: Tier, age: Duration) {

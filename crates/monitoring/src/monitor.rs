@@ -254,7 +254,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_subscriber_that_never_reads_never_holds_the_monitor_up() {
-        let cache = TwoTierCache::new(CacheConfig::builder().build().unwrap(), NoopObserver).unwrap();
+        let cache =
+            TwoTierCache::new(CacheConfig::builder().build().unwrap(), NoopObserver).unwrap();
         let monitor = Monitor::new(Arc::new(Metrics::new()), cache, THRESHOLDS);
         let mut idle = monitor.subscribe();
         // Four times the buffer: every tick publishes, none waits for the idle subscriber.
