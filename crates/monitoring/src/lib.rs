@@ -2,6 +2,7 @@
 //! layer, health checks, hit-rate statistics, alerts (in process and as Prometheus rules),
 //! and a live Server-Sent Events stream, served by axum.
 
+mod age;
 pub mod alerts;
 pub mod health;
 pub mod metrics;

@@ -5,9 +5,11 @@
 //! seconds and bytes). Labels come from the cache crate's enums and from route templates,
 //! so their sets are fixed: never a key, a phone number or an id.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::age::AgeHistograms;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -46,7 +48,7 @@ pub struct Metrics {
     evictions: Vec<IntCounter>,
     invalidations: Vec<IntCounter>,
     circuit_transitions: Vec<IntCounter>,
-    age_seconds: Vec<Histogram>,
+    age_seconds: Arc<AgeHistograms>,
     owed_replayed: IntCounter,
     circuit_state: IntGaugeVec,
     l1_entries: IntGauge,
@@ -227,20 +229,10 @@ impl Metrics {
             &["state"],
             CircuitState::ALL.iter().map(|s| vec![s.as_str()]).collect(),
         );
-        let mut age_labels = Vec::new();
-        for e in Entity::ALL {
-            for t in Tier::ALL {
-                age_labels.push(vec![e.as_str(), t.as_str()]);
-            }
+        let age_seconds = Arc::new(AgeHistograms::new().unwrap_or_else(invalid_definition));
+        if let Err(e) = r.register(Box::new(SharedCollector(Arc::clone(&age_seconds)))) {
+            tracing::error!(error = %e, "metric registered twice");
         }
-        let age_seconds = histograms(
-            &r,
-            "tiercache_served_value_age_seconds",
-            "How long before being served a cached value was read from PostgreSQL.",
-            &AGE_BUCKETS,
-            &["entity", "tier"],
-            age_labels,
-        );
         let owed_replayed = register(
             &r,
             IntCounter::new(
@@ -450,6 +442,19 @@ impl Default for Metrics {
     }
 }
 
+/// Registers a collector the metrics keep a handle to.
+struct SharedCollector(Arc<AgeHistograms>);
+
+impl Collector for SharedCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
+
 fn saturate(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -492,7 +497,7 @@ impl CacheObserver for Metrics {
     }
 
     fn served(&self, entity: Entity, tier: Tier, age: Duration) {
-        self.age_seconds[entity as usize * T + tier as usize].observe(age.as_secs_f64());
+        self.age_seconds.observe(entity, tier, age);
     }
 
     fn load(&self, entity: Entity, outcome: LoadOutcome, took: Duration) {
