@@ -15,6 +15,8 @@ pub struct Recorder {
     counts: Mutex<HashMap<String, u64>>,
     /// Notified each time owed L2 deletes are replayed.
     pub replayed: Notify,
+    /// Notified each time a bus message from another instance is applied (or L1 flushed).
+    pub heard: Notify,
     circuit: mpsc::UnboundedSender<(CircuitState, CircuitState)>,
 }
 
@@ -29,6 +31,7 @@ impl Recorder {
             Recorder {
                 counts: Mutex::new(HashMap::new()),
                 replayed: Notify::new(),
+                heard: Notify::new(),
                 circuit: tx,
             },
             rx,
@@ -88,6 +91,9 @@ impl CacheObserver for Recorder {
     }
     fn invalidated(&self, entity: Entity, source: InvalidationSource) {
         self.bump(format!("invalidated.{entity}.{}", source.as_str()));
+        if source == InvalidationSource::Bus {
+            self.heard.notify_one();
+        }
     }
     fn owed_replayed(&self, keys: usize) {
         *self
@@ -97,6 +103,13 @@ impl CacheObserver for Recorder {
             .entry("owed_replayed".to_owned())
             .or_default() += keys as u64;
         self.replayed.notify_one();
+    }
+    fn bus_received(&self, _lag: Duration) {
+        self.bump("bus.received".to_owned());
+    }
+    fn bus_gap(&self) {
+        self.bump("bus.gap".to_owned());
+        self.heard.notify_one();
     }
     fn circuit_changed(&self, from: CircuitState, to: CircuitState) {
         self.bump(format!("circuit.{}", to.as_str()));

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::bus::BusMessage;
 use crate::config::CacheConfig;
 use crate::envelope;
 use crate::epoch::Epochs;
@@ -98,34 +99,38 @@ pub struct TwoTierCache {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    keys: KeySchema,
+pub(crate) struct Inner {
+    pub(crate) keys: KeySchema,
     // Without L1 the cache still exists (its per-key lock merges loads), but entries
     // expire the moment they are installed.
-    l1: moka::future::Cache<CacheKey, L1Entry>,
+    pub(crate) l1: moka::future::Cache<CacheKey, L1Entry>,
     l1_enabled: bool,
-    l2: Option<L2>,
+    pub(crate) l2: Option<L2>,
     policies: Policies,
     load_timeout: Duration,
     history: HistoryIndex,
     failures: moka::sync::Cache<CacheKey, Arc<FailedLoad>>,
-    pending: PendingDeletes,
+    pub(crate) pending: PendingDeletes,
     pub(crate) epochs: Epochs,
     replay_wake: Arc<Notify>,
     // The replay task holds only a `Weak` to this, so it never keeps the cache alive; the
     // cache aborts it when dropped.
     replay_task: Mutex<Option<JoinHandle<()>>>,
-    observer: Arc<dyn CacheObserver>,
+    /// This cache's id on the bus (its own messages are ignored).
+    pub(crate) instance: u64,
+    pub(crate) bus_channel: String,
+    pub(crate) bus_stream: String,
+    bus_task: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) observer: Arc<dyn CacheObserver>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let task = self
-            .replay_task
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(task) = task.take() {
-            task.abort();
+        for task in [&mut self.replay_task, &mut self.bus_task] {
+            let task = task.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if let Some(task) = task.take() {
+                task.abort();
+            }
         }
     }
 }
@@ -290,6 +295,7 @@ impl TwoTierCache {
             .max()
             .unwrap_or_default();
         let has_l2 = l2.is_some();
+        let keys_namespace = keys.namespace().to_owned();
         let inner = Arc::new(Inner {
             keys,
             l1,
@@ -306,6 +312,10 @@ impl TwoTierCache {
             epochs: Epochs::new(),
             replay_wake: Arc::new(Notify::new()),
             replay_task: Mutex::new(None),
+            instance: rand::random(),
+            bus_channel: format!("{keys_namespace}bus"),
+            bus_stream: format!("{keys_namespace}bus:stream"),
+            bus_task: Mutex::new(None),
             observer,
         });
         if has_l2 {
@@ -317,6 +327,11 @@ impl TwoTierCache {
                 .replay_task
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(task);
+            let listener = tokio::spawn(crate::bus_listener::listen(Arc::downgrade(&inner)));
+            *inner
+                .bus_task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(listener);
         }
         Ok(TwoTierCache { inner })
     }
@@ -421,9 +436,18 @@ impl TwoTierCache {
         let inner = Arc::clone(&self.inner);
         self.inner.l2.as_ref()?;
         Some(tokio::spawn(async move {
+            let message = BusMessage {
+                instance: inner.instance,
+                sent_ms: unix_millis(),
+                groups: Vec::new(),
+                keys: Vec::new(),
+                all: true,
+            };
+            inner.publish(message.encode()).await;
             let pattern = format!("{}*", inner.keys.namespace());
             match &inner.l2 {
-                Some(l2) => l2.unlink_matching(&pattern).await,
+                // The bus stream stays: it is how other instances catch up.
+                Some(l2) => l2.unlink_matching(&pattern, &inner.bus_channel).await,
                 None => Ok(0),
             }
         }))
@@ -806,6 +830,17 @@ impl Inner {
             self.replay_wake.notify_one();
         }
         self.observer.invalidated(invalidation.entity, source);
+        // Other instances hear of it (not of what they told us: no echo).
+        if source != InvalidationSource::Bus {
+            let message = BusMessage {
+                instance: self.instance,
+                sent_ms: unix_millis(),
+                groups: groups.clone(),
+                keys: keys.iter().map(|k| self.keys.render(k)).collect(),
+                all: false,
+            };
+            self.publish(message.encode()).await;
+        }
         InvalidationReport {
             keys: keys.len(),
             l2_failure,
@@ -814,6 +849,29 @@ impl Inner {
 }
 
 impl Inner {
+    /// Publishes a bus message, or owes it when Redis does not take it.
+    pub(crate) async fn publish(&self, payload: String) {
+        let Some(l2) = &self.l2 else { return };
+        if let Err(e) = self.try_publish(l2, &payload).await {
+            tracing::debug!(error = %e, "bus message not published; owed");
+            self.pending.owe_publish(payload);
+            self.replay_wake.notify_one();
+        }
+    }
+
+    async fn try_publish(&self, l2: &L2, payload: &str) -> Result<(), crate::l2::L2Error> {
+        let script = publish_script();
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&self.bus_stream)
+            .key(&self.bus_channel)
+            .arg(crate::bus::STREAM_MAXLEN)
+            .arg(payload);
+        l2.invoke::<String>("publish", &invocation)
+            .await
+            .map(|_| ())
+    }
+
     /// Replays owed deletes once; `Err` when Redis still fails.
     async fn replay_owed(&self) -> Result<(), L2ErrorKind> {
         let Some(l2) = &self.l2 else {
@@ -845,7 +903,30 @@ impl Inner {
                 self.pending.resolve(key);
             }
         }
-        self.observer.owed_replayed(keys.len() + leads_done);
+        let (publishes, overflowed) = self.pending.publishes();
+        if overflowed {
+            let all = BusMessage {
+                instance: self.instance,
+                sent_ms: unix_millis(),
+                groups: Vec::new(),
+                keys: Vec::new(),
+                all: true,
+            };
+            self.try_publish(l2, &all.encode())
+                .await
+                .map_err(|e| e.kind)?;
+            self.pending.published(0, true);
+        }
+        let mut published = 0;
+        for payload in &publishes {
+            let sent = self.try_publish(l2, payload).await;
+            // In order: what went out is no longer owed, the rest stays for the next round.
+            self.pending.published(usize::from(sent.is_ok()), false);
+            sent.map_err(|e| e.kind)?;
+            published += 1;
+        }
+        self.observer
+            .owed_replayed(keys.len() + leads_done + published);
         Ok(())
     }
 }
@@ -884,6 +965,11 @@ async fn replay_owed_deletes(cache: Weak<Inner>, wake: Arc<Notify>) {
         drop(inner);
         tokio::time::sleep(backoff).await;
     }
+}
+
+fn publish_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(crate::bus::PUBLISH_SCRIPT))
 }
 
 fn config_error(field: &str, message: String) -> Error {

@@ -62,6 +62,11 @@ impl PhoneDigest {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Parses [`to_hex`](Self::to_hex)'s output.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        parse_digest(text).ok()
+    }
 }
 
 impl fmt::Debug for PhoneDigest {

@@ -7,6 +7,8 @@
 //! [`CacheObserver`] for the monitoring crate to count.
 
 pub mod breaker;
+mod bus;
+mod bus_listener;
 mod cache;
 mod call;
 mod config;

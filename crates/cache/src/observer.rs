@@ -275,6 +275,10 @@ pub trait CacheObserver: Send + Sync + 'static {
     fn invalidated(&self, _entity: Entity, _source: InvalidationSource) {}
     /// Deletes owed to L2 (an invalidation that could not reach Redis) were replayed.
     fn owed_replayed(&self, _keys: usize) {}
+    /// Another instance's invalidation arrived on the bus, `lag` after it was sent.
+    fn bus_received(&self, _lag: Duration) {}
+    /// The bus subscriber missed more than the stream keeps: L1 was flushed.
+    fn bus_gap(&self) {}
     /// The circuit breaker in front of L2 changed state.
     fn circuit_changed(&self, _from: CircuitState, _to: CircuitState) {}
 }
@@ -320,6 +324,12 @@ impl CacheObserver for Fanout {
     }
     fn owed_replayed(&self, keys: usize) {
         self.0.iter().for_each(|o| o.owed_replayed(keys));
+    }
+    fn bus_received(&self, lag: Duration) {
+        self.0.iter().for_each(|o| o.bus_received(lag));
+    }
+    fn bus_gap(&self) {
+        self.0.iter().for_each(|o| o.bus_gap());
     }
     fn circuit_changed(&self, from: CircuitState, to: CircuitState) {
         self.0.iter().for_each(|o| o.circuit_changed(from, to));

@@ -22,8 +22,15 @@ use crate::key::CacheKey;
 /// Keys kept at most; beyond, L2 reads are skipped altogether for a while.
 pub const MAX_PENDING_KEYS: usize = 100_000;
 
+/// Bus messages kept at most; beyond, one "flush everything" is owed instead.
+pub const MAX_OWED_PUBLISHES: usize = 10_000;
+
 #[derive(Default)]
 struct State {
+    /// Bus messages not yet published.
+    publishes: std::collections::VecDeque<String>,
+    /// Publishes were dropped past the bound: owe one "flush everything" instead.
+    publish_overflow: bool,
     keys: HashSet<CacheKey>,
     /// Leads whose history pages in Redis could not even be listed.
     history_leads: HashSet<i64>,
@@ -67,6 +74,39 @@ impl PendingDeletes {
             state.history_leads.insert(lead);
         }
         self.any.store(true, Ordering::Release);
+    }
+
+    /// Owes the publication of a bus message.
+    pub fn owe_publish(&self, payload: String) {
+        let mut state = self.lock();
+        if state.publishes.len() >= MAX_OWED_PUBLISHES {
+            state.publishes.clear();
+            state.publish_overflow = true;
+        } else {
+            state.publishes.push_back(payload);
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The owed publications, oldest first (and whether some were dropped for the bound).
+    /// They stay owed until [`published`](Self::published) says they went out.
+    pub fn publishes(&self) -> (Vec<String>, bool) {
+        let state = self.lock();
+        (
+            state.publishes.iter().cloned().collect(),
+            state.publish_overflow,
+        )
+    }
+
+    /// The oldest `n` owed publications (and the flush, if `overflow`) went out.
+    pub fn published(&self, n: usize, overflow: bool) {
+        let mut state = self.lock();
+        let n = n.min(state.publishes.len());
+        state.publishes.drain(..n);
+        if overflow {
+            state.publish_overflow = false;
+        }
+        self.refresh_any(&state);
     }
 
     /// Whether a read of `key` must not trust L2.
@@ -114,15 +154,20 @@ impl PendingDeletes {
         )
     }
 
-    /// How many keys and leads are owed.
+    /// How many keys, leads and bus messages are owed.
     pub fn len(&self) -> usize {
         let state = self.lock();
-        state.keys.len() + state.history_leads.len()
+        state.keys.len()
+            + state.history_leads.len()
+            + state.publishes.len()
+            + usize::from(state.publish_overflow)
     }
 
     fn refresh_any(&self, state: &State) {
         let any = !state.keys.is_empty()
             || !state.history_leads.is_empty()
+            || !state.publishes.is_empty()
+            || state.publish_overflow
             || state.bypass_until.is_some();
         self.any.store(any, Ordering::Release);
     }

@@ -89,6 +89,7 @@ impl RedisInfo {
 
 /// The Redis tier.
 pub(crate) struct L2 {
+    client: redis::Client,
     pool: bb8::Pool<Manager>,
     timeout: Duration,
     breaker: CircuitBreaker,
@@ -104,7 +105,11 @@ impl L2 {
         observer: Arc<dyn CacheObserver>,
     ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(config.url.as_str())?;
-        let manager = Manager::new(client, config.connect_timeout, config.command_timeout);
+        let manager = Manager::new(
+            client.clone(),
+            config.connect_timeout,
+            config.command_timeout,
+        );
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
             .test_on_check_out(false)
@@ -112,6 +117,7 @@ impl L2 {
             .retry_connection(false)
             .build_unchecked(manager);
         Ok(L2 {
+            client,
             pool,
             timeout: config.command_timeout,
             breaker: CircuitBreaker::new(breaker),
@@ -212,7 +218,7 @@ impl L2 {
 
     /// Deletes every key matching `pattern`, a batch of `SCAN` then `UNLINK` at a time, so
     /// Redis is never blocked. Not for a request path: run it in a task of its own.
-    pub async fn unlink_matching(&self, pattern: &str) -> Result<u64, L2Error> {
+    pub async fn unlink_matching(&self, pattern: &str, keep_prefix: &str) -> Result<u64, L2Error> {
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         // Bounded: a SCAN over the whole keyspace ends when the cursor comes back to 0.
@@ -229,6 +235,10 @@ impl L2 {
                         .await
                 })
                 .await?;
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter(|k| !k.starts_with(keep_prefix))
+                .collect();
             if !keys.is_empty() {
                 let n: u64 = self
                     .run("unlink", async |conn| {
@@ -251,6 +261,30 @@ impl L2 {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// A client for connections of its own (the bus subscriber), outside the pool.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// Any command, under the breaker and the timeout.
+    pub async fn command<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, L2Error> {
+        self.run(op, async |conn| cmd.query_async(conn).await).await
+    }
+
+    /// Any script, under the breaker and the timeout.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, L2Error> {
+        self.run(op, async |conn| invocation.invoke_async(conn).await)
+            .await
     }
 
     /// `PING`, returning the round trip.

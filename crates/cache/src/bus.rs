@@ -1,0 +1,178 @@
+//! The invalidation bus: how instances hear of each other's invalidations.
+//!
+//! Each invalidation is appended to a capped Redis stream (`XADD … MAXLEN ~`) and announced
+//! on a pub/sub channel with its stream id, in one Lua call. Every instance subscribes on a
+//! connection of its own (outside the pool), removes what it hears from its L1 (under each
+//! key's lock, like a local invalidation), and ignores its own messages.
+//!
+//! # When Redis fails
+//!
+//! - A publish that fails is owed (kept, bounded) and published when Redis answers again;
+//!   past the bound, one "flush everything" message is owed instead.
+//! - A subscriber that was disconnected catches up from the stream from the last id it saw.
+//!   When that id has been trimmed away, it cannot know what it missed: it flushes its L1
+//!   and counts it.
+//! - Until then, an instance's L1 TTL bounds how stale it can be.
+//!
+//! The bus is owned by the cache: the listener task holds only a `Weak` and is aborted when
+//! the cache is dropped.
+
+use std::time::Duration;
+
+use crate::key::{CacheKey, KeySchema, PhoneDigest};
+
+/// Stream entries kept (approximately: Redis trims whole nodes).
+pub const STREAM_MAXLEN: u64 = 10_000;
+
+/// A stream entry id (`ms-seq`), ordered as Redis orders them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct StreamId(u64, u64);
+
+impl StreamId {
+    /// The id before every id.
+    pub const ZERO: StreamId = StreamId(0, 0);
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    pub fn render(self) -> String {
+        format!("{}-{}", self.0, self.1)
+    }
+}
+
+/// What one invalidation tells the other instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BusMessage {
+    /// Who sent it (a random id per cache).
+    pub instance: u64,
+    /// When, in Unix milliseconds (for the lag metric).
+    pub sent_ms: u64,
+    /// Phone epochs to bump.
+    pub groups: Vec<PhoneDigest>,
+    /// Keys to drop, in their Redis form; empty with `all`.
+    pub keys: Vec<String>,
+    /// Drop everything.
+    pub all: bool,
+}
+
+impl BusMessage {
+    /// `{instance} {sent_ms} {groups or -} {keys or *}`: keys hold no spaces.
+    pub fn encode(&self) -> String {
+        let groups = if self.groups.is_empty() {
+            "-".to_owned()
+        } else {
+            self.groups
+                .iter()
+                .map(PhoneDigest::to_hex)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let keys = if self.all {
+            "*".to_owned()
+        } else {
+            self.keys.join(" ")
+        };
+        format!("{:x} {} {groups} {keys}", self.instance, self.sent_ms)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(4, ' ');
+        let instance = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let sent_ms = parts.next()?.parse().ok()?;
+        let groups = match parts.next()? {
+            "-" => Vec::new(),
+            list => list
+                .split(',')
+                .map(PhoneDigest::from_hex)
+                .collect::<Option<Vec<_>>>()?,
+        };
+        let rest = parts.next().unwrap_or("");
+        let all = rest == "*";
+        let keys = if all {
+            Vec::new()
+        } else {
+            rest.split(' ')
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Some(BusMessage {
+            instance,
+            sent_ms,
+            groups,
+            keys,
+            all,
+        })
+    }
+
+    /// The keys this instance's schema recognizes.
+    pub fn cache_keys(&self, schema: &KeySchema) -> Vec<CacheKey> {
+        self.keys
+            .iter()
+            .filter_map(|k| schema.parse(k).ok())
+            .collect()
+    }
+}
+
+/// Appends to the stream and announces `id payload` on the channel, atomically.
+pub(crate) const PUBLISH_SCRIPT: &str = r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])
+return id
+";
+
+/// Backoff between reconnection attempts of the subscriber.
+pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
+pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let schema = KeySchema::new("tc", "t", 1, b"0123456789abcdef").unwrap();
+        let message = BusMessage {
+            instance: 0xdead_beef,
+            sent_ms: 1_700_000_000_000,
+            groups: vec![
+                schema.phone_digest("+16462000001"),
+                schema.phone_digest("+18005550001"),
+            ],
+            keys: vec![
+                schema.render(&schema.lead_by_id(1)),
+                schema.render(&schema.lead_by_phone("+16462000001", 1)),
+            ],
+            all: false,
+        };
+        let decoded = BusMessage::decode(&message.encode()).unwrap();
+        assert_eq!(decoded, message);
+        assert_eq!(
+            decoded.cache_keys(&schema),
+            [
+                schema.lead_by_id(1),
+                schema.lead_by_phone("+16462000001", 1)
+            ]
+        );
+        let all = BusMessage {
+            groups: Vec::new(),
+            keys: Vec::new(),
+            all: true,
+            ..message
+        };
+        assert_eq!(BusMessage::decode(&all.encode()).unwrap(), all);
+        assert_eq!(BusMessage::decode("garbage"), None);
+    }
+
+    #[test]
+    fn stream_ids_order_as_redis_does() {
+        let a = StreamId::parse("1700000000000-0").unwrap();
+        let b = StreamId::parse("1700000000000-1").unwrap();
+        let c = StreamId::parse("1700000000001-0").unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(a.render(), "1700000000000-0");
+        assert_eq!(StreamId::parse("x"), None);
+    }
+}

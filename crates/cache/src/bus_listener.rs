@@ -1,0 +1,238 @@
+//! The bus subscriber: one task per cache, on a Redis connection of its own.
+//!
+//! It subscribes, then catches up from the stream since the last id it applied (or flushes
+//! L1 when that is no longer possible), then applies messages as they arrive; when the
+//! subscription drops it reconnects with capped backoff and catches up again. Messages seen
+//! twice (by the catch-up and by the subscription) are applied once, by id.
+
+use std::collections::HashMap;
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use moka::ops::compute::Op;
+use redis::streams::StreamRangeReply;
+
+use crate::bus::{BusMessage, RECONNECT_MAX, RECONNECT_MIN, StreamId};
+use crate::cache::{Inner, age_since};
+use crate::l2::L2Error;
+use crate::observer::InvalidationSource;
+
+/// Bound on connecting and subscribing.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Stream entries read per catch-up command; catch-up stops after this many batches.
+const CATCH_UP_BATCH: usize = 1_000;
+const CATCH_UP_BATCHES: usize = 100;
+
+/// Runs until the cache is dropped (which also aborts it).
+pub(crate) async fn listen(cache: Weak<Inner>) {
+    let mut last: Option<StreamId> = None;
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let (client, channel) = {
+            let Some(inner) = cache.upgrade() else { return };
+            let Some(l2) = &inner.l2 else { return };
+            (l2.client().clone(), inner.bus_channel.clone())
+        };
+        let subscribe = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(CONNECT_TIMEOUT, subscribe).await {
+            Ok(Ok(pubsub)) => pubsub,
+            _ => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        {
+            let Some(inner) = cache.upgrade() else { return };
+            if let Err(e) = inner.catch_up(&mut last).await {
+                tracing::debug!(error = %e, "bus catch-up failed; retrying");
+                drop(inner);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        }
+        backoff = RECONNECT_MIN;
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let Some(inner) = cache.upgrade() else { return };
+            let Ok(text) = message.get_payload::<String>() else {
+                continue;
+            };
+            if let Some((id, payload)) = text.split_once(' ') {
+                inner
+                    .apply_bus(StreamId::parse(id), payload, &mut last)
+                    .await;
+            }
+        }
+        tracing::warn!("invalidation bus subscription lost; reconnecting");
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+impl Inner {
+    /// Applies what the stream holds after `last`, or flushes L1 if some of it is gone.
+    async fn catch_up(&self, last: &mut Option<StreamId>) -> Result<(), L2Error> {
+        let Some(l2) = &self.l2 else { return Ok(()) };
+        let info = self.stream_info(l2).await?;
+        let Some(seen) = *last else {
+            // First subscription: L1 holds nothing older than now; start at the stream's end.
+            *last = Some(info.last.unwrap_or(StreamId::ZERO));
+            return Ok(());
+        };
+        // What was missed cannot be known when the stream is gone (a Redis restarted empty)
+        // or trimmed past what this instance last applied.
+        let gap = if !info.exists {
+            seen > StreamId::ZERO
+        } else if seen == StreamId::ZERO {
+            // Nothing applied yet: every entry since this instance started counts.
+            info.entries_added > info.length
+        } else {
+            // The last entry applied is gone: trimming reached it, and perhaps beyond.
+            let mut cmd = redis::cmd("XRANGE");
+            let at = seen.render();
+            cmd.arg(&self.bus_stream)
+                .arg(&at)
+                .arg(&at)
+                .arg("COUNT")
+                .arg(1);
+            let still: StreamRangeReply = l2.command("xrange", &cmd).await?;
+            still.ids.is_empty()
+        };
+        if gap {
+            tracing::warn!("invalidation bus gap: flushing L1");
+            self.epochs.bump(None);
+            self.l1.invalidate_all();
+            self.observer.bus_gap();
+            *last = Some(info.last.unwrap_or(StreamId::ZERO));
+            return Ok(());
+        }
+        for _ in 0..CATCH_UP_BATCHES {
+            let from = format!("({}", last.unwrap_or(StreamId::ZERO).render());
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(&self.bus_stream)
+                .arg(from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(CATCH_UP_BATCH);
+            let reply: StreamRangeReply = l2.command("xrange", &cmd).await?;
+            if reply.ids.is_empty() {
+                break;
+            }
+            for entry in &reply.ids {
+                if let Some(payload) = entry.get::<String>("m") {
+                    self.apply_bus(StreamId::parse(&entry.id), &payload, last)
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `XINFO STREAM`: whether it exists, its last id, its length and entries ever added.
+    async fn stream_info(&self, l2: &crate::l2::L2) -> Result<StreamInfo, L2Error> {
+        // XINFO on a missing key is an error reply; asking first keeps it out of the counts.
+        let exists: bool = l2
+            .command("exists", redis::cmd("EXISTS").arg(&self.bus_stream))
+            .await?;
+        if !exists {
+            return Ok(StreamInfo {
+                exists: false,
+                last: None,
+                length: 0,
+                entries_added: 0,
+            });
+        }
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("STREAM").arg(&self.bus_stream);
+        match l2
+            .command::<HashMap<String, redis::Value>>("xinfo", &cmd)
+            .await
+        {
+            Ok(fields) => {
+                let id = |name: &str| match fields.get(name) {
+                    Some(redis::Value::BulkString(bytes)) => {
+                        StreamId::parse(&String::from_utf8_lossy(bytes))
+                    }
+                    Some(redis::Value::SimpleString(text)) => StreamId::parse(text),
+                    _ => None,
+                };
+                let int = |name: &str| match fields.get(name) {
+                    Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+                    _ => 0,
+                };
+                Ok(StreamInfo {
+                    exists: true,
+                    last: id("last-generated-id"),
+                    length: int("length"),
+                    entries_added: int("entries-added"),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies one message unless it was applied already or is this instance's own.
+    pub(crate) async fn apply_bus(
+        &self,
+        id: Option<StreamId>,
+        payload: &str,
+        last: &mut Option<StreamId>,
+    ) {
+        if let (Some(id), Some(seen)) = (id, *last)
+            && id <= seen
+        {
+            return;
+        }
+        if id.is_some() {
+            *last = id;
+        }
+        let Some(message) = BusMessage::decode(payload) else {
+            return;
+        };
+        if message.instance == self.instance {
+            return;
+        }
+        self.observer.bus_received(age_since(message.sent_ms));
+        if message.all {
+            self.epochs.bump(None);
+            self.l1.invalidate_all();
+            for entity in crate::observer::Entity::ALL {
+                self.observer.invalidated(entity, InvalidationSource::Bus);
+            }
+            return;
+        }
+        let keys = message.cache_keys(&self.keys);
+        for key in &keys {
+            // Under the key's lock, as a local invalidation: a load in flight finishes first.
+            self.l1
+                .entry(*key)
+                .and_compute_with(|_| async {
+                    if message.groups.is_empty() {
+                        self.epochs.bump(None);
+                    }
+                    for group in &message.groups {
+                        self.epochs.bump(Some(group));
+                    }
+                    Op::Remove
+                })
+                .await;
+        }
+        if let Some(first) = keys.first() {
+            self.observer
+                .invalidated(first.entity(), InvalidationSource::Bus);
+        }
+    }
+}
+
+struct StreamInfo {
+    exists: bool,
+    last: Option<StreamId>,
+    length: u64,
+    entries_added: u64,
+}

@@ -1,0 +1,192 @@
+//! The invalidation bus between instances (separate caches with separate L1s and pools on
+//! one throwaway Redis): a write on one reaches the others' L1, a disconnected instance
+//! catches up from the stream, a gap flushes L1, and a publish Redis refused is sent later.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tiercache::{CacheKey, Invalidation, InvalidationSource, TwoTierCache};
+use tiercache_tests::cache::{TestLead, config};
+use tiercache_tests::{Recorder, RedisServer, unique_namespace};
+
+fn instance(ns: &str, url: &str) -> (TwoTierCache, Arc<Recorder>) {
+    let (recorder, _) = Recorder::new();
+    let recorder = Arc::new(recorder);
+    let cache =
+        TwoTierCache::with_observer(config(ns, Some(url)).build().unwrap(), recorder.clone())
+            .unwrap();
+    (cache, recorder)
+}
+
+/// Reads `key`, loading `version` on a miss; returns the version served and whether it loaded.
+async fn read(cache: &TwoTierCache, key: CacheKey, version: u32) -> (u32, bool) {
+    let loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = loaded.clone();
+    let lead = cache
+        .get_or_load(key, || async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, io::Error>(Some(TestLead::new(1, version)))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        lead.version,
+        loaded.load(std::sync::atomic::Ordering::SeqCst),
+    )
+}
+
+/// Waits (bounded) until `n` instances are subscribed to the namespace's bus channel.
+async fn subscribed(server: &RedisServer, ns: &str, n: i64) {
+    let mut conn = server.client().await;
+    let channel = format!("{ns}:test:v1:bus");
+    let ok = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if counts.first().is_some_and(|(_, c)| *c >= n) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "{n} subscribers on {channel}");
+}
+
+async fn heard(recorder: &Recorder) {
+    tokio::time::timeout(Duration::from_secs(10), recorder.heard.notified())
+        .await
+        .expect("a bus message within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_clears_the_others_l1() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("bus");
+    let (a, rec_a) = instance(&ns, &server.url());
+    let (b, rec_b) = instance(&ns, &server.url());
+    subscribed(&server, &ns, 2).await;
+    let key = a.keys().lead_by_id(1);
+    assert_eq!(read(&a, key, 1).await, (1, true));
+    assert_eq!(
+        read(&b, key, 1).await,
+        (1, false),
+        "B took it from Redis into its L1"
+    );
+    assert_eq!(read(&b, key, 1).await, (1, false));
+
+    a.invalidate(
+        Invalidation::lead(a.keys(), 1, 1, "+16462000000"),
+        InvalidationSource::Write,
+    )
+    .await;
+    heard(&rec_b).await;
+    assert_eq!(
+        read(&b, key, 2).await,
+        (2, true),
+        "B's L1 no longer serves version 1"
+    );
+    assert_eq!(rec_b.count("bus.received"), 1);
+    assert_eq!(
+        rec_a.count("bus.received"),
+        0,
+        "an instance ignores its own messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_instance_catches_up_from_the_stream() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("buscatch");
+    let (a, _) = instance(&ns, &server.url());
+    let (b, rec_b) = instance(&ns, &server.url());
+    subscribed(&server, &ns, 2).await;
+    let key = a.keys().lead_by_id(1);
+    read(&a, key, 1).await;
+    read(&b, key, 1).await;
+
+    // Every subscriber is cut off; A's invalidation reaches only the stream.
+    let mut admin = server.client().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    a.invalidate(Invalidation::key(key), InvalidationSource::Write)
+        .await;
+    heard(&rec_b).await;
+    assert_eq!(read(&b, key, 2).await, (2, true));
+    assert_eq!(rec_b.count("bus.gap"), 0, "caught up, nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_the_stream_no_longer_covers_flushes_l1() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("busgap");
+    let (a, _) = instance(&ns, &server.url());
+    let (b, rec_b) = instance(&ns, &server.url());
+    subscribed(&server, &ns, 2).await;
+    let (k1, k2) = (a.keys().lead_by_id(1), a.keys().lead_by_id(2));
+    for key in [k1, k2] {
+        read(&a, key, 1).await;
+        read(&b, key, 1).await;
+    }
+    let mut admin = server.client().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    a.invalidate(Invalidation::key(k1), InvalidationSource::Write)
+        .await;
+    // The stream loses what B missed before B is back.
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(format!("{ns}:test:v1:bus:stream"))
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    heard(&rec_b).await;
+    assert_eq!(rec_b.count("bus.gap"), 1);
+    // Everything in B's L1 went, not only the key it missed: k2 now comes from Redis.
+    let from_l2 = rec_b.count("lookup.lead.l2.hit");
+    assert_eq!(read(&b, k2, 2).await, (1, false));
+    assert_eq!(rec_b.count("lookup.lead.l2.hit"), from_l2 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_redis_refused_is_sent_when_it_can_be() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("busowed");
+    let (a, rec_a) = instance(&ns, &server.url());
+    let (b, rec_b) = instance(&ns, &server.url());
+    subscribed(&server, &ns, 2).await;
+    let key = a.keys().lead_by_id(1);
+    read(&a, key, 1).await;
+    read(&b, key, 1).await;
+
+    let mut admin = server.client().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "-@scripting"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    a.invalidate(Invalidation::key(key), InvalidationSource::Write)
+        .await;
+    assert!(a.owed_invalidations() >= 1, "the publish is owed");
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "+@scripting"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    heard(&rec_b).await;
+    assert_eq!(read(&b, key, 2).await, (2, true));
+    assert!(rec_a.count("owed_replayed") >= 1);
+}
