@@ -50,6 +50,9 @@ pub struct Metrics {
     circuit_transitions: Vec<IntCounter>,
     age_seconds: Arc<AgeHistograms>,
     owed_replayed: IntCounter,
+    bus_messages: IntCounter,
+    bus_lag: Histogram,
+    bus_gaps: IntCounter,
     circuit_state: IntGaugeVec,
     l1_entries: IntGauge,
     l1_bytes: IntGauge,
@@ -241,6 +244,33 @@ impl Metrics {
             )
             .unwrap_or_else(invalid_definition),
         );
+        let bus_messages = register(
+            &r,
+            IntCounter::new(
+                "tiercache_bus_messages_total",
+                "Invalidations heard from other instances on the bus.",
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let bus_lag = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "tiercache_bus_lag_seconds",
+                    "Time from another instance's invalidation to its arrival here.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let bus_gaps = register(
+            &r,
+            IntCounter::new(
+                "tiercache_bus_gaps_total",
+                "Times the bus subscriber missed more than the stream keeps and flushed L1.",
+            )
+            .unwrap_or_else(invalid_definition),
+        );
         let circuit_state = register(
             &r,
             IntGaugeVec::new(
@@ -338,6 +368,9 @@ impl Metrics {
             circuit_transitions,
             age_seconds,
             owed_replayed,
+            bus_messages,
+            bus_lag,
+            bus_gaps,
             circuit_state,
             l1_entries,
             l1_bytes,
@@ -533,6 +566,15 @@ impl CacheObserver for Metrics {
 
     fn owed_replayed(&self, keys: usize) {
         self.owed_replayed.inc_by(keys as u64);
+    }
+
+    fn bus_received(&self, lag: Duration) {
+        self.bus_messages.inc();
+        self.bus_lag.observe(lag.as_secs_f64());
+    }
+
+    fn bus_gap(&self) {
+        self.bus_gaps.inc();
     }
 
     fn circuit_changed(&self, _from: CircuitState, to: CircuitState) {
