@@ -107,6 +107,27 @@ impl TestServer {
         Self::serve(state).await
     }
 
+    /// A server whose PostgreSQL pool points at a port where nothing listens (L1 only).
+    pub async fn with_unreachable_database() -> TestServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(300))
+            .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/none"))
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let cache = TwoTierCache::with_observer(
+            tiercache::CacheConfig::builder().build().unwrap(),
+            metrics.clone(),
+        )
+        .unwrap();
+        let repo = Repository::new(pool, cache);
+        Self::serve(AppState::new(repo, metrics, Duration::from_secs(2))).await
+    }
+
     /// Serves `state` on a free loopback port, its monitor ticking every 100 ms.
     pub async fn serve(state: AppState) -> TestServer {
         let monitor = state.spawn_monitor(MONITOR_TICK);

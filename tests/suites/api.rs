@@ -553,29 +553,7 @@ async fn past_its_budget_the_webhook_answers_with_the_orgs_default_greeting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_and_nothing_cached_is_a_503() {
-    // A pool on a port where nothing listens.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/none"))
-        .unwrap();
-    let metrics = Arc::new(tiercache_monitoring::Metrics::new());
-    let cache = tiercache::TwoTierCache::with_observer(
-        tiercache::CacheConfig::builder().build().unwrap(),
-        metrics.clone(),
-    )
-    .unwrap();
-    let repo = tiercache_repository::Repository::new(pool, cache);
-    let server = TestServer::serve(tiercache_server::AppState::new(
-        repo,
-        metrics,
-        Duration::from_secs(2),
-    ))
-    .await;
+    let server = TestServer::with_unreachable_database().await;
     for path in [
         "/api/leads/1",
         "/api/leads/1/context",

@@ -211,28 +211,7 @@ async fn health_is_degraded_while_redis_is_down_and_ok_when_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_is_a_503_on_health_and_readiness() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(300))
-        .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/none"))
-        .unwrap();
-    let metrics = std::sync::Arc::new(tiercache_monitoring::Metrics::new());
-    let cache = tiercache::TwoTierCache::with_observer(
-        tiercache::CacheConfig::builder().build().unwrap(),
-        metrics.clone(),
-    )
-    .unwrap();
-    let repo = tiercache_repository::Repository::new(pool, cache);
-    let server = TestServer::serve(tiercache_server::AppState::new(
-        repo,
-        metrics,
-        Duration::from_secs(2),
-    ))
-    .await;
+    let server = TestServer::with_unreachable_database().await;
     let (status, body) = server.get("/api/monitoring/health").await;
     assert_eq!(
         (status, json(&body)["status"].clone()),
