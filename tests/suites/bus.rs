@@ -100,16 +100,48 @@ async fn a_write_on_one_instance_clears_the_others_l1() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_disconnected_instance_catches_up_from_the_stream() {
+/// A throwaway Redis, two instances on one namespace both subscribed, and `keys` cached
+/// (version 1) in both L1s.
+struct Pair {
+    server: RedisServer,
+    ns: String,
+    a: TwoTierCache,
+    rec_a: Arc<Recorder>,
+    b: TwoTierCache,
+    rec_b: Arc<Recorder>,
+}
+
+async fn warm_pair(tag: &str, ids: &[i64]) -> Pair {
     let server = RedisServer::start().await;
-    let ns = unique_namespace("buscatch");
-    let (a, _) = instance(&ns, &server.url());
+    let ns = unique_namespace(tag);
+    let (a, rec_a) = instance(&ns, &server.url());
     let (b, rec_b) = instance(&ns, &server.url());
     subscribed(&server, &ns, 2).await;
+    for id in ids {
+        let key = a.keys().lead_by_id(*id);
+        read(&a, key, 1).await;
+        read(&b, key, 1).await;
+    }
+    Pair {
+        server,
+        ns,
+        a,
+        rec_a,
+        b,
+        rec_b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_instance_catches_up_from_the_stream() {
+    let Pair {
+        server,
+        a,
+        b,
+        rec_b,
+        ..
+    } = warm_pair("buscatch", &[1]).await;
     let key = a.keys().lead_by_id(1);
-    read(&a, key, 1).await;
-    read(&b, key, 1).await;
 
     // Every subscriber is cut off; A's invalidation reaches only the stream.
     let mut admin = server.client().await;
@@ -127,16 +159,15 @@ async fn a_disconnected_instance_catches_up_from_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_the_stream_no_longer_covers_flushes_l1() {
-    let server = RedisServer::start().await;
-    let ns = unique_namespace("busgap");
-    let (a, _) = instance(&ns, &server.url());
-    let (b, rec_b) = instance(&ns, &server.url());
-    subscribed(&server, &ns, 2).await;
+    let Pair {
+        server,
+        ns,
+        a,
+        b,
+        rec_b,
+        ..
+    } = warm_pair("busgap", &[1, 2]).await;
     let (k1, k2) = (a.keys().lead_by_id(1), a.keys().lead_by_id(2));
-    for key in [k1, k2] {
-        read(&a, key, 1).await;
-        read(&b, key, 1).await;
-    }
     let mut admin = server.client().await;
     let _: () = redis::cmd("CLIENT")
         .arg(&["KILL", "TYPE", "pubsub"])
@@ -163,14 +194,15 @@ async fn a_gap_the_stream_no_longer_covers_flushes_l1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_redis_refused_is_sent_when_it_can_be() {
-    let server = RedisServer::start().await;
-    let ns = unique_namespace("busowed");
-    let (a, rec_a) = instance(&ns, &server.url());
-    let (b, rec_b) = instance(&ns, &server.url());
-    subscribed(&server, &ns, 2).await;
+    let Pair {
+        server,
+        a,
+        rec_a,
+        b,
+        rec_b,
+        ..
+    } = warm_pair("busowed", &[1]).await;
     let key = a.keys().lead_by_id(1);
-    read(&a, key, 1).await;
-    read(&b, key, 1).await;
 
     let mut admin = server.client().await;
     let _: () = redis::cmd("ACL")
