@@ -148,25 +148,41 @@ async fn an_l2_hit_is_one_get_and_an_l1_hit_is_none() {
     let calls = Arc::new(AtomicU32::new(0));
     let mut admin = server.client().await;
 
-    read(&a, 1, &calls).await; // miss: GET, then SET in a MULTI
-    assert_eq!(command_count(&mut admin, "get").await, 1);
-    assert_eq!(command_count(&mut admin, "set").await, 1);
+    // Redis learns the script on its first use (NOSCRIPT, then SCRIPT LOAD): counted from
+    // after a first miss on another key.
+    read(&a, 0, &calls).await;
+    let mut before = std::collections::HashMap::new();
+    for name in ["evalsha", "get", "set", "exec"] {
+        before.insert(name, command_count(&mut admin, name).await);
+    }
+    let delta = async |admin: &mut redis::aio::MultiplexedConnection, name: &'static str| {
+        command_count(admin, name).await - before[name]
+    };
+    // A miss: one script (GET, else take the load lease with SET NX), the query, then one
+    // MULTI (SET the value, DEL the lease): two round trips.
+    read(&a, 1, &calls).await;
+    assert_eq!(delta(&mut admin, "evalsha").await, 1);
+    assert_eq!(delta(&mut admin, "get").await, 1);
+    assert_eq!(delta(&mut admin, "set").await, 2);
+    assert_eq!(delta(&mut admin, "exec").await, 1);
     assert_eq!(
         command_count(&mut admin, "ping").await,
         0,
         "no PING on checkout"
     );
 
-    read(&b, 1, &calls).await; // L2 hit: exactly one GET
-    assert_eq!(command_count(&mut admin, "get").await, 2);
-    assert_eq!(command_count(&mut admin, "set").await, 1);
+    // An L2 hit: one round trip (the script's GET finds it).
+    read(&b, 1, &calls).await;
+    assert_eq!(delta(&mut admin, "evalsha").await, 2);
+    assert_eq!(delta(&mut admin, "get").await, 2);
+    assert_eq!(delta(&mut admin, "set").await, 2);
 
     for _ in 0..100 {
         read(&a, 1, &calls).await; // L1 hits: no Redis at all
         read(&b, 1, &calls).await;
     }
-    assert_eq!(command_count(&mut admin, "get").await, 2);
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(delta(&mut admin, "get").await, 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "keys 0 and 1, once each");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,4 +287,57 @@ async fn an_invalidation_redis_missed_is_owed_honoured_and_replayed() {
             2
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stampede_over_two_instances_loads_once() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("lease");
+    let a = TwoTierCache::new(
+        config(&ns, Some(&server.url())).build().unwrap(),
+        tiercache::NoopObserver,
+    )
+    .unwrap();
+    let b = TwoTierCache::new(
+        config(&ns, Some(&server.url())).build().unwrap(),
+        tiercache::NoopObserver,
+    )
+    .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let key = a.keys().lead_by_id(7);
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(key, || async move {
+                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                        // A slow query, so that both instances miss while it runs.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, io::Error>(Some(TestLead::new(7, n)))
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut versions = std::collections::HashSet::new();
+    for task in tasks {
+        versions.insert(task.await.unwrap().version);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one load across both instances"
+    );
+    assert_eq!(versions.len(), 1);
+    let mut admin = server.client().await;
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:*lease*"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(leases.is_empty(), "the lease was released: {leases:?}");
 }

@@ -22,7 +22,7 @@ use crate::error::{BoxError, Error};
 use crate::history_index::HistoryIndex;
 use crate::invalidation::Invalidation;
 use crate::key::{CacheKey, KeySchema};
-use crate::l2::{IndexEntry, L2, L2ErrorKind, PoolState};
+use crate::l2::{GetOrLease, IndexEntry, L2, L2ErrorKind, PoolState};
 use crate::observer::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
     LoadOutcome, Outcome, Tier,
@@ -39,6 +39,10 @@ const FAILURE_SHARING: Duration = Duration::from_secs(1);
 /// Backoff between replays of invalidations owed to Redis.
 const REPLAY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a caller waiting on another instance's load looks for its value.
+const LEASE_POLL_MIN: Duration = Duration::from_millis(2);
+const LEASE_POLL_MAX: Duration = Duration::from_millis(25);
+
 /// Keys deleted per replay command.
 const REPLAY_BATCH: usize = 256;
 
@@ -118,6 +122,8 @@ pub(crate) struct Inner {
     replay_task: Mutex<Option<JoinHandle<()>>>,
     /// This cache's id on the bus (its own messages are ignored).
     pub(crate) instance: u64,
+    /// The value this cache writes into the load leases it takes.
+    lease_token: String,
     pub(crate) bus_channel: String,
     pub(crate) bus_stream: String,
     bus_task: Mutex<Option<JoinHandle<()>>>,
@@ -296,6 +302,7 @@ impl TwoTierCache {
             .unwrap_or_default();
         let has_l2 = l2.is_some();
         let keys_namespace = keys.namespace().to_owned();
+        let instance: u64 = rand::random();
         let inner = Arc::new(Inner {
             keys,
             l1,
@@ -312,7 +319,8 @@ impl TwoTierCache {
             epochs: Epochs::new(),
             replay_wake: Arc::new(Notify::new()),
             replay_task: Mutex::new(None),
-            instance: rand::random(),
+            instance,
+            lease_token: format!("{instance:x}"),
             bus_channel: format!("{keys_namespace}bus"),
             bus_stream: format!("{keys_namespace}bus:stream"),
             bus_task: Mutex::new(None),
@@ -619,6 +627,38 @@ impl Inner {
         }
     }
 
+    /// The load lease of a rendered key: `{namespace}lease:{the key's rest}`.
+    fn lease_key(&self, redis_key: &str) -> String {
+        let rest = redis_key
+            .strip_prefix(self.keys.namespace())
+            .unwrap_or(redis_key);
+        format!("{}lease:{rest}", self.keys.namespace())
+    }
+
+    /// Lets another instance load at once instead of waiting out the lease.
+    async fn release_lease(&self, lease: Option<&str>) {
+        if let (Some(l2), Some(lease)) = (&self.l2, lease) {
+            let _ = l2.del(&[lease.to_owned()]).await;
+        }
+    }
+
+    /// Waits, polling with a growing interval, for another instance's load of `redis_key`
+    /// to land; `None` once the load timeout has passed (the caller then loads itself).
+    async fn await_value(&self, l2: &L2, redis_key: &str) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + self.load_timeout;
+        let mut pause = LEASE_POLL_MIN;
+        while Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            match l2.get(redis_key).await {
+                Ok(Some(bytes)) => return Some(bytes),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            pause = (pause * 2).min(LEASE_POLL_MAX);
+        }
+        None
+    }
+
     /// The miss path under the key's lock: L2, then the loader, filling L2 on the way back.
     async fn fill<T, E, F, Fut>(&self, key: CacheKey, loader: F) -> Result<L1Entry, Exit>
     where
@@ -637,10 +677,33 @@ impl Inner {
         let redis_key = self.l2.as_ref().map(|_| self.keys.render(&key));
         // A key whose invalidation has not reached Redis yet may be stale there.
         let owed = self.l2.is_some() && self.pending.blocks(&key);
+        // The load lease this caller holds, if it won one (see `# Reading` on the type).
+        let mut lease: Option<String> = None;
         if let (Some(l2), Some(redis_key), false) = (&self.l2, &redis_key, owed) {
             let started = Instant::now();
-            match l2.get(redis_key).await {
-                Ok(Some(bytes)) => match envelope::decode::<T>(&bytes) {
+            let lease_key = self.lease_key(redis_key);
+            let found = match l2
+                .get_or_lease(redis_key, &lease_key, &self.lease_token, self.load_timeout)
+                .await
+            {
+                Ok(GetOrLease::Value(bytes)) => Some(bytes),
+                Ok(GetOrLease::Leased) => {
+                    lease = Some(lease_key);
+                    None
+                }
+                // Another instance is loading this key: wait (bounded) for its value.
+                Ok(GetOrLease::Busy) => {
+                    let waited = self.await_value(l2, redis_key).await;
+                    if waited.is_some() {
+                        self.observer.coalesced(entity);
+                    }
+                    waited
+                }
+                // Absorbed: counted by L2 itself, then on to the loader.
+                Err(_) => None,
+            };
+            match found {
+                Some(bytes) => match envelope::decode::<T>(&bytes) {
                     Ok(decoded) => {
                         let negative = decoded.value.is_none();
                         let outcome = if negative {
@@ -673,12 +736,7 @@ impl Inner {
                         let _ = l2.del(std::slice::from_ref(redis_key)).await;
                     }
                 },
-                Ok(None) => {
-                    self.observer
-                        .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed())
-                }
-                // Absorbed: counted by L2 itself, then on to the loader.
-                Err(_) => self
+                None => self
                     .observer
                     .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed()),
             }
@@ -696,6 +754,7 @@ impl Inner {
                 value
             }
             Ok(Err(e)) => {
+                self.release_lease(lease.as_deref()).await;
                 self.observer
                     .load(entity, LoadOutcome::Error, started.elapsed());
                 return Err(Exit::Failed(Error::Load {
@@ -704,6 +763,7 @@ impl Inner {
                 }));
             }
             Err(_elapsed) => {
+                self.release_lease(lease.as_deref()).await;
                 self.observer
                     .load(entity, LoadOutcome::Timeout, started.elapsed());
                 return Err(Exit::Failed(Error::LoadTimeout {
@@ -728,7 +788,13 @@ impl Inner {
             };
             // Absorbed: a value missing from L2 costs a later load, nothing more.
             let stored = l2
-                .set(redis_key, &bytes, policy.ttl(false, negative), index)
+                .set(
+                    redis_key,
+                    &bytes,
+                    policy.ttl(false, negative),
+                    index,
+                    lease.as_deref(),
+                )
                 .await;
             if owed && stored.is_ok() {
                 // The fresh value replaced whatever stale copy the failed delete left.

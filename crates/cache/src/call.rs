@@ -366,7 +366,7 @@ impl TwoTierCache {
                 }
                 if let Some(l2) = self.l2() {
                     let stored = l2
-                        .set(&self.keys().render(&key), &bytes, l2_ttl, None)
+                        .set(&self.keys().render(&key), &bytes, l2_ttl, None, None)
                         .await;
                     if stored.is_ok() {
                         self.resolve_owed(&key);

@@ -148,13 +148,44 @@ impl L2 {
         .await
     }
 
-    /// `SET key value PX ttl`, plus the history index entry, in one `MULTI`.
+    /// `GET key`, or when it is absent, a load lease (`SET lease token NX PX ttl`), in one
+    /// round trip.
+    pub async fn get_or_lease(
+        &self,
+        key: &str,
+        lease: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<GetOrLease, L2Error> {
+        let script = get_or_lease_script();
+        let mut invocation = script.prepare_invoke();
+        invocation.key(key).key(lease).arg(token).arg(millis(ttl));
+        let reply: Vec<redis::Value> = self.invoke("get_or_lease", &invocation).await?;
+        Ok(match reply.as_slice() {
+            [redis::Value::Int(1), redis::Value::BulkString(bytes)] => {
+                GetOrLease::Value(bytes.clone())
+            }
+            [redis::Value::Int(2)] => GetOrLease::Leased,
+            [redis::Value::Int(3)] => GetOrLease::Busy,
+            _ => {
+                return Err(L2Error {
+                    kind: L2ErrorKind::Protocol,
+                    op: "get_or_lease",
+                    source: None,
+                });
+            }
+        })
+    }
+
+    /// `SET key value PX ttl`, plus the history index entry and the release of a load
+    /// lease, in one `MULTI`.
     pub async fn set(
         &self,
         key: &str,
         value: &[u8],
         ttl: Duration,
         index: Option<IndexEntry<'_>>,
+        release: Option<&str>,
     ) -> Result<(), L2Error> {
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -164,6 +195,9 @@ impl L2 {
             .arg("PX")
             .arg(millis(ttl))
             .ignore();
+        if let Some(lease) = release {
+            pipe.cmd("DEL").arg(lease).ignore();
+        }
         if let Some(index) = index {
             pipe.cmd("SADD")
                 .arg(index.index_key)
@@ -377,6 +411,30 @@ impl L2 {
             self.observer.circuit_changed(from, to);
         }
     }
+}
+
+/// What [`L2::get_or_lease`] found.
+pub(crate) enum GetOrLease {
+    /// The value.
+    Value(Vec<u8>),
+    /// No value; this caller holds the load lease and should load.
+    Leased,
+    /// No value; another caller (another instance) holds the lease and is loading.
+    Busy,
+}
+
+fn get_or_lease_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {3}
+",
+        )
+    })
 }
 
 fn millis(d: Duration) -> u64 {
