@@ -58,6 +58,17 @@ pub(crate) struct BusMessage {
 }
 
 impl BusMessage {
+    /// "Drop everything", from `instance`, now.
+    pub fn flush_all(instance: u64) -> Self {
+        BusMessage {
+            instance,
+            sent_ms: crate::cache::unix_millis(),
+            groups: Vec::new(),
+            keys: Vec::new(),
+            all: true,
+        }
+    }
+
     /// `{instance} {sent_ms} {groups or -} {keys or *}`: keys hold no spaces.
     pub fn encode(&self) -> String {
         let groups = if self.groups.is_empty() {

@@ -444,14 +444,9 @@ impl TwoTierCache {
         let inner = Arc::clone(&self.inner);
         self.inner.l2.as_ref()?;
         Some(tokio::spawn(async move {
-            let message = BusMessage {
-                instance: inner.instance,
-                sent_ms: unix_millis(),
-                groups: Vec::new(),
-                keys: Vec::new(),
-                all: true,
-            };
-            inner.publish(message.encode()).await;
+            inner
+                .publish(BusMessage::flush_all(inner.instance).encode())
+                .await;
             let pattern = format!("{}*", inner.keys.namespace());
             match &inner.l2 {
                 // The bus stream stays: it is how other instances catch up.
@@ -781,7 +776,7 @@ impl Inner {
             let index = match (page, &index_key) {
                 (Some((_, limit, offset)), Some(index_key)) => Some(IndexEntry {
                     index_key,
-                    member: format!("{limit}:{offset}"),
+                    member: KeySchema::history_member(limit, offset),
                     ttl: policy.max_ttl(policy.l2_ttl),
                 }),
                 _ => None,
@@ -833,13 +828,11 @@ impl Inner {
             if let Some(l2) = &self.l2 {
                 let index_key = self.keys.history_index(lead);
                 match l2.members(&index_key).await {
-                    Ok(members) => keys.extend(members.iter().filter_map(|m| {
-                        let (limit, offset) = m.split_once(':')?;
-                        Some(
-                            self.keys
-                                .history(lead, limit.parse().ok()?, offset.parse().ok()?),
-                        )
-                    })),
+                    Ok(members) => keys.extend(
+                        members
+                            .iter()
+                            .filter_map(|m| self.keys.history_from_member(lead, m)),
+                    ),
                     Err(e) => {
                         // The pages in Redis are unknown: owe them all, before any lock is
                         // released, so no read on this instance trusts them meanwhile.
@@ -950,13 +943,8 @@ impl Inner {
             let members = l2.members(&index_key).await.map_err(|e| e.kind)?;
             let mut doomed: Vec<String> = members
                 .iter()
-                .filter_map(|m| {
-                    let (limit, offset) = m.split_once(':')?;
-                    let page = self
-                        .keys
-                        .history(lead, limit.parse().ok()?, offset.parse().ok()?);
-                    Some(self.keys.render(&page))
-                })
+                .filter_map(|m| self.keys.history_from_member(lead, m))
+                .map(|page| self.keys.render(&page))
                 .collect();
             doomed.push(index_key);
             l2.del(&doomed).await.map_err(|e| e.kind)?;
@@ -971,13 +959,7 @@ impl Inner {
         }
         let (publishes, overflowed) = self.pending.publishes();
         if overflowed {
-            let all = BusMessage {
-                instance: self.instance,
-                sent_ms: unix_millis(),
-                groups: Vec::new(),
-                keys: Vec::new(),
-                all: true,
-            };
+            let all = BusMessage::flush_all(self.instance);
             self.try_publish(l2, &all.encode())
                 .await
                 .map_err(|e| e.kind)?;

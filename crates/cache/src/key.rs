@@ -274,6 +274,17 @@ impl KeySchema {
         format!("{}history-pages:{lead_id}", self.namespace)
     }
 
+    /// How a page is listed in its lead's history index (`{limit}:{offset}`).
+    pub(crate) fn history_member(limit: u32, offset: u32) -> String {
+        format!("{limit}:{offset}")
+    }
+
+    /// The page a history index member names; `None` for a member of another shape.
+    pub(crate) fn history_from_member(&self, lead_id: i64, member: &str) -> Option<CacheKey> {
+        let (limit, offset) = member.split_once(':')?;
+        Some(self.history(lead_id, limit.parse().ok()?, offset.parse().ok()?))
+    }
+
     /// Parses a key in its Redis form (as an operator would copy it from `redis-cli`).
     pub fn parse(&self, text: &str) -> Result<CacheKey, KeyError> {
         let rest = text
