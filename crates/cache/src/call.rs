@@ -238,7 +238,6 @@ impl TwoTierCache {
 
     /// L1 only: a hit, a cached "not found", or missing.
     async fn peek<T: Send + Sync + 'static>(&self, key: CacheKey) -> Slot<T> {
-        let started = std::time::Instant::now();
         let entity = key.entity();
         let found = self.l1().get(&key).await.map(|entry| {
             let age = crate::cache::age_since(entry.loaded_at_ms);
@@ -260,7 +259,7 @@ impl TwoTierCache {
             None => (Outcome::Miss, Slot::Missing),
         };
         self.observer()
-            .lookup(entity, Tier::L1, outcome, started.elapsed());
+            .lookup(entity, Tier::L1, outcome, std::time::Duration::ZERO);
         slot
     }
 

@@ -254,7 +254,8 @@ impl CircuitState {
 /// Methods are called on the request path, so an implementation must be cheap and must
 /// not block: bump a counter, send on a channel, never await.
 pub trait CacheObserver: Send + Sync + 'static {
-    /// A lookup in `tier` ended with `outcome` after `took`.
+    /// A lookup in `tier` ended with `outcome` after `took` (zero for L1: an in-process
+    /// lookup is too fast to time usefully, and timing it would double a hit's cost).
     fn lookup(&self, _entity: Entity, _tier: Tier, _outcome: Outcome, _took: Duration) {}
     /// A cached value (or "not found") from `tier` was served, loaded from the source of
     /// truth `age` ago: how far behind the source an answer may be.
