@@ -628,8 +628,9 @@ async fn a_webhook_costs_one_query_cold_one_redis_round_trip_warm_and_nothing_ho
         evals + 1,
         "one Redis round trip"
     );
-    // The script's four GETs run inside that round trip; no GET was sent on its own.
-    assert_eq!(command_count(&mut admin, "get").await, gets + 4);
+    // The script's GETs (four values, three invalidation epochs) run inside that round
+    // trip; no GET was sent on its own.
+    assert_eq!(command_count(&mut admin, "get").await, gets + 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,8 +91,9 @@ async fn a_warm_call_costs_one_script_round_trip_or_nothing() {
         before + 1,
         "one round trip"
     );
-    // Redis counts the script's own GETs too: four, all inside that one call.
-    assert_eq!(command_count(&mut admin, "get").await, gets + 4);
+    // Redis counts the script's own GETs too: four values and three invalidation epochs,
+    // all inside that one call.
+    assert_eq!(command_count(&mut admin, "get").await, gets + 7);
     // And B now has them in L1.
     let again: Slots = b.get_call(ORG, CALLER, Channel::Voice).await;
     assert!(again.is_complete());

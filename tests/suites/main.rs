@@ -10,6 +10,7 @@ mod cache_invalidation;
 mod cache_l1;
 mod cache_modes;
 mod cache_reads;
+mod cross_instance;
 mod fixtures;
 mod monitoring;
 mod prometheus;

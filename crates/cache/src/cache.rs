@@ -22,7 +22,7 @@ use crate::error::{BoxError, Error};
 use crate::history_index::HistoryIndex;
 use crate::invalidation::Invalidation;
 use crate::key::{CacheKey, KeySchema};
-use crate::l2::{GetOrLease, IndexEntry, L2, L2ErrorKind, PoolState};
+use crate::l2::{GetOrLease, Guard, IndexEntry, L2, L2ErrorKind, PoolState};
 use crate::observer::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
     LoadOutcome, Outcome, Tier,
@@ -42,6 +42,10 @@ const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often a caller waiting on another instance's load looks for its value.
 const LEASE_POLL_MIN: Duration = Duration::from_millis(2);
 const LEASE_POLL_MAX: Duration = Duration::from_millis(25);
+
+/// How long an invalidation epoch stays in Redis after its last bump; far longer than any
+/// read it guards (a read lasts at most the load timeout).
+const EPOCH_TTL: Duration = Duration::from_secs(3600);
 
 /// Keys deleted per replay command.
 const REPLAY_BATCH: usize = 256;
@@ -122,8 +126,8 @@ pub(crate) struct Inner {
     replay_task: Mutex<Option<JoinHandle<()>>>,
     /// This cache's id on the bus (its own messages are ignored).
     pub(crate) instance: u64,
-    /// The value this cache writes into the load leases it takes.
-    lease_token: String,
+    /// Numbers the load leases this cache takes (see `lease_token`).
+    lease_seq: std::sync::atomic::AtomicU64,
     pub(crate) bus_channel: String,
     pub(crate) bus_stream: String,
     bus_task: Mutex<Option<JoinHandle<()>>>,
@@ -320,7 +324,7 @@ impl TwoTierCache {
             replay_wake: Arc::new(Notify::new()),
             replay_task: Mutex::new(None),
             instance,
-            lease_token: format!("{instance:x}"),
+            lease_seq: std::sync::atomic::AtomicU64::new(0),
             bus_channel: format!("{keys_namespace}bus"),
             bus_stream: format!("{keys_namespace}bus:stream"),
             bus_task: Mutex::new(None),
@@ -623,18 +627,25 @@ impl Inner {
         }
     }
 
-    /// The load lease of a rendered key: `{namespace}lease:{the key's rest}`.
-    fn lease_key(&self, redis_key: &str) -> String {
-        let rest = redis_key
-            .strip_prefix(self.keys.namespace())
-            .unwrap_or(redis_key);
-        format!("{}lease:{rest}", self.keys.namespace())
+    /// A token for one load's lease: this instance's id and a sequence number.
+    fn lease_token(&self) -> String {
+        let seq = self
+            .lease_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:x}:{seq:x}", self.instance)
+    }
+
+    /// A key as Redis holds it, and its load lease: what an invalidation deletes.
+    pub(crate) fn doomed(&self, key: &CacheKey) -> [String; 2] {
+        let rendered = self.keys.render(key);
+        let lease = self.keys.lease(&rendered);
+        [rendered, lease]
     }
 
     /// Lets another instance load at once instead of waiting out the lease.
-    async fn release_lease(&self, lease: Option<&str>) {
-        if let (Some(l2), Some(lease)) = (&self.l2, lease) {
-            let _ = l2.del(&[lease.to_owned()]).await;
+    async fn release_lease(&self, lease: Option<&(String, String)>) {
+        if let (Some(l2), Some((lease, _))) = (&self.l2, lease) {
+            let _ = l2.del(std::slice::from_ref(lease)).await;
         }
     }
 
@@ -671,24 +682,28 @@ impl Inner {
             page.is_none_or(|(lead, limit, offset)| self.history.add(lead, limit, offset));
 
         let redis_key = self.l2.as_ref().map(|_| self.keys.render(&key));
-        // A key whose invalidation has not reached Redis yet may be stale there.
+        // A key whose invalidation has not reached Redis yet may be stale there: its value
+        // is not read, but a lease is still taken so the fresh value can replace it.
         let owed = self.l2.is_some() && self.pending.blocks(&key);
-        // The load lease this caller holds, if it won one (see `# Reading` on the type).
-        let mut lease: Option<String> = None;
-        if let (Some(l2), Some(redis_key), false) = (&self.l2, &redis_key, owed) {
+        // The load lease this caller holds, if it won one (see `# Reading` on the type). The
+        // value is written to L2 only under it: an invalidation deletes the lease with the
+        // key, so a load that an invalidation overtook does not land in Redis.
+        let mut lease: Option<(String, String)> = None;
+        if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
             let started = Instant::now();
-            let lease_key = self.lease_key(redis_key);
+            let lease_key = self.keys.lease(redis_key);
+            let token = self.lease_token();
             let found = match l2
-                .get_or_lease(redis_key, &lease_key, &self.lease_token, self.load_timeout)
+                .get_or_lease(redis_key, &lease_key, &token, self.load_timeout, owed)
                 .await
             {
                 Ok(GetOrLease::Value(bytes)) => Some(bytes),
                 Ok(GetOrLease::Leased) => {
-                    lease = Some(lease_key);
+                    lease = Some((lease_key, token));
                     None
                 }
                 // Another instance is loading this key: wait (bounded) for its value.
-                Ok(GetOrLease::Busy) => {
+                Ok(GetOrLease::Busy) if !owed => {
                     let waited = self.await_value(l2, redis_key).await;
                     if waited.is_some() {
                         self.observer.coalesced(entity);
@@ -696,7 +711,7 @@ impl Inner {
                     waited
                 }
                 // Absorbed: counted by L2 itself, then on to the loader.
-                Err(_) => None,
+                Ok(GetOrLease::Busy) | Err(_) => None,
             };
             match found {
                 Some(bytes) => match envelope::decode::<T>(&bytes) {
@@ -727,9 +742,17 @@ impl Inner {
                         self.observer.corrupt(entity, Tier::L2, kind);
                         self.observer
                             .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed());
-                        // The load below overwrites it anyway; deleting first keeps a
-                        // failing loader from leaving the bad payload behind.
+                        // The load below overwrites it, under a lease taken now; deleting
+                        // first keeps a failing loader from leaving the bad payload behind.
                         let _ = l2.del(std::slice::from_ref(redis_key)).await;
+                        let lease_key = self.keys.lease(redis_key);
+                        let token = self.lease_token();
+                        if let Ok(GetOrLease::Leased) = l2
+                            .get_or_lease(redis_key, &lease_key, &token, self.load_timeout, true)
+                            .await
+                        {
+                            lease = Some((lease_key, token));
+                        }
                     }
                 },
                 None => self
@@ -750,7 +773,7 @@ impl Inner {
                 value
             }
             Ok(Err(e)) => {
-                self.release_lease(lease.as_deref()).await;
+                self.release_lease(lease.as_ref()).await;
                 self.observer
                     .load(entity, LoadOutcome::Error, started.elapsed());
                 return Err(Exit::Failed(Error::Load {
@@ -759,7 +782,7 @@ impl Inner {
                 }));
             }
             Err(_elapsed) => {
-                self.release_lease(lease.as_deref()).await;
+                self.release_lease(lease.as_ref()).await;
                 self.observer
                     .load(entity, LoadOutcome::Timeout, started.elapsed());
                 return Err(Exit::Failed(Error::LoadTimeout {
@@ -782,19 +805,26 @@ impl Inner {
                 }),
                 _ => None,
             };
-            // Absorbed: a value missing from L2 costs a later load, nothing more.
-            let stored = l2
-                .set(
-                    redis_key,
-                    &bytes,
-                    policy.ttl(false, negative),
-                    index,
-                    lease.as_deref(),
-                )
-                .await;
-            if owed && stored.is_ok() {
-                // The fresh value replaced whatever stale copy the failed delete left.
-                self.pending.resolve(&key);
+            // Absorbed: a value missing from L2 costs a later load, nothing more. Without a
+            // lease (another instance's load outlived the wait, or Redis failed) nothing is
+            // written: the lease holder writes it.
+            if let Some((lease_key, token)) = &lease {
+                let stored = l2
+                    .set_guarded(
+                        redis_key,
+                        &bytes,
+                        policy.ttl(false, negative),
+                        Guard::Lease {
+                            key: lease_key,
+                            token,
+                        },
+                        index,
+                    )
+                    .await;
+                if owed && matches!(stored, Ok(true)) {
+                    // The fresh value replaced whatever stale copy the failed delete left.
+                    self.pending.resolve(&key);
+                }
             }
         }
         let entry = L1Entry::new(
@@ -847,17 +877,34 @@ impl Inner {
         let mut seen = std::collections::HashSet::with_capacity(keys.len());
         keys.retain(|k| seen.insert(*k));
 
+        // Batched installs on every instance check these epochs in Redis, so one whose read
+        // began before this write does not land after the deletes below.
+        if let Some(l2) = &self.l2 {
+            let epochs: Vec<String> = if groups.is_empty() {
+                vec![self.keys.epoch_key(None)]
+            } else {
+                groups
+                    .iter()
+                    .map(|g| self.keys.epoch_key(Some(g)))
+                    .collect()
+            };
+            if let Err(e) = l2.bump_epochs(&epochs, EPOCH_TTL).await {
+                l2_failure = Some(e.kind);
+            }
+        }
+
         // Each key is removed under its compute lock, so this waits for a load of it in
         // flight, and the L2 delete lands after that load's L2 write. A delete that fails is
         // owed before the lock is released, so the next read of the key skips L2.
         let removals = keys.iter().map(|key| async move {
-            let redis_key = self.l2.as_ref().map(|_| self.keys.render(key));
+            // The key and its load lease: a load holding the lease then cannot write it.
+            let doomed = self.l2.as_ref().map(|_| self.doomed(key));
             let mut failure = None;
             self.l1
                 .entry(*key)
                 .and_compute_with(|_| async {
-                    if let (Some(l2), Some(redis_key)) = (&self.l2, redis_key)
-                        && let Err(e) = l2.del(&[redis_key]).await
+                    if let (Some(l2), Some(doomed)) = (&self.l2, doomed)
+                        && let Err(e) = l2.del(&doomed).await
                     {
                         self.pending.add([*key], None);
                         failure = Some(e.kind);
@@ -952,7 +999,7 @@ impl Inner {
             self.pending.resolve_history(lead);
         }
         if !keys.is_empty() {
-            let rendered: Vec<String> = keys.iter().map(|k| self.keys.render(k)).collect();
+            let rendered: Vec<String> = keys.iter().flat_map(|k| self.doomed(k)).collect();
             l2.del(&rendered).await.map_err(|e| e.kind)?;
             for key in &keys {
                 self.pending.resolve(key);

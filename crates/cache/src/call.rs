@@ -21,6 +21,7 @@ use crate::cache::{L1Entry, TwoTierCache};
 use crate::envelope::{self, ENVELOPE_VERSION};
 use crate::epoch::Snapshot;
 use crate::key::{CacheKey, Channel, PhoneDigest};
+use crate::l2::Guard;
 use crate::observer::{CorruptKind, Outcome, Tier};
 
 /// A value other keys are built from; its id must be its first serialized field.
@@ -60,6 +61,9 @@ pub struct CallSlots<O, L, C, G> {
     pub greeting: Slot<G>,
     /// The epochs seen before anything was read.
     pub(crate) snapshot: Snapshot,
+    /// The Redis epochs (global, called, caller) the call script saw, with their keys;
+    /// `None` when it did not run. Values are written to L2 only under them.
+    pub(crate) l2_snapshot: Option<Vec<(String, Option<String>)>>,
 }
 
 impl<O, L, C, G> CallSlots<O, L, C, G> {
@@ -93,21 +97,27 @@ local function leading_id(v)
   return nil
 end
 local org, lead, context, greeting = false, false, false, false
+local epochs = {
+  redis.call('GET', ns .. 'epoch:all') or '',
+  redis.call('GET', ns .. 'epoch:' .. called) or '',
+  redis.call('GET', ns .. 'epoch:' .. caller) or '',
+}
+local function done() return {org, lead, context, greeting, epochs[1], epochs[2], epochs[3]} end
 local org_id = ARGV[5]
 if org_id == '' then
   org = redis.call('GET', ns .. 'org:phone:' .. called)
   org_id = leading_id(org)
-  if not org_id then return {org, lead, context, greeting} end
+  if not org_id then return done() end
 end
 local lead_id = ARGV[6]
 if lead_id == '' then
   lead = redis.call('GET', ns .. 'lead:phone:' .. caller .. ':' .. org_id)
   lead_id = leading_id(lead)
-  if not lead_id then return {org, lead, context, greeting} end
+  if not lead_id then return done() end
 end
 context = redis.call('GET', ns .. 'context:' .. lead_id)
 greeting = redis.call('GET', ns .. 'greeting:' .. lead_id .. ':' .. channel)
-return {org, lead, context, greeting}
+return done()
 "#;
 
 impl TwoTierCache {
@@ -138,6 +148,7 @@ impl TwoTierCache {
             context: Slot::Missing,
             greeting: Slot::Missing,
             snapshot: self.epochs().snapshot(&called_digest, &caller_digest),
+            l2_snapshot: None,
         };
         slots.org = self.peek(keys.org_by_phone(called)).await;
         if let Slot::Found(org) = &slots.org {
@@ -198,6 +209,24 @@ impl TwoTierCache {
             found.next().flatten(),
             found.next().flatten(),
             found.next().flatten(),
+        );
+        let epoch_keys = [
+            keys.epoch_key(None),
+            keys.epoch_key(Some(&called)),
+            keys.epoch_key(Some(&caller_digest)),
+        ];
+        slots.l2_snapshot = Some(
+            epoch_keys
+                .into_iter()
+                .map(|key| {
+                    let seen = found
+                        .next()
+                        .flatten()
+                        .filter(|v| !v.is_empty())
+                        .map(|v| String::from_utf8_lossy(&v).into_owned());
+                    (key, seen)
+                })
+                .collect(),
         );
         if !slots.org.is_known() {
             slots.org = self
@@ -363,11 +392,19 @@ impl TwoTierCache {
                 if !self.epochs().unchanged(&snapshot) {
                     return Op::Nop;
                 }
-                if let Some(l2) = self.l2() {
+                // Under the Redis epochs the call script saw: an invalidation on any
+                // instance since then bumped one, and the write does not land.
+                if let (Some(l2), Some(epochs)) = (self.l2(), &slots.l2_snapshot) {
                     let stored = l2
-                        .set(&self.keys().render(&key), &bytes, l2_ttl, None, None)
+                        .set_guarded(
+                            &self.keys().render(&key),
+                            &bytes,
+                            l2_ttl,
+                            Guard::Epochs(epochs),
+                            None,
+                        )
                         .await;
-                    if stored.is_ok() {
+                    if matches!(stored, Ok(true)) {
                         self.resolve_owed(&key);
                     }
                 }

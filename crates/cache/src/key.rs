@@ -274,6 +274,23 @@ impl KeySchema {
         format!("{}history-pages:{lead_id}", self.namespace)
     }
 
+    /// The Redis invalidation epoch of a phone number's views (`None`: of every view), which
+    /// invalidations bump and batched installs check (see `epoch.rs`).
+    pub(crate) fn epoch_key(&self, group: Option<&PhoneDigest>) -> String {
+        match group {
+            Some(group) => format!("{}epoch:{}", self.namespace, group.to_hex()),
+            None => format!("{}epoch:all", self.namespace),
+        }
+    }
+
+    /// The load lease of a rendered key: `{namespace}lease:{the key's rest}`.
+    pub(crate) fn lease(&self, redis_key: &str) -> String {
+        let rest = redis_key
+            .strip_prefix(&*self.namespace)
+            .unwrap_or(redis_key);
+        format!("{}lease:{rest}", self.namespace)
+    }
+
     /// How a page is listed in its lead's history index (`{limit}:{offset}`).
     pub(crate) fn history_member(limit: u32, offset: u32) -> String {
         format!("{limit}:{offset}")

@@ -149,17 +149,23 @@ impl L2 {
     }
 
     /// `GET key`, or when it is absent, a load lease (`SET lease token NX PX ttl`), in one
-    /// round trip.
+    /// round trip. With `skip_get`, only the lease is asked for (the value is not trusted).
     pub async fn get_or_lease(
         &self,
         key: &str,
         lease: &str,
         token: &str,
         ttl: Duration,
+        skip_get: bool,
     ) -> Result<GetOrLease, L2Error> {
         let script = get_or_lease_script();
         let mut invocation = script.prepare_invoke();
-        invocation.key(key).key(lease).arg(token).arg(millis(ttl));
+        invocation
+            .key(key)
+            .key(lease)
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(u8::from(skip_get));
         let reply: Vec<redis::Value> = self.invoke("get_or_lease", &invocation).await?;
         Ok(match reply.as_slice() {
             [redis::Value::Int(1), redis::Value::BulkString(bytes)] => {
@@ -177,38 +183,60 @@ impl L2 {
         })
     }
 
-    /// `SET key value PX ttl`, plus the history index entry and the release of a load
-    /// lease, in one `MULTI`.
-    pub async fn set(
+    /// `SET key value PX ttl` only if `guard` still holds, plus the history index entry, in
+    /// one script; `Ok(false)` when the guard no longer held (an invalidation came first).
+    pub async fn set_guarded(
         &self,
         key: &str,
         value: &[u8],
         ttl: Duration,
+        guard: Guard<'_>,
         index: Option<IndexEntry<'_>>,
-        release: Option<&str>,
-    ) -> Result<(), L2Error> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(millis(ttl))
-            .ignore();
-        if let Some(lease) = release {
-            pipe.cmd("DEL").arg(lease).ignore();
-        }
-        if let Some(index) = index {
-            pipe.cmd("SADD")
-                .arg(index.index_key)
+    ) -> Result<bool, L2Error> {
+        let script = set_guarded_script();
+        let mut invocation = script.prepare_invoke();
+        invocation.key(key);
+        match index {
+            Some(index) => invocation
+                .key(index.index_key)
                 .arg(index.member)
+                .arg(millis(index.ttl)),
+            None => invocation.key(key).arg("").arg(0),
+        };
+        invocation.arg(value).arg(millis(ttl));
+        match guard {
+            Guard::Lease { key: lease, token } => {
+                invocation.arg("lease").key(lease).arg(token);
+            }
+            Guard::Epochs(epochs) => {
+                invocation.arg("epochs");
+                for (epoch_key, seen) in epochs {
+                    invocation.key(epoch_key).arg(seen.as_deref().unwrap_or(""));
+                }
+            }
+        }
+        let landed: i64 = self.invoke("set", &invocation).await?;
+        Ok(landed == 1)
+    }
+
+    /// `INCR` each epoch key (and keeps it for `ttl`), in one `MULTI`: an install whose
+    /// snapshot saw an older value no longer lands.
+    pub async fn bump_epochs(&self, keys: &[String], ttl: Duration) -> Result<(), L2Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in keys {
+            pipe.cmd("INCR")
+                .arg(key)
                 .ignore()
                 .cmd("PEXPIRE")
-                .arg(index.index_key)
-                .arg(millis(index.ttl))
+                .arg(key)
+                .arg(millis(ttl))
                 .ignore();
         }
-        self.run("set", async |conn| pipe.query_async(conn).await)
+        self.run("bump_epochs", async |conn| pipe.query_async(conn).await)
             .await
     }
 
@@ -413,6 +441,19 @@ impl L2 {
     }
 }
 
+/// What must still hold in Redis for a [`L2::set_guarded`] to land.
+pub(crate) enum Guard<'a> {
+    /// This load's lease: an invalidation deletes the lease with the key.
+    Lease {
+        /// The lease key.
+        key: &'a str,
+        /// The token this load wrote into it.
+        token: &'a str,
+    },
+    /// Epoch keys and the values seen before the read (`None`: absent).
+    Epochs(&'a [(String, Option<String>)]),
+}
+
 /// What [`L2::get_or_lease`] found.
 pub(crate) enum GetOrLease {
     /// The value.
@@ -428,10 +469,37 @@ fn get_or_lease_script() -> &'static redis::Script {
     SCRIPT.get_or_init(|| {
         redis::Script::new(
             r"
-local v = redis.call('GET', KEYS[1])
-if v then return {1, v} end
+if ARGV[3] ~= '1' then
+  local v = redis.call('GET', KEYS[1])
+  if v then return {1, v} end
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {3}
+",
+        )
+    })
+}
+
+/// KEYS: value, history index (the value key again when none), then the guard's keys.
+/// ARGV: index member, index ttl, value, ttl, guard kind, then the guard's expected values
+/// (`''` for an absent epoch). A lease guard is released with the write.
+fn set_guarded_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+local kind = ARGV[5]
+for i = 3, #KEYS do
+  local seen = redis.call('GET', KEYS[i]) or ''
+  if seen ~= ARGV[i + 3] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+if kind == 'lease' then redis.call('DEL', KEYS[3]) end
+if ARGV[1] ~= '' then
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1
 ",
         )
     })

@@ -1,0 +1,158 @@
+//! The set-after-delete race across instances: a load that began before another instance's
+//! invalidation does not land its value in Redis, for single keys (guarded by the load
+//! lease) and for the batched call lookup (guarded by the invalidation epochs in Redis).
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use redis::AsyncCommands;
+use tiercache::{Channel, Invalidation, InvalidationSource, NoopObserver, Slot, TwoTierCache};
+use tiercache_tests::cache::{TestLead, config};
+use tiercache_tests::{RedisServer, unique_namespace};
+use tokio::sync::{Notify, oneshot};
+
+type Slots = tiercache::CallSlots<TestLead, TestLead, TestLead, TestLead>;
+
+const ORG: &str = "+18005550001";
+const CALLER: &str = "+16462000000";
+
+fn instance(ns: &str, url: &str) -> TwoTierCache {
+    TwoTierCache::new(config(ns, Some(url)).build().unwrap(), NoopObserver).unwrap()
+}
+
+/// What Redis holds under `key`, decoded; `None` when nothing.
+async fn stored(
+    server: &RedisServer,
+    cache: &TwoTierCache,
+    key: tiercache::CacheKey,
+) -> Option<TestLead> {
+    let mut conn = server.client().await;
+    let bytes: Option<Vec<u8>> = conn.get(cache.keys().render(&key)).await.unwrap();
+    bytes.and_then(|b| tiercache::envelope::decode::<TestLead>(&b).unwrap().value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_overtaken_by_another_instances_invalidation_does_not_land_in_redis() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("xrace");
+    let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
+    let key = a.keys().lead_by_id(1);
+    let db = Arc::new(Mutex::new(TestLead::new(1, 1)));
+    let release = Arc::new(Notify::new());
+    let (read_tx, read_rx) = oneshot::channel();
+
+    // Instance A reads the old row (holding the load lease) and stalls before installing.
+    let slow = {
+        let (a, db, release) = (a.clone(), db.clone(), release.clone());
+        tokio::spawn(async move {
+            a.get_or_load(key, || async move {
+                let row = db.lock().unwrap().clone();
+                let _ = read_tx.send(());
+                release.notified().await;
+                Ok::<_, io::Error>(Some(row))
+            })
+            .await
+            .unwrap()
+        })
+    };
+    read_rx.await.unwrap();
+
+    // Instance B commits a write and invalidates: it does not wait for A (another process).
+    *db.lock().unwrap() = TestLead::new(1, 2);
+    b.invalidate(Invalidation::key(key), InvalidationSource::Write)
+        .await;
+
+    release.notify_one();
+    let served = slow.await.unwrap().unwrap();
+    assert_eq!(served.version, 1, "A's read began before the write");
+    assert_eq!(
+        stored(&server, &a, key).await,
+        None,
+        "A's install of the old row did not land in Redis"
+    );
+
+    // A third instance, cold, reads the new row (from the loader: Redis has nothing stale).
+    let c = instance(&ns, &server.url());
+    let fresh = db.lock().unwrap().clone();
+    let read = c
+        .get_or_load(key, || async move { Ok::<_, io::Error>(Some(fresh)) })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.version, 2);
+    assert_eq!(stored(&server, &a, key).await.map(|l| l.version), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_finishes_before_the_invalidation_is_deleted_by_it() {
+    // The other order: A's install lands first, then B's invalidation deletes it.
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("xorder");
+    let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
+    let key = a.keys().lead_by_id(1);
+    a.get_or_load(key, || async {
+        Ok::<_, io::Error>(Some(TestLead::new(1, 1)))
+    })
+    .await
+    .unwrap();
+    assert_eq!(stored(&server, &a, key).await.map(|l| l.version), Some(1));
+    b.invalidate(Invalidation::key(key), InvalidationSource::Write)
+        .await;
+    assert_eq!(stored(&server, &a, key).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_call_install_overtaken_by_another_instances_invalidation_does_not_land() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("xcall");
+    let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
+    let keys = a.keys().clone();
+
+    // A looks the call up (nothing cached): the script notes the invalidation epochs.
+    let slots: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    assert!(matches!(slots.org, Slot::Missing));
+    // A's batched SQL read the old rows here. B then updates the lead and invalidates.
+    b.invalidate(
+        Invalidation::lead(&keys, 42, 7, CALLER),
+        InvalidationSource::Write,
+    )
+    .await;
+    // A installs what it read. None of it lands in Redis: the epochs cover the call's two
+    // phone numbers together (a skipped install costs a later load, never a wrong answer).
+    a.install(&slots, keys.org_by_phone(ORG), Some(TestLead::new(7, 1)))
+        .await
+        .unwrap();
+    let lead_key = keys.lead_by_phone(CALLER, 7);
+    a.install(&slots, lead_key, Some(TestLead::new(42, 1)))
+        .await
+        .unwrap();
+    a.install(&slots, keys.context(42), Some(TestLead::new(42, 10)))
+        .await
+        .unwrap();
+    assert_eq!(stored(&server, &a, lead_key).await, None, "stale lead");
+    assert_eq!(
+        stored(&server, &a, keys.context(42)).await,
+        None,
+        "stale context"
+    );
+    assert_eq!(stored(&server, &a, keys.org_by_phone(ORG)).await, None);
+
+    // A lookup that starts after the invalidation installs normally.
+    let later: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    a.install(&later, keys.org_by_phone(ORG), Some(TestLead::new(7, 1)))
+        .await
+        .unwrap();
+    a.install(&later, lead_key, Some(TestLead::new(42, 2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored(&server, &a, lead_key).await.map(|l| l.version),
+        Some(2)
+    );
+    assert_eq!(
+        stored(&server, &a, keys.org_by_phone(ORG))
+            .await
+            .map(|o| o.id),
+        Some(7)
+    );
+}
