@@ -10,6 +10,7 @@ mod cache_invalidation;
 mod cache_l1;
 mod cache_modes;
 mod cache_reads;
+mod db_notify;
 mod fixtures;
 mod monitoring;
 mod prometheus;
