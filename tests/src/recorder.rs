@@ -17,6 +17,8 @@ pub struct Recorder {
     pub replayed: Notify,
     /// Notified each time a bus message from another instance is applied (or L1 flushed).
     pub heard: Notify,
+    /// Every waiter is woken on each event (see [`Recorder::wait_count`]).
+    counted: Notify,
     circuit: mpsc::UnboundedSender<(CircuitState, CircuitState)>,
 }
 
@@ -32,6 +34,7 @@ impl Recorder {
                 counts: Mutex::new(HashMap::new()),
                 replayed: Notify::new(),
                 heard: Notify::new(),
+                counted: Notify::new(),
                 circuit: tx,
             },
             rx,
@@ -54,8 +57,27 @@ impl Recorder {
             .sum()
     }
 
+    /// Waits until `name` has happened at least `n` times, up to `within`; whether it did.
+    pub async fn wait_count(&self, name: &str, n: u64, within: Duration) -> bool {
+        tokio::time::timeout(within, async {
+            loop {
+                // Registered before the count is read, so an event in between still wakes us.
+                let counted = self.counted.notified();
+                tokio::pin!(counted);
+                counted.as_mut().enable();
+                if self.count(name) >= n {
+                    return;
+                }
+                counted.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     fn bump(&self, name: String) {
         *self.counts.lock().unwrap().entry(name).or_default() += 1;
+        self.counted.notify_waiters();
     }
 }
 

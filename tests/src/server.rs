@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use tiercache::{CacheObserver, Fanout, TwoTierCache};
 use tiercache_monitoring::{Metrics, MonitorTask};
-use tiercache_repository::Repository;
+use tiercache_repository::{DbListener, Repository};
 use tiercache_server::{AppState, Config, router};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -23,6 +23,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     /// The handler state (its repository and cache).
     pub state: AppState,
+    /// The database change listener, when [`Options::db_notify`] asked for one.
+    pub db_listener: Option<DbListener>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _monitor: MonitorTask,
@@ -53,6 +55,8 @@ pub struct Options<'a> {
     pub observer: Option<Arc<dyn CacheObserver>>,
     /// Turns the admin API on.
     pub admin_token: Option<&'a str>,
+    /// Runs the database change listener (`DB_NOTIFY_ENABLED`); off unless a test needs it.
+    pub db_notify: bool,
 }
 
 impl<'a> Options<'a> {
@@ -64,6 +68,7 @@ impl<'a> Options<'a> {
             webhook_budget: Duration::from_secs(2),
             observer: None,
             admin_token: None,
+            db_notify: false,
         }
     }
 }
@@ -88,6 +93,7 @@ impl TestServer {
                 "WEBHOOK_BUDGET_MS".to_owned(),
                 opts.webhook_budget.as_millis().to_string(),
             ),
+            ("DB_NOTIFY_ENABLED".to_owned(), opts.db_notify.to_string()),
         ];
         if let Some(url) = opts.redis_url {
             vars.push(("REDIS_URL".to_owned(), url.to_owned()));
@@ -101,10 +107,30 @@ impl TestServer {
         observers.extend(opts.observer);
         let cache =
             TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers))).unwrap();
+        let db_listener =
+            tiercache_server::startup::spawn_db_listener(&config.database, &cache).unwrap();
         let repo = Repository::new(pool, cache).with_clock(stepping_clock());
         let state = AppState::new(repo, metrics, config.webhook_budget)
             .with_admin_token(opts.admin_token.map(str::to_owned));
-        Self::serve(state).await
+        let mut server = Self::serve(state).await;
+        server.db_listener = db_listener;
+        server
+    }
+
+    /// Waits (up to 10 s) until the database change listener listens; panics without one.
+    pub async fn db_listening(&self) {
+        let mut status = self
+            .db_listener
+            .as_ref()
+            .expect("a server started with db_notify")
+            .subscribe();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            status.wait_for(|s| s.listening_since.is_some()),
+        )
+        .await
+        .expect("the change listener listens within 10 s")
+        .expect("the change listener is running");
     }
 
     /// A server whose PostgreSQL pool points at a port where nothing listens (L1 only).
@@ -147,6 +173,7 @@ impl TestServer {
             base,
             client: reqwest::Client::new(),
             state,
+            db_listener: None,
             stop: Some(stop),
             task: Some(task),
             _monitor: monitor,

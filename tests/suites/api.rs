@@ -652,6 +652,15 @@ async fn the_quick_start_works_from_no_database_at_all() {
             messages: 300_000
         }
     );
+    // DB_NOTIFY_ENABLED defaults to on: the change listener runs with the service.
+    let mut listening = service.db_listener.as_ref().unwrap().subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        listening.wait_for(|s| s.listening_since.is_some()),
+    )
+    .await
+    .expect("the change listener listens within 10 s")
+    .unwrap();
     let server = TestServer::serve(service.state).await;
     // The call start-up prints.
     let (status, body) = server

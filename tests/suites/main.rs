@@ -11,6 +11,7 @@ mod cache_l1;
 mod cache_modes;
 mod cache_reads;
 mod cross_instance;
+mod db_notify;
 mod fixtures;
 mod monitoring;
 mod prometheus;

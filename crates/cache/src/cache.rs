@@ -460,6 +460,14 @@ impl TwoTierCache {
         }))
     }
 
+    /// Drops every L1 entry and leaves Redis alone: for an instance that may have missed
+    /// invalidations others applied to Redis (a change listener that lost its connection).
+    /// Loads in flight are not installed afterwards (the global epoch moves).
+    pub fn flush_l1(&self) {
+        self.inner.epochs.bump(None);
+        self.inner.l1.invalidate_all();
+    }
+
     /// Keys (and leads' history pages) whose invalidation has not reached Redis yet.
     pub fn owed_invalidations(&self) -> usize {
         self.inner.pending.len()

@@ -1,9 +1,10 @@
 //! Tiercache's data: PostgreSQL models and queries (sqlx), the demo data set, and the
 //! cached [`Repository`] that reads through the `tiercache` engine and invalidates it on
-//! writes.
+//! writes, and the [`DbListener`] that invalidates it on writes that bypass the service.
 
 pub mod error;
 pub mod greeting;
+pub mod listener;
 pub mod model;
 pub mod phone;
 pub mod queries;
@@ -11,6 +12,7 @@ mod repository;
 pub mod seed;
 
 pub use error::{DbError, Error};
+pub use listener::{DbListener, ListenerStatus};
 pub use phone::{Phone, PhoneError};
 pub use repository::{
     CallSlots, CallView, Clock, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, MAX_TEXT_LEN, Repository,

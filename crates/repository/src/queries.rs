@@ -92,6 +92,9 @@ pub mod sql {
          ORDER BY created_at DESC, id DESC
          LIMIT $2 OFFSET $3";
 
+    /// The `mark_service_origin` statement.
+    pub const MARK_SERVICE_ORIGIN: &str = "SELECT set_config('tiercache.origin', 'service', true)";
+
     /// The `update_lead` statement.
     pub const UPDATE_LEAD: &str = "UPDATE leads SET
             name = COALESCE($2, name),
@@ -112,6 +115,16 @@ pub mod sql {
         "INSERT INTO messages (conversation_id, lead_id, channel, direction, body, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING id, lead_id, channel, direction, body, created_at";
+}
+
+/// Marks the current transaction as Tiercache's own, so the change triggers send no
+/// notification for it (the service invalidates its writes itself and tells the other
+/// instances over Redis). Transaction-local: run it inside the transaction that writes.
+pub async fn mark_service_origin(db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::MARK_SERVICE_ORIGIN)
+        .execute(db)
+        .await
+        .map(|_| ())
 }
 
 /// The organization reached on `phone` (E.164).

@@ -31,7 +31,10 @@ pub const MAX_TEXT_LEN: usize = 4_000;
 /// from it (a lead's update: its id and phone keys, context, summary, greetings and history
 /// pages; a new message: context, summary, greetings and history). The invalidation
 /// clears this instance's L1 at once, so a read after a successful write never sees the old
-/// value here.
+/// value here. Its transaction is marked as the service's own
+/// ([`queries::mark_service_origin`]), so the database's change triggers stay silent: the
+/// other instances hear of it on the Redis bus. Writes that bypass the service reach the
+/// cache through [`DbListener`](crate::DbListener) instead.
 ///
 /// # When Redis fails
 ///
@@ -396,6 +399,7 @@ impl Repository {
             check_text("notes", notes, false)?;
         }
         let mut tx = self.pool.begin().await?;
+        queries::mark_service_origin(&mut *tx).await?;
         let Some(lead) = queries::update_lead(&mut *tx, id, patch, (self.clock)()).await? else {
             return Ok(None);
         };
@@ -431,6 +435,7 @@ impl Repository {
         }
         check_text("body", &message.body, true)?;
         let mut tx = self.pool.begin().await?;
+        queries::mark_service_origin(&mut *tx).await?;
         let Some((inserted, phone)) =
             queries::insert_message(&mut tx, lead_id, message, (self.clock)()).await?
         else {

@@ -23,6 +23,7 @@ pub const VARS: &[&str] = &[
     "DATABASE_POOL_SIZE",
     "DATABASE_ACQUIRE_TIMEOUT_MS",
     "DATABASE_STATEMENT_TIMEOUT_MS",
+    "DB_NOTIFY_ENABLED",
     "REDIS_ENABLED",
     "REDIS_URL",
     "REDIS_POOL_SIZE",
@@ -222,6 +223,9 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
     /// Postgres `statement_timeout` for every connection (`DATABASE_STATEMENT_TIMEOUT_MS`).
     pub statement_timeout: Duration,
+    /// Whether to listen for the change triggers' notifications, so writes that bypass the
+    /// service invalidate the cache (`DB_NOTIFY_ENABLED`).
+    pub notify_enabled: bool,
 }
 
 impl DatabaseConfig {
@@ -235,6 +239,8 @@ impl DatabaseConfig {
     pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
     /// Default statement timeout.
     pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_millis(2000);
+    /// Whether the change listener runs unless `DB_NOTIFY_ENABLED` says otherwise.
+    pub const DEFAULT_NOTIFY_ENABLED: bool = true;
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -244,12 +250,14 @@ impl fmt::Debug for DatabaseConfig {
             pool_size,
             acquire_timeout,
             statement_timeout,
+            notify_enabled,
         } = self;
         f.debug_struct("DatabaseConfig")
             .field("url", &redact_database_url(url))
             .field("pool_size", pool_size)
             .field("acquire_timeout", acquire_timeout)
             .field("statement_timeout", statement_timeout)
+            .field("notify_enabled", notify_enabled)
             .finish()
     }
 }
@@ -298,6 +306,7 @@ struct RawConfig {
     database_pool_size: u32,
     database_acquire_timeout: Duration,
     database_statement_timeout: Duration,
+    db_notify_enabled: bool,
     redis_enabled: bool,
     redis_url: String,
     redis_pool_size: u32,
@@ -355,6 +364,9 @@ impl RawConfig {
             database_statement_timeout: env
                 .millis("DATABASE_STATEMENT_TIMEOUT_MS")
                 .unwrap_or(DatabaseConfig::DEFAULT_STATEMENT_TIMEOUT),
+            db_notify_enabled: env
+                .flag("DB_NOTIFY_ENABLED")
+                .unwrap_or(DatabaseConfig::DEFAULT_NOTIFY_ENABLED),
             redis_enabled: env
                 .flag("REDIS_ENABLED")
                 .unwrap_or(Config::DEFAULT_REDIS_ENABLED),
@@ -413,6 +425,7 @@ impl RawConfig {
             database_pool_size,
             database_acquire_timeout,
             database_statement_timeout,
+            db_notify_enabled,
             redis_enabled,
             redis_url,
             redis_pool_size,
@@ -553,6 +566,7 @@ impl RawConfig {
                     pool_size: database_pool_size,
                     acquire_timeout: database_acquire_timeout,
                     statement_timeout: database_statement_timeout,
+                    notify_enabled: db_notify_enabled,
                 },
                 cache,
                 bind_addr,
@@ -770,11 +784,13 @@ mod tests {
             pool_size,
             acquire_timeout,
             statement_timeout,
+            notify_enabled,
         } = &config.database;
         assert_eq!(url, "postgres://postgres@127.0.0.1:5432/tiercache");
         assert_eq!(*pool_size, 16);
         assert_eq!(*acquire_timeout, Duration::from_millis(500));
         assert_eq!(*statement_timeout, Duration::from_secs(2));
+        assert!(*notify_enabled);
         let redis = config.cache.redis().unwrap();
         assert_eq!(redis.url, "redis://127.0.0.1:6379/");
         assert_eq!(redis.pool_size, 8);
@@ -784,6 +800,14 @@ mod tests {
         for entity in Entity::ALL {
             assert_eq!(*config.cache.policy(entity), EntityPolicy::seed(entity));
         }
+    }
+
+    #[test]
+    fn the_change_listener_can_be_turned_off() {
+        let config = load(&[("DB_NOTIFY_ENABLED", "false")]).unwrap();
+        assert!(!config.database.notify_enabled);
+        let err = load(&[("DB_NOTIFY_ENABLED", "sometimes")]).unwrap_err();
+        assert_eq!(problem_vars(&err), ["DB_NOTIFY_ENABLED"]);
     }
 
     #[test]

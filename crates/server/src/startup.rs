@@ -1,5 +1,5 @@
 //! Start-up: the database (created if missing, migrated, seeded when empty), the cache,
-//! the repositories, and serving with graceful shutdown.
+//! the repositories, the database change listener, and serving with graceful shutdown.
 
 use std::future::Future;
 use std::str::FromStr;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tiercache::TwoTierCache;
 use tiercache_monitoring::{Metrics, MonitorTask};
 use tiercache_repository::seed::{Seeded, seed_if_empty};
-use tiercache_repository::{MIGRATOR, Repository};
+use tiercache_repository::{DbListener, MIGRATOR, Repository};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, DatabaseConfig};
@@ -28,6 +28,8 @@ pub struct Service {
     pub seeded: Seeded,
     /// The monitor's timer (sampling, alerts, stream); stops when dropped.
     pub monitor: MonitorTask,
+    /// The database change listener (`None` with `DB_NOTIFY_ENABLED=false`); stops when dropped.
+    pub db_listener: Option<DbListener>,
 }
 
 /// Creates the database if missing, migrates, seeds when empty, builds cache and repositories.
@@ -41,6 +43,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
     let metrics = Arc::new(Metrics::new());
     let cache = TwoTierCache::with_observer(config.cache.clone(), metrics.clone())
         .context("building the cache")?;
+    let db_listener = spawn_db_listener(&config.database, &cache)?;
     let repo = Repository::new(pool, cache);
     let state = AppState::new(repo, metrics, config.webhook_budget)
         .with_admin_token(config.admin_token.clone());
@@ -49,7 +52,22 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
         state,
         seeded,
         monitor,
+        db_listener,
     })
+}
+
+/// Starts the listener that invalidates `cache` on writes that bypass the service, on a
+/// connection of its own to `DATABASE_URL`; `None` when `DB_NOTIFY_ENABLED` is off.
+pub fn spawn_db_listener(
+    config: &DatabaseConfig,
+    cache: &TwoTierCache,
+) -> anyhow::Result<Option<DbListener>> {
+    if !config.notify_enabled {
+        tracing::info!("DB_NOTIFY_ENABLED is off: writes that bypass the service are not heard");
+        return Ok(None);
+    }
+    let options = PgConnectOptions::from_str(&config.url).context("parsing DATABASE_URL")?;
+    Ok(Some(DbListener::spawn(options, cache.clone())))
 }
 
 /// Opens the pool, creating the database first when it does not exist.
