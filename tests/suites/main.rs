@@ -12,5 +12,6 @@ mod cache_modes;
 mod cache_reads;
 mod fixtures;
 mod monitoring;
+mod pg_server;
 mod prometheus;
 mod queries;
