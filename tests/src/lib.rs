@@ -1,8 +1,10 @@
-//! Fixtures for the end-to-end suites: throwaway and shared Redis, namespaces, command counts.
+//! Fixtures for the end-to-end suites: throwaway and shared Redis and PostgreSQL, namespaces,
+//! command counts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cache;
 pub mod db;
+mod pg_server;
 mod recorder;
 mod redis_server;
 pub mod server;
@@ -15,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 
+pub use pg_server::PgServer;
 pub use recorder::Recorder;
 pub use redis_server::RedisServer;
 

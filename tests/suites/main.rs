@@ -14,5 +14,6 @@ mod cross_instance;
 mod db_notify;
 mod fixtures;
 mod monitoring;
+mod pg_server;
 mod prometheus;
 mod queries;
