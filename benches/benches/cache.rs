@@ -145,7 +145,7 @@ fn miss_then_load(c: &mut Criterion) {
                 let id = next.fetch_add(1, Ordering::Relaxed);
                 black_box(
                     cache
-                        .get_or_load(cache.keys().lead_by_id(id), || load(id))
+                        .get_or_load(cache.keys().lead_by_id(id), move || load(id))
                         .await
                         .unwrap(),
                 )

@@ -69,6 +69,7 @@ pub fn with_ttls(
                 l1_ttl: l1,
                 negative_ttl: negative,
                 jitter: 0.0,
+                grace: EntityPolicy::DEFAULT_GRACE,
             },
         );
     }

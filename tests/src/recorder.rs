@@ -95,8 +95,8 @@ impl CacheObserver for Recorder {
     fn coalesced(&self, entity: Entity) {
         self.bump(format!("coalesced.{entity}"));
     }
-    fn stale_served(&self, entity: Entity) {
-        self.bump(format!("stale.{entity}"));
+    fn stale_served(&self, entity: Entity, reason: tiercache::StaleReason) {
+        self.bump(format!("stale.{entity}.{}", reason.as_str()));
     }
     fn corrupt(&self, entity: Entity, tier: Tier, kind: CorruptKind) {
         self.bump(format!(

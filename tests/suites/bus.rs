@@ -24,7 +24,7 @@ async fn read(cache: &TwoTierCache, key: CacheKey, version: u32) -> (u32, bool) 
     let loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = loaded.clone();
     let lead = cache
-        .get_or_load(key, || async move {
+        .get_or_load(key, move || async move {
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok::<_, io::Error>(Some(TestLead::new(1, version)))
         })

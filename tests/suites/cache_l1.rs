@@ -16,7 +16,7 @@ async fn l1_is_bounded_by_bytes_and_reports_evictions() {
             ..TestLead::new(id, 1)
         };
         cache
-            .get_or_load(cache.keys().lead_by_id(id), || async move {
+            .get_or_load(cache.keys().lead_by_id(id), move || async move {
                 Ok::<_, io::Error>(Some(lead))
             })
             .await
@@ -42,7 +42,7 @@ async fn l1_is_bounded_by_bytes_and_reports_evictions() {
     let (small, _) = build(config(&unique_namespace("bytes"), None).l1_max_bytes(max_bytes));
     for id in 0..2000 {
         small
-            .get_or_load(small.keys().lead_by_id(id), || async move {
+            .get_or_load(small.keys().lead_by_id(id), move || async move {
                 Ok::<_, io::Error>(Some(TestLead::new(id, 1)))
             })
             .await

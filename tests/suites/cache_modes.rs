@@ -44,7 +44,7 @@ async fn run(cache: &TwoTierCache) -> Vec<Option<TestLead>> {
             Step::Read(id) => {
                 let source = db.clone();
                 let v = cache
-                    .get_or_load(cache.keys().lead_by_id(id), || async move {
+                    .get_or_load(cache.keys().lead_by_id(id), move || async move {
                         Ok::<_, io::Error>(source.lock().unwrap().get(&id).cloned())
                     })
                     .await

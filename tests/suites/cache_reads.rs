@@ -16,9 +16,12 @@ type Loaded = Result<Option<TestLead>, io::Error>;
 fn counting(
     calls: &Arc<AtomicU32>,
     value: Option<TestLead>,
-) -> impl Future<Output = Loaded> + use<> {
-    calls.fetch_add(1, Ordering::SeqCst);
-    async move { Ok(value) }
+) -> impl FnOnce() -> std::future::Ready<Loaded> + Send + 'static {
+    let calls = Arc::clone(calls);
+    move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(value))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +34,7 @@ async fn a_value_flows_through_loader_then_l2_then_l1() {
 
     // Cold: L1 miss, L2 miss, one load.
     let v = a
-        .get_or_load(key, || counting(&calls, Some(TestLead::new(1, 1))))
+        .get_or_load(key, counting(&calls, Some(TestLead::new(1, 1))))
         .await
         .unwrap();
     assert_eq!(v.as_deref(), Some(&TestLead::new(1, 1)));
@@ -41,17 +44,17 @@ async fn a_value_flows_through_loader_then_l2_then_l1() {
     assert_eq!(rec_a.count("load.lead.found"), 1);
 
     // Warm on this instance: an L1 hit, nothing else.
-    let again = a.get_or_load(key, || counting(&calls, None)).await.unwrap();
+    let again = a.get_or_load(key, counting(&calls, None)).await.unwrap();
     assert_eq!(again.as_deref(), Some(&TestLead::new(1, 1)));
     assert_eq!(rec_a.count("lookup.lead.l1.hit"), 1);
     assert_eq!(rec_a.sum("lookup.lead.l2"), 1);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // Another instance (its own L1) finds it in L2, then in its L1.
-    let from_l2 = b.get_or_load(key, || counting(&calls, None)).await.unwrap();
+    let from_l2 = b.get_or_load(key, counting(&calls, None)).await.unwrap();
     assert_eq!(from_l2.as_deref(), Some(&TestLead::new(1, 1)));
     assert_eq!(rec_b.count("lookup.lead.l2.hit"), 1);
-    b.get_or_load(key, || counting(&calls, None)).await.unwrap();
+    b.get_or_load(key, counting(&calls, None)).await.unwrap();
     assert_eq!(rec_b.count("lookup.lead.l1.hit"), 1);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "no instance reloaded");
 }
@@ -65,7 +68,7 @@ async fn values_expire_from_l1_then_from_l2() {
     let calls = Arc::new(AtomicU32::new(0));
     let key = cache.keys().context(7);
     cache
-        .get_or_load(key, || counting(&calls, Some(TestLead::new(7, 1))))
+        .get_or_load(key, counting(&calls, Some(TestLead::new(7, 1))))
         .await
         .unwrap();
 
@@ -77,7 +80,7 @@ async fn values_expire_from_l1_then_from_l2() {
     // Waiting is the point of this test: the TTLs are what is under test.
     tokio::time::sleep(l1 + Duration::from_millis(100)).await;
     cache
-        .get_or_load(key, || counting(&calls, None))
+        .get_or_load(key, counting(&calls, None))
         .await
         .unwrap();
     assert_eq!(
@@ -89,7 +92,7 @@ async fn values_expire_from_l1_then_from_l2() {
 
     tokio::time::sleep(l2).await;
     let v = cache
-        .get_or_load(key, || counting(&calls, Some(TestLead::new(7, 2))))
+        .get_or_load(key, counting(&calls, Some(TestLead::new(7, 2))))
         .await
         .unwrap();
     assert_eq!(v.unwrap().version, 2);
@@ -112,17 +115,17 @@ async fn not_found_is_cached_and_served_as_not_found() {
     let key = a.keys().lead_by_phone("+16462000042", 3);
 
     assert_eq!(
-        a.get_or_load(key, || counting(&calls, None)).await.unwrap(),
+        a.get_or_load(key, counting(&calls, None)).await.unwrap(),
         None
     );
     assert_eq!(
-        a.get_or_load(key, || counting(&calls, None)).await.unwrap(),
+        a.get_or_load(key, counting(&calls, None)).await.unwrap(),
         None
     );
     assert_eq!(rec_a.count("load.lead.not_found"), 1);
     assert_eq!(rec_a.count("lookup.lead.l1.negative_hit"), 1);
     assert_eq!(
-        b.get_or_load(key, || counting(&calls, None)).await.unwrap(),
+        b.get_or_load(key, counting(&calls, None)).await.unwrap(),
         None
     );
     assert_eq!(rec_b.count("lookup.lead.l2.negative_hit"), 1);
@@ -138,7 +141,7 @@ async fn not_found_is_cached_and_served_as_not_found() {
     // Once the negative TTL passes, the loader is asked again (and may now find it).
     tokio::time::sleep(negative + Duration::from_millis(100)).await;
     let found = a
-        .get_or_load(key, || counting(&calls, Some(TestLead::new(42, 1))))
+        .get_or_load(key, counting(&calls, Some(TestLead::new(42, 1))))
         .await
         .unwrap();
     assert_eq!(found.unwrap().id, 42);
@@ -176,7 +179,7 @@ async fn corrupt_and_foreign_payloads_are_misses_not_errors() {
 
     for (id, key) in [(1, garbage), (2, other_version), (3, wrong_type)] {
         let v = cache
-            .get_or_load(key, || counting(&calls, Some(TestLead::new(id, 9))))
+            .get_or_load(key, counting(&calls, Some(TestLead::new(id, 9))))
             .await
             .unwrap();
         assert_eq!(v.unwrap().version, 9, "reloaded from the loader");
@@ -196,7 +199,9 @@ async fn a_loader_error_is_the_only_error_a_caller_sees() {
     let (cache, rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
     let key = cache.keys().summary(1);
     let err = cache
-        .get_or_load::<TestLead, _, _, _>(key, || async { Err(io::Error::other("database down")) })
+        .get_or_load::<TestLead, _, _, _>(key, move || async move {
+            Err(io::Error::other("database down"))
+        })
         .await
         .unwrap_err();
     assert_eq!(
@@ -207,7 +212,7 @@ async fn a_loader_error_is_the_only_error_a_caller_sees() {
 
     // Nothing was cached: the next caller (who did not wait on the failed load) loads.
     let v = cache
-        .get_or_load(key, || async {
+        .get_or_load(key, move || async move {
             Ok::<_, io::Error>(Some(TestLead::new(1, 1)))
         })
         .await
@@ -225,12 +230,12 @@ async fn redis_never_holds_a_phone_number_in_clear() {
         let lead = cache.keys().lead_by_phone(phone, org);
         let found = (j % 3 != 0).then(|| TestLead::new(j as i64, 1));
         cache
-            .get_or_load(lead, || async { Ok::<_, io::Error>(found) })
+            .get_or_load(lead, move || async move { Ok::<_, io::Error>(found) })
             .await
             .unwrap();
         let org_key = cache.keys().org_by_phone(&format!("+1800555{org:04}"));
         cache
-            .get_or_load(org_key, || async {
+            .get_or_load(org_key, move || async move {
                 Ok::<_, io::Error>(Some(TestLead::new(org, 1)))
             })
             .await

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Weak;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use moka::ops::compute::Op;
 use redis::streams::StreamRangeReply;
 
@@ -28,11 +28,16 @@ const CATCH_UP_BATCHES: usize = 100;
 pub(crate) async fn listen(cache: Weak<Inner>) {
     let mut last: Option<StreamId> = None;
     let mut backoff = RECONNECT_MIN;
+    let mut lost_before = false;
     loop {
-        let (client, channel) = {
+        let (client, channel, heartbeat) = {
             let Some(inner) = cache.upgrade() else { return };
             let Some(l2) = &inner.l2 else { return };
-            (l2.client().clone(), inner.bus_channel.clone())
+            (
+                l2.client().clone(),
+                inner.bus_channel.clone(),
+                inner.coherence.heartbeat(),
+            )
         };
         let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -56,18 +61,42 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
                 backoff = (backoff * 2).min(RECONNECT_MAX);
                 continue;
             }
+            if let Some(feed) = &inner.bus_feed {
+                // After an outage, other instances may still owe what they could not send.
+                if lost_before {
+                    feed.recovered();
+                } else {
+                    feed.confirm();
+                }
+            }
         }
         backoff = RECONNECT_MIN;
-        let mut messages = pubsub.into_on_message();
-        while let Some(message) = messages.next().await {
-            let Some(inner) = cache.upgrade() else { return };
-            let Ok(text) = message.get_payload::<String>() else {
-                continue;
-            };
-            if let Some((id, payload)) = text.split_once(' ') {
-                inner
-                    .apply_bus(StreamId::parse(id), payload, &mut last)
-                    .await;
+        lost_before = true;
+        let (mut sink, mut messages) = pubsub.split();
+        let mut beat = tokio::time::interval(heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    let Some(inner) = cache.upgrade() else { return };
+                    inner.apply_message(&message, &mut last).await;
+                }
+                _ = beat.tick() => {
+                    // A PING answered on the subscription: every message published before it
+                    // has arrived, and is applied below before the feed is confirmed.
+                    let pong = tokio::time::timeout(heartbeat * 2, sink.ping::<String>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break;
+                    }
+                    let Some(inner) = cache.upgrade() else { return };
+                    while let Some(Some(message)) = messages.next().now_or_never() {
+                        inner.apply_message(&message, &mut last).await;
+                    }
+                    if let Some(feed) = &inner.bus_feed {
+                        feed.confirm();
+                    }
+                }
             }
         }
         tracing::warn!("invalidation bus subscription lost; reconnecting");
@@ -76,6 +105,16 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
 }
 
 impl Inner {
+    /// Applies one message as the subscription delivered it (`{stream id} {payload}`).
+    async fn apply_message(&self, message: &redis::Msg, last: &mut Option<StreamId>) {
+        let Ok(text) = message.get_payload::<String>() else {
+            return;
+        };
+        if let Some((id, payload)) = text.split_once(' ') {
+            self.apply_bus(StreamId::parse(id), payload, last).await;
+        }
+    }
+
     /// Applies what the stream holds after `last`, or flushes L1 if some of it is gone.
     async fn catch_up(&self, last: &mut Option<StreamId>) -> Result<(), L2Error> {
         let Some(l2) = &self.l2 else { return Ok(()) };

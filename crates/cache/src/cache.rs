@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::bus::BusMessage;
+use crate::coherence::{Coherence, Feed};
 use crate::config::CacheConfig;
 use crate::envelope;
 use crate::epoch::Epochs;
@@ -25,7 +26,7 @@ use crate::key::{CacheKey, KeySchema};
 use crate::l2::{GetOrLease, Guard, IndexEntry, L2, L2ErrorKind, PoolState};
 use crate::observer::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
-    LoadOutcome, Outcome, Tier,
+    LoadOutcome, Outcome, StaleReason, Tier,
 };
 use crate::pending::PendingDeletes;
 use crate::policy::Policies;
@@ -115,7 +116,12 @@ pub(crate) struct Inner {
     l1_enabled: bool,
     pub(crate) l2: Option<L2>,
     policies: Policies,
+    /// Bounds a whole read that misses.
     load_timeout: Duration,
+    soft_timeout: Duration,
+    pub(crate) coherence: Arc<Coherence>,
+    /// The bus's place among the invalidation feeds (with L2).
+    pub(crate) bus_feed: Option<Feed>,
     history: HistoryIndex,
     failures: moka::sync::Cache<CacheKey, Arc<FailedLoad>>,
     pub(crate) pending: PendingDeletes,
@@ -146,11 +152,16 @@ impl Drop for Inner {
 }
 
 /// A value in L1: the decoded value itself (no decoding on a hit), or a cached "not found".
+/// It is fresh until `fresh_until`; L1 keeps it for its entity's grace window beyond that,
+/// to be served stale when the loader fails or is slow.
 #[derive(Clone)]
 pub(crate) struct L1Entry {
     pub(crate) value: Option<Arc<dyn Any + Send + Sync>>,
     weight: u32,
-    ttl: Duration,
+    /// How long L1 keeps it: freshness plus grace.
+    keep: Duration,
+    fresh_until: Instant,
+    stale_until: Instant,
     /// When the value left the source of truth, in Unix milliseconds.
     pub(crate) loaded_at_ms: u64,
 }
@@ -159,18 +170,28 @@ impl L1Entry {
     pub(crate) fn new<T: Send + Sync + 'static>(
         value: Option<Arc<T>>,
         encoded_len: usize,
-        ttl: Duration,
+        (ttl, grace): (Duration, Duration),
         loaded_at_ms: u64,
     ) -> Self {
         let weight = u32::try_from(encoded_len)
             .unwrap_or(u32::MAX)
             .saturating_add(ENTRY_OVERHEAD);
+        let now = Instant::now();
+        let keep = ttl.saturating_add(grace);
         L1Entry {
             value: value.map(|v| v as Arc<dyn Any + Send + Sync>),
             weight,
-            ttl,
+            keep,
+            fresh_until: now + ttl,
+            stale_until: now + keep,
             loaded_at_ms,
         }
+    }
+
+    /// Whether it may be served as fresh at `now`: within its TTL, and young enough for
+    /// what this instance can vouch for (see `coherence.rs`).
+    pub(crate) fn fresh(&self, now: Instant, coherence: &Coherence) -> bool {
+        now < self.fresh_until && coherence.serveable(now, self.loaded_at_ms)
     }
 
     /// Whether this entry can be served to a caller asking for a `T`.
@@ -209,7 +230,7 @@ impl Expiry<CacheKey, L1Entry> for PerEntryTtl {
         value: &L1Entry,
         _at: Instant,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.keep)
     }
 
     fn expire_after_update(
@@ -219,7 +240,7 @@ impl Expiry<CacheKey, L1Entry> for PerEntryTtl {
         _at: Instant,
         _left: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.keep)
     }
 }
 
@@ -307,6 +328,7 @@ impl TwoTierCache {
         let has_l2 = l2.is_some();
         let keys_namespace = keys.namespace().to_owned();
         let instance: u64 = rand::random();
+        let coherence = Arc::new(Coherence::new(config.staleness_bound, config.recovery));
         let inner = Arc::new(Inner {
             keys,
             l1,
@@ -314,6 +336,9 @@ impl TwoTierCache {
             l2,
             policies: config.policies,
             load_timeout: config.load_timeout,
+            soft_timeout: config.soft_timeout,
+            bus_feed: if has_l2 { coherence.claim() } else { None },
+            coherence,
             history: HistoryIndex::new(history_idle),
             failures: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -393,6 +418,17 @@ impl TwoTierCache {
         self.inner.l2.as_ref()
     }
 
+    /// Registers a source of invalidations besides the Redis bus (e.g. a database
+    /// listener): until it confirms, and whenever it stops confirming, values are served
+    /// only while younger than half the staleness bound. `None` when every slot is taken.
+    pub fn invalidation_feed(&self) -> Option<Feed> {
+        self.inner.coherence.claim()
+    }
+
+    pub(crate) fn coherence(&self) -> &Coherence {
+        &self.inner.coherence
+    }
+
     pub(crate) fn observer(&self) -> &dyn CacheObserver {
         &*self.inner.observer
     }
@@ -407,9 +443,10 @@ impl TwoTierCache {
         self.inner.pending.resolve(key);
     }
 
-    /// The L1 TTL (jittered) for a value of `entity`; zero with L1 off.
-    pub(crate) fn l1_ttl_for(&self, entity: Entity, negative: bool) -> Duration {
-        self.inner.l1_ttl(self.inner.policies.get(entity), negative)
+    /// The L1 TTL (jittered) and grace for a value of `entity`; zero with L1 off.
+    pub(crate) fn l1_life_for(&self, entity: Entity, negative: bool) -> (Duration, Duration) {
+        self.inner
+            .l1_life(self.inner.policies.get(entity), negative)
     }
 
     /// The L2 TTL (jittered) for a value of `entity`.
@@ -493,14 +530,22 @@ impl TwoTierCache {
     /// `Ok(None)` is "not found", from the loader or from a cached "not found". Every
     /// loader of one key should return the same `T`; an entry of another type is a miss.
     ///
+    /// # Stale values
+    /// When L1 holds the key past its freshness but within its entity's grace window, the
+    /// load runs in a task of its own: if it fails, or is still running after the soft
+    /// timeout, the stale value is served (counted through [`CacheObserver::stale_served`]
+    /// and reported to [`crate::stale::track`]) and the load goes on to refresh the key.
+    /// This is why the loader must be `Send + 'static`.
+    ///
     /// # Errors
-    /// Only the loader's: [`Error::Load`], [`Error::LoadTimeout`] past the load timeout,
-    /// or [`Error::Encode`] for a value whose `Serialize` fails. Never a Redis error.
+    /// Only the loader's: [`Error::Load`], [`Error::LoadTimeout`] when the whole read passes
+    /// the load timeout (the hard bound on every call), or [`Error::Encode`] for a value
+    /// whose `Serialize` fails. Never a Redis error.
     ///
     /// # Cancel safety
     /// Dropping the future mid-load releases the key for the next caller and installs
-    /// nothing; an L2 write already sent may still land, which is harmless (it holds what
-    /// the loader returned).
+    /// nothing (a background refresh of a stale value goes on); an L2 write already sent may
+    /// still land, which is harmless (it holds what the loader returned, under its lease).
     pub async fn get_or_load<T, E, F, Fut>(
         &self,
         key: CacheKey,
@@ -508,40 +553,123 @@ impl TwoTierCache {
     ) -> Result<Option<Arc<T>>, Error>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
-        E: Into<BoxError>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
+        E: Into<BoxError> + Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let inner = &*self.inner;
         let entity = key.entity();
         // L1 lookups are not timed: they take a fraction of a microsecond, and two clock
         // reads would cost a hit more than the lookup's own work (see `CacheObserver::lookup`).
+        let mut stale = None;
         if let Some(entry) = inner.l1.get(&key).await {
-            let outcome = if entry.value.is_some() {
-                Outcome::Hit
+            if !entry.holds::<T>() {
+                inner.observer.corrupt(entity, Tier::L1, CorruptKind::Type);
+            } else if entry.fresh(Instant::now(), &inner.coherence) {
+                let outcome = if entry.value.is_some() {
+                    Outcome::Hit
+                } else {
+                    Outcome::NegativeHit
+                };
+                inner
+                    .observer
+                    .lookup(entity, Tier::L1, outcome, Duration::ZERO);
+                inner
+                    .observer
+                    .served(entity, Tier::L1, age_since(entry.loaded_at_ms));
+                return Ok(entry.downcast::<T>().unwrap_or(None));
             } else {
-                Outcome::NegativeHit
-            };
-            let loaded_at_ms = entry.loaded_at_ms;
-            match entry.downcast::<T>() {
-                Ok(value) => {
-                    inner
-                        .observer
-                        .lookup(entity, Tier::L1, outcome, Duration::ZERO);
-                    inner
-                        .observer
-                        .served(entity, Tier::L1, age_since(loaded_at_ms));
-                    return Ok(value);
-                }
-                Err(()) => inner.observer.corrupt(entity, Tier::L1, CorruptKind::Type),
+                stale = Some(entry);
             }
         }
         inner
             .observer
             .lookup(entity, Tier::L1, Outcome::Miss, Duration::ZERO);
-        inner.load_through(key, Instant::now(), loader).await
+        let requested_at = Instant::now();
+        match stale {
+            None => match tokio::time::timeout(
+                inner.load_timeout,
+                inner.load_through(key, requested_at, loader),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(Error::LoadTimeout {
+                    entity,
+                    after: inner.load_timeout,
+                }),
+            },
+            Some(stale) => self.refresh_or_stale(key, stale, loader).await,
+        }
     }
 
+    /// The read of a key whose L1 entry is past its freshness: load it in a task of its own,
+    /// and serve the stale value if that fails or outlasts the soft timeout.
+    async fn refresh_or_stale<T, E, F, Fut>(
+        &self,
+        key: CacheKey,
+        stale: L1Entry,
+        loader: F,
+    ) -> Result<Option<Arc<T>>, Error>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Into<BoxError> + Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let entity = key.entity();
+        let requested_at = Instant::now();
+        let load_timeout = inner.load_timeout;
+        let mut refresh = tokio::spawn(async move {
+            match tokio::time::timeout(load_timeout, inner.load_through(key, requested_at, loader))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(Error::LoadTimeout {
+                    entity,
+                    after: load_timeout,
+                }),
+            }
+        });
+        let inner = &*self.inner;
+        let outcome = tokio::select! {
+            joined = &mut refresh => match joined {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => Err(error),
+                Err(e) => Err(Error::Load {
+                    entity,
+                    source: Arc::from(BoxError::from(e.to_string())),
+                }),
+            },
+            () = tokio::time::sleep(inner.soft_timeout) => Ok(()),
+        };
+        let reason = match &outcome {
+            Ok(()) => StaleReason::SoftTimeout,
+            Err(_) => StaleReason::LoadFailed,
+        };
+        let age = age_since(stale.loaded_at_ms);
+        // Past the grace window (L1 is about to drop it) the load's own answer stands.
+        if Instant::now() >= stale.stale_until {
+            return match outcome {
+                Err(error) => Err(error),
+                Ok(()) => match refresh.await {
+                    Ok(result) => result,
+                    Err(e) => Err(Error::Load {
+                        entity,
+                        source: Arc::from(BoxError::from(e.to_string())),
+                    }),
+                },
+            };
+        }
+        let Ok(value) = stale.downcast::<T>() else {
+            return outcome.map(|()| None);
+        };
+        inner.observer.stale_served(entity, reason);
+        inner.observer.served(entity, Tier::L1, age);
+        crate::stale::record(age);
+        Ok(value)
+    }
     /// Drops `invalidation`'s keys from both tiers; see the type's `# Writing` section.
     ///
     /// # Cancel safety
@@ -589,7 +717,7 @@ impl Inner {
                 // Another caller's load finished while this one waited for the key.
                 if let Some(existing) = existing {
                     let entry = existing.into_value();
-                    if entry.holds::<T>() {
+                    if entry.holds::<T>() && entry.fresh(Instant::now(), &self.coherence) {
                         self.observer.coalesced(entity);
                         return Ok(Op::Nop);
                     }
@@ -627,11 +755,16 @@ impl Inner {
         Ok(entry.downcast::<T>().unwrap_or(None))
     }
 
-    fn l1_ttl(&self, policy: &crate::policy::EntityPolicy, negative: bool) -> Duration {
+    /// How long a new L1 entry is fresh, and how long it is kept after that (grace).
+    fn l1_life(
+        &self,
+        policy: &crate::policy::EntityPolicy,
+        negative: bool,
+    ) -> (Duration, Duration) {
         if self.l1_enabled {
-            policy.ttl(true, negative)
+            (policy.ttl(true, negative), policy.grace)
         } else {
-            Duration::ZERO
+            (Duration::ZERO, Duration::ZERO)
         }
     }
 
@@ -723,6 +856,24 @@ impl Inner {
             };
             match found {
                 Some(bytes) => match envelope::decode::<T>(&bytes) {
+                    // Older than this instance can vouch for right now (see `coherence.rs`):
+                    // loaded again, under a lease taken now.
+                    Ok(decoded)
+                        if !self
+                            .coherence
+                            .serveable(Instant::now(), decoded.loaded_at_ms) =>
+                    {
+                        self.observer
+                            .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed());
+                        let lease_key = self.keys.lease(redis_key);
+                        let token = self.lease_token();
+                        if let Ok(GetOrLease::Leased) = l2
+                            .get_or_lease(redis_key, &lease_key, &token, self.load_timeout, true)
+                            .await
+                        {
+                            lease = Some((lease_key, token));
+                        }
+                    }
                     Ok(decoded) => {
                         let negative = decoded.value.is_none();
                         let outcome = if negative {
@@ -737,7 +888,7 @@ impl Inner {
                         let entry = L1Entry::new(
                             decoded.value.map(Arc::new),
                             bytes.len(),
-                            self.l1_ttl(policy, negative),
+                            self.l1_life(policy, negative),
                             decoded.loaded_at_ms,
                         );
                         return if cacheable {
@@ -838,7 +989,7 @@ impl Inner {
         let entry = L1Entry::new(
             loaded.map(Arc::new),
             bytes.len(),
-            self.l1_ttl(policy, negative),
+            self.l1_life(policy, negative),
             loaded_at_ms,
         );
         if cacheable {

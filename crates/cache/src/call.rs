@@ -268,7 +268,13 @@ impl TwoTierCache {
     /// L1 only: a hit, a cached "not found", or missing.
     async fn peek<T: Send + Sync + 'static>(&self, key: CacheKey) -> Slot<T> {
         let entity = key.entity();
-        let found = self.l1().get(&key).await.map(|entry| {
+        let now = std::time::Instant::now();
+        let found = self
+            .l1()
+            .get(&key)
+            .await
+            .filter(|entry| entry.fresh(now, self.coherence()));
+        let found = found.map(|entry| {
             let age = crate::cache::age_since(entry.loaded_at_ms);
             (entry.value.is_some(), age, entry.downcast::<T>())
         });
@@ -312,6 +318,16 @@ impl TwoTierCache {
             return Slot::Missing;
         };
         match envelope::decode::<T>(&bytes) {
+            // Older than this instance can vouch for right now (see `coherence.rs`).
+            Ok(decoded)
+                if !self
+                    .coherence()
+                    .serveable(std::time::Instant::now(), decoded.loaded_at_ms) =>
+            {
+                self.observer()
+                    .lookup(entity, Tier::L2, Outcome::Miss, took);
+                Slot::Missing
+            }
             Ok(decoded) => {
                 let negative = decoded.value.is_none();
                 let outcome = if negative {
@@ -329,7 +345,7 @@ impl TwoTierCache {
                 let entry = L1Entry::new(
                     value.clone(),
                     bytes.len(),
-                    self.l1_ttl_for(entity, negative),
+                    self.l1_life_for(entity, negative),
                     decoded.loaded_at_ms,
                 );
                 self.install_l1(key, entry, snapshot).await;
@@ -381,7 +397,7 @@ impl TwoTierCache {
         let entry = L1Entry::new(
             value.clone(),
             bytes.len(),
-            self.l1_ttl_for(entity, negative),
+            self.l1_life_for(entity, negative),
             loaded_at_ms,
         );
         let l2_ttl = self.l2_ttl_for(entity, negative);
@@ -419,7 +435,9 @@ impl TwoTierCache {
         self.l1()
             .entry(key)
             .and_compute_with(|existing| async move {
-                if existing.is_some() || !self.epochs().unchanged(&snapshot) {
+                let now = std::time::Instant::now();
+                let fresh = existing.is_some_and(|e| e.value().fresh(now, self.coherence()));
+                if fresh || !self.epochs().unchanged(&snapshot) {
                     Op::Nop
                 } else {
                     Op::Put(entry)

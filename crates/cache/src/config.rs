@@ -19,6 +19,9 @@ pub struct CacheConfig {
     pub(crate) policies: Policies,
     pub(crate) redis: Option<RedisConfig>,
     pub(crate) load_timeout: Duration,
+    pub(crate) soft_timeout: Duration,
+    pub(crate) staleness_bound: Duration,
+    pub(crate) recovery: Duration,
     pub(crate) breaker: BreakerConfig,
 }
 
@@ -31,8 +34,18 @@ impl CacheConfig {
     pub const DEFAULT_SCHEMA: u32 = 1;
     /// Default L1 bound: 64 MiB of encoded values plus per-entry overhead.
     pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
-    /// Default hard bound on one loader call.
+    /// Default hard bound on one read that misses (waiting for another instance's load,
+    /// then loading).
     pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default soft timeout: past it, a read with a stale value in grace serves that value
+    /// and lets the load finish in the background.
+    pub const DEFAULT_SOFT_TIMEOUT: Duration = Duration::from_millis(50);
+    /// Default staleness bound: after a write commits on any instance, no instance serves
+    /// the old value (as fresh) for longer than this.
+    pub const DEFAULT_STALENESS_BOUND: Duration = Duration::from_secs(2);
+    /// Default time after an invalidation feed comes back during which values stay capped
+    /// by age (other instances may still be replaying what they owe).
+    pub const DEFAULT_RECOVERY: Duration = Duration::from_secs(5);
     /// Shortest HMAC secret accepted.
     pub const MIN_SECRET_LEN: usize = 16;
 
@@ -60,6 +73,11 @@ impl CacheConfig {
     pub fn redis(&self) -> Option<&RedisConfig> {
         self.redis.as_ref()
     }
+
+    /// The staleness bound this cache promises (see [`CacheConfigBuilder::staleness_bound`]).
+    pub fn staleness_bound(&self) -> Duration {
+        self.staleness_bound
+    }
 }
 
 impl fmt::Debug for CacheConfig {
@@ -75,6 +93,9 @@ impl fmt::Debug for CacheConfig {
             policies,
             redis,
             load_timeout,
+            soft_timeout,
+            staleness_bound,
+            recovery,
             breaker,
         } = self;
         f.debug_struct("CacheConfig")
@@ -87,6 +108,9 @@ impl fmt::Debug for CacheConfig {
             .field("policies", policies)
             .field("redis", redis)
             .field("load_timeout", load_timeout)
+            .field("soft_timeout", soft_timeout)
+            .field("staleness_bound", staleness_bound)
+            .field("recovery", recovery)
             .field("breaker", breaker)
             .finish()
     }
@@ -182,6 +206,9 @@ pub struct CacheConfigBuilder {
     command_timeout: Duration,
     connect_timeout: Duration,
     load_timeout: Duration,
+    soft_timeout: Duration,
+    staleness_bound: Duration,
+    recovery: Duration,
     breaker: BreakerConfig,
 }
 
@@ -200,6 +227,9 @@ impl Default for CacheConfigBuilder {
             command_timeout: RedisConfig::DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: RedisConfig::DEFAULT_CONNECT_TIMEOUT,
             load_timeout: CacheConfig::DEFAULT_LOAD_TIMEOUT,
+            soft_timeout: CacheConfig::DEFAULT_SOFT_TIMEOUT,
+            staleness_bound: CacheConfig::DEFAULT_STALENESS_BOUND,
+            recovery: CacheConfig::DEFAULT_RECOVERY,
             breaker: BreakerConfig::default(),
         }
     }
@@ -281,6 +311,27 @@ impl CacheConfigBuilder {
         self
     }
 
+    /// Past this, a read whose key holds a stale value within its grace window serves it
+    /// and the load finishes in the background.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = timeout;
+        self
+    }
+
+    /// The promise: after a write commits and is invalidated on any instance, no instance
+    /// serves the old value as fresh for longer than this (see `coherence.rs`).
+    pub fn staleness_bound(mut self, bound: Duration) -> Self {
+        self.staleness_bound = bound;
+        self
+    }
+
+    /// After an invalidation feed comes back from an outage, values stay capped by age this
+    /// long (other instances may still be replaying invalidations they owe).
+    pub fn recovery(mut self, recovery: Duration) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
     /// The circuit breaker's thresholds.
     pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
         self.breaker = breaker;
@@ -319,6 +370,21 @@ impl CacheConfigBuilder {
             problem(
                 "load_timeout".to_owned(),
                 "must be greater than zero".to_owned(),
+            );
+        }
+        if self.soft_timeout.is_zero() || self.soft_timeout > self.load_timeout {
+            problem(
+                "soft_timeout".to_owned(),
+                format!(
+                    "must be greater than zero and at most load_timeout ({:?}), got {:?}",
+                    self.load_timeout, self.soft_timeout
+                ),
+            );
+        }
+        if self.staleness_bound < Duration::from_millis(20) {
+            problem(
+                "staleness_bound".to_owned(),
+                format!("must be at least 20ms, got {:?}", self.staleness_bound),
             );
         }
         if self.breaker.failure_threshold == 0 {
@@ -396,6 +462,9 @@ impl CacheConfigBuilder {
             policies: self.policies,
             redis,
             load_timeout: self.load_timeout,
+            soft_timeout: self.soft_timeout,
+            staleness_bound: self.staleness_bound,
+            recovery: self.recovery,
             breaker: self.breaker,
         })
     }

@@ -11,6 +11,7 @@ mod bus;
 mod bus_listener;
 mod cache;
 mod call;
+mod coherence;
 mod config;
 pub mod envelope;
 mod epoch;
@@ -22,9 +23,11 @@ pub mod l2;
 mod observer;
 mod pending;
 mod policy;
+pub mod stale;
 
 pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
 pub use call::{CallSlots, Identified, Slot};
+pub use coherence::Feed;
 pub use config::{BreakerConfig, CacheConfig, CacheConfigBuilder, RedisConfig};
 pub use error::{BoxError, ConfigError, ConfigProblem, Error, KeyError};
 pub use history_index::MAX_PAGES_PER_LEAD;
@@ -33,7 +36,7 @@ pub use key::{CacheKey, Channel, KeySchema, PhoneDigest};
 pub use l2::{L2Error, L2ErrorKind, LastL2Error, PoolState, RedisInfo};
 pub use observer::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, Fanout, InvalidationSource,
-    LoadOutcome, NoopObserver, Outcome, Tier,
+    LoadOutcome, NoopObserver, Outcome, StaleReason, Tier,
 };
 pub use pending::MAX_PENDING_KEYS;
 pub use policy::{EntityPolicy, Policies};

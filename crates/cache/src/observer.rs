@@ -187,6 +187,28 @@ impl EvictionCause {
     }
 }
 
+/// Why a stale value was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StaleReason {
+    /// The loader failed (the source of truth is down, or timed out).
+    LoadFailed,
+    /// The loader was still running at the soft timeout; it refreshes in the background.
+    SoftTimeout,
+}
+
+impl StaleReason {
+    /// Every variant, in declaration order (the order of `self as usize`).
+    pub const ALL: [StaleReason; 2] = [StaleReason::LoadFailed, StaleReason::SoftTimeout];
+
+    /// The label value for this reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleReason::LoadFailed => "load_failed",
+            StaleReason::SoftTimeout => "soft_timeout",
+        }
+    }
+}
+
 /// Who asked for an invalidation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InvalidationSource {
@@ -264,8 +286,8 @@ pub trait CacheObserver: Send + Sync + 'static {
     fn load(&self, _entity: Entity, _outcome: LoadOutcome, _took: Duration) {}
     /// A caller was served by another caller's load of the same key instead of loading.
     fn coalesced(&self, _entity: Entity) {}
-    /// A stale value was served because the loader failed.
-    fn stale_served(&self, _entity: Entity) {}
+    /// A stale value (past its freshness, within its grace window) was served.
+    fn stale_served(&self, _entity: Entity, _reason: StaleReason) {}
     /// A payload in `tier` was unreadable; it was treated as a miss and deleted.
     fn corrupt(&self, _entity: Entity, _tier: Tier, _kind: CorruptKind) {}
     /// An L2 command failed (or was skipped by the open circuit).
@@ -308,8 +330,8 @@ impl CacheObserver for Fanout {
     fn coalesced(&self, entity: Entity) {
         self.0.iter().for_each(|o| o.coalesced(entity));
     }
-    fn stale_served(&self, entity: Entity) {
-        self.0.iter().for_each(|o| o.stale_served(entity));
+    fn stale_served(&self, entity: Entity, reason: StaleReason) {
+        self.0.iter().for_each(|o| o.stale_served(entity, reason));
     }
     fn corrupt(&self, entity: Entity, tier: Tier, kind: CorruptKind) {
         self.0.iter().for_each(|o| o.corrupt(entity, tier, kind));

@@ -19,6 +19,9 @@ pub struct EntityPolicy {
     /// Each TTL is scaled by a random factor in `1 ± jitter`, so keys loaded together do
     /// not expire together. In `0.0..=0.5`.
     pub jitter: f64,
+    /// How long past its L1 TTL a value is kept to be served stale when the loader fails
+    /// or passes the soft timeout (counted, and flagged through [`crate::stale::track`]).
+    pub grace: Duration,
 }
 
 impl EntityPolicy {
@@ -28,6 +31,8 @@ impl EntityPolicy {
     pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
     /// Default jitter for every entity.
     pub const DEFAULT_JITTER: f64 = 0.1;
+    /// Default stale grace window for every entity.
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
 
     /// The seed policy for `entity`: L2 TTLs from the design (lead 900 s, org 1800 s,
     /// context 600 s, summary 1200 s, greeting 300 s, history 600 s).
@@ -45,6 +50,7 @@ impl EntityPolicy {
             l1_ttl: Self::DEFAULT_L1_TTL,
             negative_ttl: Self::DEFAULT_NEGATIVE_TTL,
             jitter: Self::DEFAULT_JITTER,
+            grace: Self::DEFAULT_GRACE,
         }
     }
 
@@ -175,6 +181,7 @@ mod tests {
             l1_ttl: Duration::from_secs(5),
             negative_ttl: Duration::from_secs(30),
             jitter: 0.0,
+            grace: Duration::ZERO,
         };
         assert_eq!(p.base_ttl(true, true), Duration::from_secs(5));
         assert_eq!(p.base_ttl(false, true), Duration::from_secs(30));
@@ -188,6 +195,7 @@ mod tests {
             l1_ttl: Duration::from_secs(20),
             negative_ttl: Duration::ZERO,
             jitter: 0.9,
+            grace: Duration::ZERO,
         };
         let fields: Vec<_> = p.problems().into_iter().map(|(f, _)| f).collect();
         assert_eq!(fields, ["l1_ttl", "negative_ttl", "jitter"]);

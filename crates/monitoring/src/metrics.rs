@@ -17,7 +17,7 @@ use prometheus::{
 };
 use tiercache::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
-    L2ErrorKind, LoadOutcome, Outcome, Tier, TwoTierCache,
+    L2ErrorKind, LoadOutcome, Outcome, StaleReason, Tier, TwoTierCache,
 };
 
 /// Latency buckets: 50 µs to 250 ms, where a cache's and a webhook's answers fall.
@@ -182,12 +182,18 @@ impl Metrics {
             &["entity"],
             entities.clone(),
         );
+        let mut stale_labels = Vec::new();
+        for e in Entity::ALL {
+            for reason in StaleReason::ALL {
+                stale_labels.push(vec![e.as_str(), reason.as_str()]);
+            }
+        }
         let stale = counters(
             &r,
             "tiercache_stale_served_total",
-            "Stale values served because the loader failed.",
-            &["entity"],
-            entities.clone(),
+            "Stale values served within their grace window, by why: the loader failed or passed the soft timeout.",
+            &["entity", "reason"],
+            stale_labels,
         );
         let mut corrupt_labels = Vec::new();
         for e in Entity::ALL {
@@ -541,8 +547,8 @@ impl CacheObserver for Metrics {
         self.coalesced[entity as usize].inc();
     }
 
-    fn stale_served(&self, entity: Entity) {
-        self.stale[entity as usize].inc();
+    fn stale_served(&self, entity: Entity, reason: StaleReason) {
+        self.stale[entity as usize * StaleReason::ALL.len() + reason as usize].inc();
     }
 
     fn corrupt(&self, entity: Entity, tier: Tier, kind: CorruptKind) {

@@ -121,11 +121,11 @@ impl Repository {
     /// The organization reached on `phone`.
     pub async fn org_by_phone(&self, phone: &Phone) -> Result<Option<Arc<Org>>, Error> {
         let key = self.cache.keys().org_by_phone(phone.as_str());
-        let pool = &self.pool;
+        let (pool, phone) = (self.pool.clone(), phone.clone());
         Ok(self
             .cache
-            .get_or_load(key, || async move {
-                queries::org_by_phone(pool, phone.as_str())
+            .get_or_load(key, move || async move {
+                queries::org_by_phone(&pool, phone.as_str())
                     .await
                     .map_err(DbError::from)
             })
@@ -275,11 +275,11 @@ impl Repository {
         org_id: i64,
     ) -> Result<Option<Arc<Lead>>, Error> {
         let key = self.cache.keys().lead_by_phone(phone.as_str(), org_id);
-        let pool = &self.pool;
+        let (pool, phone) = (self.pool.clone(), phone.clone());
         Ok(self
             .cache
-            .get_or_load(key, || async move {
-                queries::lead_by_phone(pool, phone.as_str(), org_id)
+            .get_or_load(key, move || async move {
+                queries::lead_by_phone(&pool, phone.as_str(), org_id)
                     .await
                     .map_err(DbError::from)
             })
@@ -289,11 +289,11 @@ impl Repository {
     /// The lead with id `id`.
     pub async fn lead(&self, id: i64) -> Result<Option<Arc<Lead>>, Error> {
         let key = self.cache.keys().lead_by_id(id);
-        let pool = &self.pool;
+        let pool = self.pool.clone();
         Ok(self
             .cache
-            .get_or_load(key, || async move {
-                queries::lead_by_id(pool, id).await.map_err(DbError::from)
+            .get_or_load(key, move || async move {
+                queries::lead_by_id(&pool, id).await.map_err(DbError::from)
             })
             .await?)
     }
@@ -301,11 +301,13 @@ impl Repository {
     /// The lead's conversation context.
     pub async fn context(&self, lead_id: i64) -> Result<Option<Arc<Context>>, Error> {
         let key = self.cache.keys().context(lead_id);
-        let pool = &self.pool;
+        let pool = self.pool.clone();
         Ok(self
             .cache
-            .get_or_load(key, || async move {
-                queries::context(pool, lead_id).await.map_err(DbError::from)
+            .get_or_load(key, move || async move {
+                queries::context(&pool, lead_id)
+                    .await
+                    .map_err(DbError::from)
             })
             .await?)
     }
@@ -313,11 +315,13 @@ impl Repository {
     /// The lead's conversation summary.
     pub async fn summary(&self, lead_id: i64) -> Result<Option<Arc<Summary>>, Error> {
         let key = self.cache.keys().summary(lead_id);
-        let pool = &self.pool;
+        let pool = self.pool.clone();
         Ok(self
             .cache
-            .get_or_load(key, || async move {
-                queries::summary(pool, lead_id).await.map_err(DbError::from)
+            .get_or_load(key, move || async move {
+                queries::summary(&pool, lead_id)
+                    .await
+                    .map_err(DbError::from)
             })
             .await?)
     }
@@ -329,10 +333,11 @@ impl Repository {
         channel: Channel,
     ) -> Result<Option<Arc<Greeting>>, Error> {
         let key = self.cache.keys().greeting(lead_id, channel);
+        let repo = self.clone();
         let loaded = self
             .cache
-            .get_or_load(key, || async move {
-                let context = self.context(lead_id).await?;
+            .get_or_load(key, move || async move {
+                let context = repo.context(lead_id).await?;
                 Ok::<_, Error>(context.map(|context| Greeting {
                     lead_id,
                     channel: channel.as_str().to_owned(),
@@ -370,10 +375,10 @@ impl Repository {
             });
         }
         let key = self.cache.keys().history(lead_id, limit, offset);
-        let pool = &self.pool;
+        let pool = self.pool.clone();
         Ok(self
             .cache
-            .get_or_load(key, || async move {
+            .get_or_load(key, move || async move {
                 let mut conn = pool.acquire().await.map_err(DbError::from)?;
                 queries::history(&mut conn, lead_id, limit, offset)
                     .await

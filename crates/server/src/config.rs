@@ -541,6 +541,7 @@ impl RawConfig {
                     l1_ttl: overrides.l1.unwrap_or(seed.l1_ttl),
                     negative_ttl: overrides.negative.unwrap_or(seed.negative_ttl),
                     jitter: ttl_jitter,
+                    grace: seed.grace,
                 },
             );
         }
@@ -900,6 +901,7 @@ mod tests {
                 l1_ttl: Duration::from_secs(30),
                 negative_ttl: Duration::from_secs(5),
                 jitter: 0.2,
+                grace: EntityPolicy::DEFAULT_GRACE,
             }
         );
         assert_eq!(
