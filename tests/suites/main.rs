@@ -17,3 +17,5 @@ mod monitoring;
 mod pg_server;
 mod prometheus;
 mod queries;
+mod stale_values;
+mod staleness_bound;
