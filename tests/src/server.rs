@@ -57,6 +57,8 @@ pub struct Options<'a> {
     pub admin_token: Option<&'a str>,
     /// Runs the database change listener (`DB_NOTIFY_ENABLED`); off unless a test needs it.
     pub db_notify: bool,
+    /// More environment variables, set after the ones above.
+    pub vars: Vec<(&'a str, String)>,
 }
 
 impl<'a> Options<'a> {
@@ -69,6 +71,7 @@ impl<'a> Options<'a> {
             observer: None,
             admin_token: None,
             db_notify: false,
+            vars: Vec::new(),
         }
     }
 }
@@ -76,8 +79,13 @@ impl<'a> Options<'a> {
 impl TestServer {
     /// Serves `db` with the configuration the environment variables would give, plus `opts`.
     pub async fn start(db: &TestDb, opts: Options<'_>) -> TestServer {
+        Self::start_url(&db.url, opts).await
+    }
+
+    /// [`start`](Self::start) on the database at `url`.
+    pub async fn start_url(url: &str, opts: Options<'_>) -> TestServer {
         let mut vars = vec![
-            ("DATABASE_URL".to_owned(), db.url.clone()),
+            ("DATABASE_URL".to_owned(), url.to_owned()),
             ("DATABASE_POOL_SIZE".to_owned(), "5".to_owned()),
             ("CACHE_PREFIX".to_owned(), opts.prefix.to_owned()),
             ("APP_ENV".to_owned(), "test".to_owned()),
@@ -98,6 +106,7 @@ impl TestServer {
         if let Some(url) = opts.redis_url {
             vars.push(("REDIS_URL".to_owned(), url.to_owned()));
         }
+        vars.extend(opts.vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         let config = Config::from_vars(vars).unwrap();
         let pool = tiercache_server::startup::connect(&config.database)
             .await

@@ -15,6 +15,7 @@ mod db_notify;
 mod fixtures;
 mod monitoring;
 mod pg_server;
+mod postgres_down;
 mod prometheus;
 mod queries;
 mod stale_values;

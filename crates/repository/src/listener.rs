@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tiercache::{Invalidation, InvalidationSource, TwoTierCache};
+use tiercache::{Feed, Invalidation, InvalidationSource, TwoTierCache};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -21,7 +21,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Bound on one connection attempt (connect and `LISTEN`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// After this long without a notification the connection is checked with a `SELECT 1`: a
+/// Without a cache feed to confirm, after this long without a notification the connection
+/// is checked with a `SELECT 1` (with one, every heartbeat): a
 /// connection that died without a word (a half-open TCP connection) would otherwise look
 /// like a quiet database forever.
 const IDLE_CHECK: Duration = Duration::from_secs(10);
@@ -142,6 +143,8 @@ async fn run(
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut listened_before = false;
+    // The cache trusts L1 fully only while this feed confirms (see `tiercache::Feed`).
+    let feed = cache.invalidation_feed();
     loop {
         let mut listener = match connect(&options).await {
             Ok(listener) => listener,
@@ -156,8 +159,14 @@ async fn run(
         if listened_before {
             // What was notified while we were away is lost.
             cache.flush_l1();
+            if let Some(feed) = &feed {
+                feed.recovered();
+            }
             tracing::info!("listening for database changes again; L1 flushed");
         } else {
+            if let Some(feed) = &feed {
+                feed.confirm();
+            }
             tracing::info!("listening for database changes");
         }
         status.send_modify(|s| {
@@ -165,7 +174,7 @@ async fn run(
             s.reconnects += u64::from(listened_before);
         });
         listened_before = true;
-        let lost = receive(&mut listener, &cache, &status).await;
+        let lost = receive(&mut listener, &cache, &status, feed.as_ref()).await;
         status.send_modify(|s| s.listening_since = None);
         tracing::warn!(error = %lost, "lost the database change listener's connection");
     }
@@ -193,39 +202,59 @@ async fn connect(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> 
     }
 }
 
-/// Applies notifications until the connection is lost; returns why it was.
+/// Applies notifications until the connection is lost; returns why it was. With a feed, a
+/// `SELECT 1` every heartbeat proves the connection live; the notifications that arrived
+/// before its answer are applied, then the feed is confirmed.
 async fn receive(
     listener: &mut PgListener,
     cache: &TwoTierCache,
     status: &watch::Sender<ListenerStatus>,
+    feed: Option<&Feed>,
 ) -> sqlx::Error {
+    let every = feed.map_or(IDLE_CHECK, Feed::heartbeat);
+    let mut next_check = tokio::time::Instant::now() + every;
     loop {
         // `try_recv` on a live connection is cancel-safe (sqlx consumes a message only
         // once it has all of it).
-        let notification = match tokio::time::timeout(IDLE_CHECK, listener.try_recv()).await {
-            Ok(Ok(Some(notification))) => notification,
+        let notification = match tokio::time::timeout_at(next_check, listener.try_recv()).await {
+            Ok(Ok(Some(notification))) => Some(notification),
             Ok(Ok(None)) => {
                 return sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into());
             }
             Ok(Err(e)) => return e,
-            Err(_idle) => {
-                let check = sqlx::query("SELECT 1").execute(&mut *listener);
-                match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => return e,
-                    Err(_) => return sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
-                }
-            }
+            Err(_due) => None,
         };
-        match decode(notification.payload()) {
-            Ok(change) => {
-                apply(cache, change).await;
-                status.send_modify(|s| s.applied += 1);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "skipped a database change notification");
-                status.send_modify(|s| s.undecodable += 1);
-            }
+        if let Some(notification) = notification {
+            handle(cache, status, notification.payload()).await;
+        }
+        if tokio::time::Instant::now() < next_check {
+            continue;
+        }
+        let check = sqlx::query("SELECT 1").execute(&mut *listener);
+        match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return e,
+            Err(_) => return sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
+        }
+        while let Some(notification) = listener.next_buffered() {
+            handle(cache, status, notification.payload()).await;
+        }
+        if let Some(feed) = feed {
+            feed.confirm();
+        }
+        next_check = tokio::time::Instant::now() + every;
+    }
+}
+
+async fn handle(cache: &TwoTierCache, status: &watch::Sender<ListenerStatus>, payload: &str) {
+    match decode(payload) {
+        Ok(change) => {
+            apply(cache, change).await;
+            status.send_modify(|s| s.applied += 1);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "skipped a database change notification");
+            status.send_modify(|s| s.undecodable += 1);
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod domain;
+mod stale;
 mod webhook;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::routing::{get, post};
 
 use crate::state::AppState;
 
+pub use stale::STALE_HEADER;
 pub use webhook::{WebhookRequest, WebhookResponse};
 
 /// The service's routes: the domain API, the webhook, monitoring, and (with a token) admin.
@@ -40,7 +42,8 @@ pub fn router(state: AppState) -> Router {
     if state.admin_token.is_some() {
         app = app.route("/api/admin/invalidate", post(admin::invalidate));
     }
-    app.with_state(state.clone())
+    app.layer(axum::middleware::from_fn(stale::mark))
+        .with_state(state.clone())
         .merge(tiercache_monitoring::router(state.monitoring()))
         .fallback(domain::not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -1,0 +1,96 @@
+//! PostgreSQL stopped under a running service (a throwaway server): values still within
+//! their grace window are served stale, marked by the `Tiercache-Stale` header and counted;
+//! anything else is a clear 503; once PostgreSQL is back, answers are fresh again.
+
+use std::time::Duration;
+
+use tiercache_server::routes::STALE_HEADER;
+use tiercache_tests::PgServer;
+use tiercache_tests::server::{Options, TestServer};
+use tiercache_tests::unique_namespace;
+
+async fn get(server: &TestServer, path: &str) -> (u16, Option<String>, String) {
+    let response = server
+        .client
+        .get(format!("{}{path}", server.base))
+        .send()
+        .await
+        .unwrap();
+    let stale = response
+        .headers()
+        .get(STALE_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    (
+        response.status().as_u16(),
+        stale,
+        response.text().await.unwrap(),
+    )
+}
+
+fn stale_served(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tiercache_stale_served_total{")
+                && l.contains("entity=\"lead\"")
+                && l.contains("reason=\"load_failed\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_cached_values_are_served_stale_and_the_rest_is_a_clear_503() {
+    let mut pg = PgServer::start().await;
+    let url = pg.create_database("tiercache").await;
+    {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        tiercache_repository::MIGRATOR.run(&pool).await.unwrap();
+        tiercache_repository::seed::seed_sized(&pool, 2, 20)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let ns = unique_namespace("pgdown");
+    let mut options = Options::new(&ns, None);
+    // Leads fresh in L1 for 1 s, then kept for the default grace window (300 s).
+    options.vars = vec![("CACHE_TTL_LEAD_L1_SECS", "1".to_owned())];
+    let server = TestServer::start_url(&url, options).await;
+
+    let (status, stale, fresh_body) = get(&server, "/api/leads/5").await;
+    assert_eq!((status, stale), (200, None), "{fresh_body}");
+
+    pg.stop().await;
+    // Let the cached lead's freshness run out: its TTL is what is being tested.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+
+    let (status, stale, body) = get(&server, "/api/leads/5").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, fresh_body, "the last known value");
+    let age: u64 = stale.expect("marked stale").parse().unwrap();
+    assert!((1..300).contains(&age), "age {age}");
+    let (_, metrics) = server.get("/api/monitoring/metrics").await;
+    assert!(stale_served(&metrics) >= 1.0, "counted");
+
+    // Never cached: nothing to fall back on.
+    let (status, stale, body) = get(&server, "/api/leads/7").await;
+    assert_eq!((status, stale), (503, None), "{body}");
+    assert!(body.contains("unavailable"), "{body}");
+
+    pg.start_again().await;
+    // Connections the pool held died with the server; each fails one query (then is
+    // dropped), still answered stale. Within the pool's size, answers are fresh again.
+    let mut fresh_again = false;
+    for _ in 0..12 {
+        let (status, stale, body) = get(&server, "/api/leads/5").await;
+        assert_eq!(status, 200, "{body}");
+        if stale.is_none() {
+            assert_eq!(body, fresh_body);
+            fresh_again = true;
+            break;
+        }
+    }
+    assert!(fresh_again, "fresh answers once PostgreSQL is back");
+    let (status, _, _) = get(&server, "/api/leads/7").await;
+    assert_eq!(status, 200);
+}
