@@ -1,5 +1,5 @@
 //! PostgreSQL stopped under a running service (a throwaway server): values still within
-//! their grace window are served stale, marked by the `Tiercache-Stale` header and counted;
+//! their grace window are served stale (the domain routes and the webhook), marked by the `Tiercache-Stale` header and counted;
 //! anything else is a clear 503; once PostgreSQL is back, answers are fresh again.
 
 use std::time::Duration;
@@ -13,6 +13,35 @@ async fn get(server: &TestServer, path: &str) -> (u16, Option<String>, String) {
     let response = server
         .client
         .get(format!("{}{path}", server.base))
+        .send()
+        .await
+        .unwrap();
+    let stale = response
+        .headers()
+        .get(STALE_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    (
+        response.status().as_u16(),
+        stale,
+        response.text().await.unwrap(),
+    )
+}
+
+/// The webhook for demo lead 0 calling its organization (1).
+async fn post_call(server: &TestServer) -> (u16, Option<String>, String) {
+    let body = format!(
+        r#"{{"caller_id":"{}","called_number":"{}","call_sid":"CA1"}}"#,
+        tiercache_repository::seed::demo_lead_phone(0),
+        tiercache_repository::seed::demo_org_phone(1)
+    );
+    let response = server
+        .client
+        .post(format!(
+            "{}/api/webhooks/conversation-initiation",
+            server.base
+        ))
+        .header("content-type", "application/json")
+        .body(body)
         .send()
         .await
         .unwrap();
@@ -53,12 +82,19 @@ async fn with_postgres_down_cached_values_are_served_stale_and_the_rest_is_a_cle
     }
     let ns = unique_namespace("pgdown");
     let mut options = Options::new(&ns, None);
-    // Leads fresh in L1 for 1 s, then kept for the default grace window (300 s).
-    options.vars = vec![("CACHE_TTL_LEAD_L1_SECS", "1".to_owned())];
+    // Values fresh in L1 for 1 s, then kept for the default grace window (300 s).
+    options.vars = vec![
+        ("CACHE_TTL_LEAD_L1_SECS", "1".to_owned()),
+        ("CACHE_TTL_ORG_L1_SECS", "1".to_owned()),
+        ("CACHE_TTL_CONTEXT_L1_SECS", "1".to_owned()),
+        ("CACHE_TTL_GREETING_L1_SECS", "1".to_owned()),
+    ];
     let server = TestServer::start_url(&url, options).await;
 
     let (status, stale, fresh_body) = get(&server, "/api/leads/5").await;
     assert_eq!((status, stale), (200, None), "{fresh_body}");
+    let (status, stale, fresh_call) = post_call(&server).await;
+    assert_eq!((status, stale), (200, None), "{fresh_call}");
 
     pg.stop().await;
     // Let the cached lead's freshness run out: its TTL is what is being tested.
@@ -71,6 +107,12 @@ async fn with_postgres_down_cached_values_are_served_stale_and_the_rest_is_a_cle
     assert!((1..300).contains(&age), "age {age}");
     let (_, metrics) = server.get("/api/monitoring/metrics").await;
     assert!(stale_served(&metrics) >= 1.0, "counted");
+
+    // The webhook too: every part of the call was cached, so the whole answer is at hand.
+    let (status, stale, call) = post_call(&server).await;
+    assert_eq!(status, 200, "{call}");
+    assert_eq!(call, fresh_call);
+    assert!(stale.is_some(), "marked stale");
 
     // Never cached: nothing to fall back on.
     let (status, stale, body) = get(&server, "/api/leads/7").await;

@@ -22,7 +22,7 @@ use crate::envelope::{self, ENVELOPE_VERSION};
 use crate::epoch::Snapshot;
 use crate::key::{CacheKey, Channel, PhoneDigest};
 use crate::l2::Guard;
-use crate::observer::{CorruptKind, Outcome, Tier};
+use crate::observer::{CorruptKind, Entity, Outcome, StaleReason, Tier};
 
 /// A value other keys are built from; its id must be its first serialized field.
 pub trait Identified {
@@ -64,6 +64,75 @@ pub struct CallSlots<O, L, C, G> {
     /// The Redis epochs (global, called, caller) the call script saw, with their keys;
     /// `None` when it did not run. Values are written to L2 only under them.
     pub(crate) l2_snapshot: Option<Vec<(String, Option<String>)>>,
+    /// What L1 held past its freshness (within grace), with when each left the source:
+    /// the answer if loading fails (see [`TwoTierCache::fall_back_to_stale`]).
+    pub(crate) stale: StaleParts<O, L, C, G>,
+}
+
+type StalePart<T> = Option<(Arc<T>, u64)>;
+
+pub(crate) struct StaleParts<O, L, C, G> {
+    org: StalePart<O>,
+    lead: StalePart<L>,
+    context: StalePart<C>,
+    greeting: StalePart<G>,
+}
+
+impl<O, L, C, G> Default for StaleParts<O, L, C, G> {
+    fn default() -> Self {
+        StaleParts {
+            org: None,
+            lead: None,
+            context: None,
+            greeting: None,
+        }
+    }
+}
+
+impl<O, L, C, G> Clone for StaleParts<O, L, C, G> {
+    fn clone(&self) -> Self {
+        StaleParts {
+            org: self.org.clone(),
+            lead: self.lead.clone(),
+            context: self.context.clone(),
+            greeting: self.greeting.clone(),
+        }
+    }
+}
+
+impl<O, L, C, G> std::fmt::Debug for StaleParts<O, L, C, G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaleParts")
+            .field("org", &self.org.is_some())
+            .field("lead", &self.lead.is_some())
+            .field("context", &self.context.is_some())
+            .field("greeting", &self.greeting.is_some())
+            .finish()
+    }
+}
+
+impl<T> Clone for Slot<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Slot::Found(v) => Slot::Found(Arc::clone(v)),
+            Slot::NotFound => Slot::NotFound,
+            Slot::Missing => Slot::Missing,
+        }
+    }
+}
+
+impl<O, L, C, G> Clone for CallSlots<O, L, C, G> {
+    fn clone(&self) -> Self {
+        CallSlots {
+            org: self.org.clone(),
+            lead: self.lead.clone(),
+            context: self.context.clone(),
+            greeting: self.greeting.clone(),
+            snapshot: self.snapshot,
+            l2_snapshot: self.l2_snapshot.clone(),
+            stale: self.stale.clone(),
+        }
+    }
 }
 
 impl<O, L, C, G> CallSlots<O, L, C, G> {
@@ -149,13 +218,20 @@ impl TwoTierCache {
             greeting: Slot::Missing,
             snapshot: self.epochs().snapshot(&called_digest, &caller_digest),
             l2_snapshot: None,
+            stale: StaleParts::default(),
         };
-        slots.org = self.peek(keys.org_by_phone(called)).await;
-        if let Slot::Found(org) = &slots.org {
-            slots.lead = self.peek(keys.lead_by_phone(caller, org.id())).await;
-            if let Slot::Found(lead) = &slots.lead {
-                slots.context = self.peek(keys.context(lead.id())).await;
-                slots.greeting = self.peek(keys.greeting(lead.id(), channel)).await;
+        // Stale parts are followed too (their ids lead to the next keys), so a full stale
+        // answer is at hand if loading fails.
+        let org;
+        (slots.org, slots.stale.org, org) = self.peek(keys.org_by_phone(called)).await;
+        if let Some(org) = org {
+            let lead;
+            (slots.lead, slots.stale.lead, lead) =
+                self.peek(keys.lead_by_phone(caller, org.id())).await;
+            if let Some(lead) = lead {
+                (slots.context, slots.stale.context, _) = self.peek(keys.context(lead.id())).await;
+                (slots.greeting, slots.stale.greeting, _) =
+                    self.peek(keys.greeting(lead.id(), channel)).await;
             }
         }
         if slots.is_complete() || !self.has_l2() {
@@ -265,37 +341,95 @@ impl TwoTierCache {
         }
     }
 
-    /// L1 only: a hit, a cached "not found", or missing.
-    async fn peek<T: Send + Sync + 'static>(&self, key: CacheKey) -> Slot<T> {
+    /// L1 only: a hit, a cached "not found", or missing; a value past its freshness (within
+    /// grace) is missing, and also returned as stale; the third part is the value either way.
+    async fn peek<T: Send + Sync + 'static>(
+        &self,
+        key: CacheKey,
+    ) -> (Slot<T>, StalePart<T>, Option<Arc<T>>) {
         let entity = key.entity();
         let now = std::time::Instant::now();
-        let found = self
-            .l1()
-            .get(&key)
-            .await
-            .filter(|entry| entry.fresh(now, self.coherence()));
-        let found = found.map(|entry| {
-            let age = crate::cache::age_since(entry.loaded_at_ms);
-            (entry.value.is_some(), age, entry.downcast::<T>())
-        });
-        let (outcome, slot) = match found {
-            Some((true, age, Ok(Some(value)))) => {
+        let Some(entry) = self.l1().get(&key).await else {
+            self.observer()
+                .lookup(entity, Tier::L1, Outcome::Miss, std::time::Duration::ZERO);
+            return (Slot::Missing, None, None);
+        };
+        let fresh = entry.fresh(now, self.coherence());
+        let loaded_at_ms = entry.loaded_at_ms;
+        let age = crate::cache::age_since(loaded_at_ms);
+        let (outcome, slot, stale, value) = match (fresh, entry.downcast::<T>()) {
+            (true, Ok(Some(value))) => {
                 self.observer().served(entity, Tier::L1, age);
-                (Outcome::Hit, Slot::Found(value))
+                (
+                    Outcome::Hit,
+                    Slot::Found(Arc::clone(&value)),
+                    None,
+                    Some(value),
+                )
             }
-            Some((false, age, Ok(None))) => {
+            (true, Ok(None)) => {
                 self.observer().served(entity, Tier::L1, age);
-                (Outcome::NegativeHit, Slot::NotFound)
+                (Outcome::NegativeHit, Slot::NotFound, None, None)
             }
-            Some(_) => {
+            (false, Ok(value)) => (
+                Outcome::Miss,
+                Slot::Missing,
+                value.clone().map(|v| (v, loaded_at_ms)),
+                value,
+            ),
+            (_, Err(())) => {
                 self.observer().corrupt(entity, Tier::L1, CorruptKind::Type);
-                (Outcome::Miss, Slot::Missing)
+                (Outcome::Miss, Slot::Missing, None, None)
             }
-            None => (Outcome::Miss, Slot::Missing),
         };
         self.observer()
             .lookup(entity, Tier::L1, outcome, std::time::Duration::ZERO);
-        slot
+        (slot, stale, value)
+    }
+
+    /// When loading a call's missing parts failed: fills them with the stale values L1 held
+    /// (within grace) and says whether that makes the call complete; if so, each stale part
+    /// is counted and reported to [`crate::stale::track`].
+    pub fn fall_back_to_stale<O, L, C, G>(&self, slots: &mut CallSlots<O, L, C, G>) -> bool {
+        fn fill<T>(
+            slot: &mut Slot<T>,
+            stale: &StalePart<T>,
+            entity: Entity,
+            used: &mut Vec<(Entity, u64)>,
+        ) {
+            if let (Slot::Missing, Some((value, loaded_at_ms))) = (&*slot, stale) {
+                *slot = Slot::Found(Arc::clone(value));
+                used.push((entity, *loaded_at_ms));
+            }
+        }
+        let mut used = Vec::new();
+        let mut filled = slots.clone();
+        fill(&mut filled.org, &slots.stale.org, Entity::Org, &mut used);
+        fill(&mut filled.lead, &slots.stale.lead, Entity::Lead, &mut used);
+        fill(
+            &mut filled.context,
+            &slots.stale.context,
+            Entity::Context,
+            &mut used,
+        );
+        fill(
+            &mut filled.greeting,
+            &slots.stale.greeting,
+            Entity::Greeting,
+            &mut used,
+        );
+        if used.is_empty() || !filled.is_complete() {
+            return false;
+        }
+        for (entity, loaded_at_ms) in used {
+            let age = crate::cache::age_since(loaded_at_ms);
+            self.observer()
+                .stale_served(entity, StaleReason::LoadFailed);
+            self.observer().served(entity, Tier::L1, age);
+            crate::stale::record(age);
+        }
+        *slots = filled;
+        true
     }
 
     /// Decodes a payload the script brought back and installs it in L1.

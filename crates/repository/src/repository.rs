@@ -158,11 +158,21 @@ impl Repository {
             return Ok(view_of(&slots));
         }
         let key = (called.as_str().to_owned(), caller.as_str().to_owned());
-        self.calls
+        let mut spare = slots.clone();
+        match self
+            .calls
             .try_get_with(key, self.load_call(called, caller, slots))
             .await
-            .map(|view| (*view).clone())
-            .map_err(|e| e.duplicate())
+        {
+            Ok(view) => Ok((*view).clone()),
+            // The database failed: what L1 held past its freshness (within grace) answers,
+            // marked stale, if it covers the whole call.
+            Err(e) if self.cache.fall_back_to_stale(&mut spare) => {
+                tracing::warn!(error = %e, "call answered from stale cached values");
+                Ok(view_of(&spare))
+            }
+            Err(e) => Err(e.duplicate()),
+        }
     }
 
     async fn load_call(
