@@ -191,3 +191,30 @@ async fn the_bound_holds_when_redis_is_killed_and_restarted_mid_run() {
     assert!(reads.len() > 500, "the workload ran: {} reads", reads.len());
     assert_eq!(over, 0, "reads older than the bound (worst {worst:?})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_bus_live_l1_is_trusted_until_its_ttl_not_just_half_the_bound() {
+    // The other side of the bound: while the bus confirms, values older than the age cap
+    // (half the bound) are still L1 hits. A heartbeat that never confirms would make every
+    // one of them a reload.
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("trusted");
+    let (recorder, _) = tiercache_tests::Recorder::new();
+    let recorder = Arc::new(recorder);
+    let cache = TwoTierCache::with_observer(
+        config(&ns, Some(&server.url()))
+            .staleness_bound(Duration::from_millis(400))
+            .build()
+            .unwrap(),
+        recorder.clone(),
+    )
+    .unwrap();
+    let db = Arc::new(Db::default());
+    read(&cache, &db, 1).await;
+    // Past the age cap (200 ms) several times over: the age is what is being tested.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let hits = recorder.count("lookup.lead.l1.hit");
+    read(&cache, &db, 1).await;
+    assert_eq!(recorder.count("lookup.lead.l1.hit"), hits + 1, "an L1 hit");
+    assert_eq!(recorder.count("load.lead.found"), 1, "loaded once");
+}
