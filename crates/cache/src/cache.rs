@@ -425,6 +425,12 @@ impl TwoTierCache {
         self.inner.coherence.claim()
     }
 
+    /// Whether every invalidation feed is live right now, so L1 values are served until
+    /// their TTL (otherwise values older than half the staleness bound are loaded again).
+    pub fn l1_trusted(&self) -> bool {
+        self.inner.coherence.trusted(Instant::now())
+    }
+
     pub(crate) fn coherence(&self) -> &Coherence {
         &self.inner.coherence
     }

@@ -58,6 +58,8 @@ pub struct CacheHealth {
     pub circuit: Option<&'static str>,
     /// Redis deletes owed.
     pub owed_invalidations: usize,
+    /// Whether every invalidation feed is live (see `tiercache_l1_trusted`).
+    pub l1_trusted: bool,
 }
 
 impl Health {
@@ -88,6 +90,7 @@ pub async fn check(db: &dyn DatabaseProbe, cache: &TwoTierCache) -> Health {
             l1_max_bytes: l1.max_bytes,
             circuit: cache.circuit().map(|c| c.as_str()),
             owed_invalidations: cache.owed_invalidations(),
+            l1_trusted: cache.l1_trusted(),
         },
     }
 }

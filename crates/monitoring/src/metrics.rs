@@ -58,6 +58,7 @@ pub struct Metrics {
     l1_bytes: IntGauge,
     l1_max_bytes: IntGauge,
     owed_invalidations: IntGauge,
+    l1_trusted: IntGauge,
     redis_up: IntGauge,
     redis_enabled: IntGauge,
     redis_pool_connections: IntGauge,
@@ -301,6 +302,10 @@ impl Metrics {
             "tiercache_owed_invalidations",
             "Redis deletes not yet replayed.",
         );
+        let l1_trusted = gauge(
+            "tiercache_l1_trusted",
+            "1 while every invalidation feed is live (L1 served until its TTL); 0 while values older than half the staleness bound are loaded again.",
+        );
         let redis_up = gauge(
             "tiercache_redis_up",
             "1 when Redis answers, 0 when it does not or is disabled.",
@@ -382,6 +387,7 @@ impl Metrics {
             l1_bytes,
             l1_max_bytes,
             owed_invalidations,
+            l1_trusted,
             redis_up,
             redis_enabled,
             redis_pool_connections,
@@ -456,6 +462,7 @@ impl Metrics {
         self.l1_max_bytes.set(saturate(l1.max_bytes));
         self.owed_invalidations
             .set(saturate(cache.owed_invalidations() as u64));
+        self.l1_trusted.set(i64::from(cache.l1_trusted()));
         self.redis_enabled.set(i64::from(cache.has_l2()));
         let current = cache.circuit();
         for state in CircuitState::ALL {
