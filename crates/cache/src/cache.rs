@@ -39,7 +39,9 @@ const FAILURE_SHARING: Duration = Duration::from_secs(1);
 
 /// Backoff between replays of invalidations owed to Redis.
 const REPLAY_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Kept well under the recovery period (`CacheConfig::DEFAULT_RECOVERY`), so what an instance
+/// owes reaches Redis before the others trust it fully again.
+const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often a caller waiting on another instance's load looks for its value.
 const LEASE_POLL_MIN: Duration = Duration::from_millis(2);
 const LEASE_POLL_MAX: Duration = Duration::from_millis(25);
