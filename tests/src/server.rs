@@ -57,6 +57,8 @@ pub struct Options<'a> {
     pub admin_token: Option<&'a str>,
     /// Runs the database change listener (`DB_NOTIFY_ENABLED`); off unless a test needs it.
     pub db_notify: bool,
+    /// More environment variables, applied over the ones the fields above set.
+    pub vars: Vec<(&'a str, String)>,
 }
 
 impl<'a> Options<'a> {
@@ -69,6 +71,7 @@ impl<'a> Options<'a> {
             observer: None,
             admin_token: None,
             db_notify: false,
+            vars: Vec::new(),
         }
     }
 }
@@ -98,6 +101,12 @@ impl TestServer {
         if let Some(url) = opts.redis_url {
             vars.push(("REDIS_URL".to_owned(), url.to_owned()));
         }
+        // Later entries win, so these override the ones above.
+        vars.extend(
+            opts.vars
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value)),
+        );
         let config = Config::from_vars(vars).unwrap();
         let pool = tiercache_server::startup::connect(&config.database)
             .await

@@ -17,3 +17,4 @@ mod monitoring;
 mod pg_server;
 mod prometheus;
 mod queries;
+mod redis_faults;

@@ -84,8 +84,12 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
                 }
                 _ = beat.tick() => {
                     // A PING answered on the subscription: every message published before it
-                    // has arrived, and is applied below before the feed is confirmed.
-                    let pong = tokio::time::timeout(heartbeat * 2, sink.ping::<String>()).await;
+                    // has arrived, and is applied below before the feed is confirmed. Any reply
+                    // will do: on a RESP2 subscription Redis answers `["pong", ""]`, not the
+                    // `PONG` a `String` expects, and reading it as one failed every heartbeat
+                    // (the subscriber reconnected ~10 times a second and never trusted L1 fully).
+                    let pong =
+                        tokio::time::timeout(heartbeat * 2, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         break;
                     }
