@@ -141,6 +141,52 @@ impl RedisServer {
         self.signal("-CONT");
     }
 
+    /// Drops every client of `client_type` (`normal`, `pubsub`, …) with `CLIENT KILL TYPE`,
+    /// from an admin connection that survives (`SKIPME` defaults to yes); how many it dropped.
+    pub async fn client_kill(&self, client_type: &str) -> u64 {
+        let mut admin = self.client().await;
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(client_type)
+            .query_async(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("CLIENT KILL TYPE {client_type}: {e}"))
+    }
+
+    /// How many clients of `client_type` are connected (`CLIENT LIST TYPE`), this call's
+    /// own connection included when it is of that type.
+    pub async fn client_count(&self, client_type: &str) -> usize {
+        let mut admin = self.client().await;
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg(client_type)
+            .query_async(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("CLIENT LIST TYPE {client_type}: {e}"));
+        list.lines().filter(|line| !line.trim().is_empty()).count()
+    }
+
+    /// Blocks the server for `duration` with `DEBUG SLEEP` (it answers nobody meanwhile), and
+    /// returns once it answers again.
+    pub async fn debug_sleep(&self, duration: Duration) {
+        // The client's default response timeout (500 ms) would give up on the sleep itself.
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(duration + Duration::from_secs(5)));
+        let mut admin = redis::Client::open(self.url())
+            .expect("the fixture URL is valid")
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap_or_else(|e| panic!("connect to test redis-server at {}: {e}", self.url()));
+        let () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(duration.as_secs_f64())
+            .query_async(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("DEBUG SLEEP {duration:?}: {e}"));
+    }
+
     /// Sends a signal through `kill(1)`, which spares the crate `libc` and `unsafe`.
     fn signal(&self, signal: &str) {
         let pid = self
@@ -194,6 +240,9 @@ fn spawn(port: u16, dir: &Path) -> Process {
         .args(["--save", ""])
         .args(["--appendonly", "no"])
         .args(["--daemonize", "no"])
+        // Redis 7 refuses DEBUG unless enabled; `local` allows it from loopback only, for
+        // `debug_sleep`.
+        .args(["--enable-debug-command", "local"])
         .arg("--dir")
         .arg(dir)
         .stdin(Stdio::null())

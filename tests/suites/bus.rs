@@ -1,6 +1,7 @@
 //! The invalidation bus between instances (separate caches with separate L1s and pools on
 //! one throwaway Redis): a write on one reaches the others' L1, a disconnected instance
-//! catches up from the stream, a gap flushes L1, and a publish Redis refused is sent later.
+//! catches up from the stream, a gap flushes L1, a publish Redis refused is sent later, and
+//! a healthy subscription's heartbeat holds.
 
 use std::io;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use tiercache::{CacheKey, Invalidation, InvalidationSource, TwoTierCache};
 use tiercache_tests::cache::{TestLead, config};
-use tiercache_tests::{Recorder, RedisServer, unique_namespace};
+use tiercache_tests::{Recorder, RedisServer, command_count, unique_namespace};
 
 fn instance(ns: &str, url: &str) -> (TwoTierCache, Arc<Recorder>) {
     let (recorder, _) = Recorder::new();
@@ -221,4 +222,33 @@ async fn a_publish_redis_refused_is_sent_when_it_can_be() {
     heard(&rec_b).await;
     assert_eq!(read(&b, key, 2).await, (2, true));
     assert!(rec_a.count("owed_replayed") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_bus_stays_subscribed_and_l1_stays_trusted() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("beat");
+    let (cache, _rec) = instance(&ns, &server.url());
+    subscribed(&server, &ns, 1).await;
+    let mut admin = server.client().await;
+    let subscribes = command_count(&mut admin, "subscribe").await;
+    let key = cache.keys().lead_by_id(1);
+    assert_eq!(read(&cache, key, 1).await, (1, true));
+
+    // Past half the staleness bound (the age cap while the bus is not confirmed), over
+    // several heartbeats: this waiting is what is tested.
+    tokio::time::sleep(tiercache::CacheConfig::DEFAULT_STALENESS_BOUND * 3 / 4).await;
+    // Pins a fixed bug: the heartbeat's PING reply on a RESP2 subscription (an array) was
+    // read as a string, so every heartbeat "failed", the subscriber reconnected about ten
+    // times a second, and L1 values older than the age cap were loaded again.
+    assert_eq!(
+        command_count(&mut admin, "subscribe").await,
+        subscribes,
+        "no resubscription while Redis is healthy"
+    );
+    assert_eq!(
+        read(&cache, key, 2).await,
+        (1, false),
+        "an L1 value older than the age cap is still served: the bus confirmed"
+    );
 }

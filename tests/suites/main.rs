@@ -18,5 +18,6 @@ mod pg_server;
 mod postgres_down;
 mod prometheus;
 mod queries;
+mod redis_faults;
 mod stale_values;
 mod staleness_bound;
