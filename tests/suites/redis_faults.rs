@@ -746,24 +746,18 @@ async fn slow_redis_times_out_and_reads_go_on() {
     );
 }
 
-/// A lease left behind by a script that timed out fails another instance's read of that
-/// key with a 503 after the 2 s load timeout, though PostgreSQL answers.
+/// A lease left behind by a script that timed out costs another instance's read of that key
+/// a bounded wait, not an error.
 ///
 /// Found by the faults above (a webhook waiting ~2 s after SIGSTOP or `DEBUG SLEEP`). The
 /// miss script (`GET`, else `SET lease NX PX <load timeout>`) times out on the server's side
 /// after 50 ms but runs once Redis answers again, taking a lease with a token that no load
 /// holds: the instance that sent it got an error, so it loads without a lease and never
-/// writes or releases it. Another instance missing that key finds the lease taken, waits for
-/// a value that never comes, and its read passes the load timeout (reported as "the
-/// database is unavailable"). On the instance that sent the script the key is in L1, but a
-/// refresh of it waits the same way under the key's lock, and the webhook, installing that
-/// key, waits behind it.
-///
-/// FIXME: the second read should be a 200 from PostgreSQL. Releasing the lease of a script
-/// that timed out (a compare-and-delete once Redis answers), or waiting for another
-/// instance's load only while its lease is young, would fix it; then flip the assertion.
+/// writes or releases it. Another instance missing that key finds the lease taken and waits
+/// for a value that never comes; the wait is capped at half the load timeout, after which it
+/// loads from PostgreSQL itself (before the cap, the read passed the load timeout: a 503).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_left_by_a_timed_out_script_fails_another_instances_read() {
+async fn a_lease_left_by_a_timed_out_script_costs_another_instance_a_bounded_wait() {
     let redis = RedisServer::start().await;
     let db = TestDb::seeded("faultslease", ORGS, 10).await;
     let ns = unique_namespace("faultslease");
@@ -801,12 +795,13 @@ async fn a_lease_left_by_a_timed_out_script_fails_another_instances_read() {
     let started = Instant::now();
     let (status, body) = b.get("/api/leads/1").await;
     let took = started.elapsed();
-    assert_eq!(
-        (status, body.contains("unavailable")),
-        (503, true),
-        "FIXME: today another instance's read fails after the load timeout: {body}"
+    assert_eq!(status, 200, "answered from PostgreSQL: {body}");
+    assert!(body.contains("\"id\":1"), "{body}");
+    // Waited for the lease (half the 2 s load timeout), then loaded: within the hard bound.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(2),
+        "{took:?}"
     );
-    assert!(took >= Duration::from_secs(1), "it waited ({took:?})");
     let (status, body) = b.get("/api/leads/2").await;
     assert_eq!((status, body), expected, "another key is unaffected");
 }

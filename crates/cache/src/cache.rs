@@ -799,9 +799,12 @@ impl Inner {
     }
 
     /// Waits, polling with a growing interval, for another instance's load of `redis_key`
-    /// to land; `None` once the load timeout has passed (the caller then loads itself).
+    /// to land; `None` after half the load timeout (the caller then loads itself, within the
+    /// other half). The wait is bounded so a lease nobody holds any more (taken by a script
+    /// that timed out on its sender's side and ran when Redis woke up) costs one wait, not a
+    /// failed read.
     async fn await_value(&self, l2: &L2, redis_key: &str) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + self.load_timeout;
+        let deadline = Instant::now() + self.load_timeout / 2;
         let mut pause = LEASE_POLL_MIN;
         while Instant::now() < deadline {
             tokio::time::sleep(pause).await;
