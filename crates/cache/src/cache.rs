@@ -1107,8 +1107,12 @@ impl Inner {
             self.replay_wake.notify_one();
         }
         self.observer.invalidated(invalidation.entity, source);
-        // Other instances hear of it (not of what they told us: no echo).
-        if source != InvalidationSource::Bus {
+        // Other instances hear of it (not of what they told us: no echo; nor of what the
+        // database told every instance's listener already).
+        if !matches!(
+            source,
+            InvalidationSource::Bus | InvalidationSource::Database
+        ) {
             let message = BusMessage {
                 instance: self.instance,
                 sent_ms: unix_millis(),
