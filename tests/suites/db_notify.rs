@@ -180,7 +180,7 @@ async fn a_plain_sql_message_invalidates_the_leads_conversation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_sql_change_to_an_organization_invalidates_its_phone_keys() {
+async fn a_plain_sql_change_to_an_organization_invalidates_its_phone_keys_and_its_leads_views() {
     let db = TestDb::seeded("notifyorg", 3, 30).await;
     let ns = unique_namespace("notifyorg");
     let (server, recorder) = listening_server(&db, &ns, true).await;
@@ -191,6 +191,10 @@ async fn a_plain_sql_change_to_an_organization_invalidates_its_phone_keys() {
     assert_ne!(json(&body)["name"], "Renamed");
     // A "not found" is cached too.
     assert_eq!(server.get(&new).await.0, 404);
+    // Lead 2 belongs to organization 2: its context shows the organization's name.
+    let (status, context) = server.get("/api/leads/2/context").await;
+    assert_eq!(status, 200);
+    assert_ne!(json(&context)["org_name"], "Renamed", "{context}");
 
     sql(
         &db,
@@ -207,6 +211,8 @@ async fn a_plain_sql_change_to_an_organization_invalidates_its_phone_keys() {
         (status, json(&body)["name"].clone()),
         (200, "Renamed".into())
     );
+    let (_, context) = server.get("/api/leads/2/context").await;
+    assert_eq!(json(&context)["org_name"], "Renamed", "{context}");
 
     // A new number: the old one's key and the new one's cached "not found" both go.
     sql(

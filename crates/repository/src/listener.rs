@@ -27,6 +27,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// like a quiet database forever.
 const IDLE_CHECK: Duration = Duration::from_secs(10);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// An organization's leads, whose views show its name.
+const ORG_LEADS: &str = "SELECT id, phone FROM leads WHERE org_id = $1";
 
 /// What the listener is doing, and what it has done so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,8 +113,8 @@ enum Change {
     Lead { id: i64, org_id: i64, phone: String },
     /// A change to a lead's messages.
     Message { lead_id: i64, phone: String },
-    /// An organization row (the payload's `id` is not needed: orgs are cached by phone).
-    Org { phone: String },
+    /// An organization row: its phone key, and the views of its leads that show its name.
+    Org { id: i64, phone: String },
     /// A table was truncated: everything goes.
     Flush,
 }
@@ -225,7 +227,7 @@ async fn receive(
             Err(_due) => None,
         };
         if let Some(notification) = notification {
-            handle(cache, status, notification.payload()).await;
+            handle(listener, cache, status, notification.payload()).await;
         }
         if tokio::time::Instant::now() < next_check {
             continue;
@@ -237,7 +239,7 @@ async fn receive(
             Err(_) => return sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
         }
         while let Some(notification) = listener.next_buffered() {
-            handle(cache, status, notification.payload()).await;
+            handle(listener, cache, status, notification.payload()).await;
         }
         if let Some(feed) = feed {
             feed.confirm();
@@ -246,10 +248,15 @@ async fn receive(
     }
 }
 
-async fn handle(cache: &TwoTierCache, status: &watch::Sender<ListenerStatus>, payload: &str) {
+async fn handle(
+    listener: &mut PgListener,
+    cache: &TwoTierCache,
+    status: &watch::Sender<ListenerStatus>,
+    payload: &str,
+) {
     match decode(payload) {
         Ok(change) => {
-            apply(cache, change).await;
+            apply(listener, cache, change).await;
             status.send_modify(|s| s.applied += 1);
         }
         Err(e) => {
@@ -259,12 +266,36 @@ async fn handle(cache: &TwoTierCache, status: &watch::Sender<ListenerStatus>, pa
     }
 }
 
-async fn apply(cache: &TwoTierCache, change: Change) {
+async fn apply(listener: &mut PgListener, cache: &TwoTierCache, change: Change) {
     let keys = cache.keys();
     let invalidation = match change {
         Change::Lead { id, org_id, phone } => Invalidation::lead(keys, id, org_id, &phone),
         Change::Message { lead_id, phone } => Invalidation::lead_activity(keys, lead_id, &phone),
-        Change::Org { phone } => Invalidation::org(keys, &phone),
+        Change::Org { id, phone } => {
+            // Contexts and greetings show the organization's name and agent: each of its
+            // leads' views goes too (an organization changes rarely; it has ~1,000 leads).
+            match sqlx::query_as::<_, (i64, String)>(ORG_LEADS)
+                .bind(id)
+                .fetch_all(&mut *listener)
+                .await
+            {
+                Ok(leads) => {
+                    for (lead_id, lead_phone) in leads {
+                        cache
+                            .invalidate(
+                                Invalidation::lead_activity(keys, lead_id, &lead_phone),
+                                InvalidationSource::Database,
+                            )
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list an organization's leads; flushing L1");
+                    cache.flush_l1();
+                }
+            }
+            Invalidation::org(keys, &phone)
+        }
         Change::Flush => {
             tracing::warn!("a table was truncated: invalidating everything");
             if let Some(sweep) = cache.invalidate_all(InvalidationSource::Database) {
@@ -309,6 +340,7 @@ mod tests {
         assert_eq!(
             decode(r#"{"id": 2, "kind": "org", "phone": "+18005550002"}"#).unwrap(),
             Change::Org {
+                id: 2,
                 phone: "+18005550002".to_owned()
             }
         );
