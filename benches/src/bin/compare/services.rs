@@ -101,12 +101,12 @@ pub async fn prepare_database(env: &Env, leads: u32) -> anyhow::Result<(PgPool, 
 /// Puts back the notes and update times the previous runs' writes changed (notes `v{n}`), as
 /// the seed wrote them, and vacuums the table, so that every run starts from the same rows
 /// and the same table state. Marked as the service's own, so the change triggers stay quiet.
-pub async fn reset_leads(pool: &PgPool) -> anyhow::Result<u64> {
+pub async fn reset_leads(pool: &PgPool) -> anyhow::Result<()> {
     let mut tx = pool.begin().await.context("resetting the leads")?;
     tiercache_repository::queries::mark_service_origin(&mut *tx)
         .await
         .context("resetting the leads")?;
-    let reset = sqlx::query(
+    sqlx::query(
         "UPDATE leads
          SET notes = CASE WHEN (id - 1) % 3 = 0 THEN 'Prefers calls after 5pm' END,
              updated_at = created_at
@@ -114,14 +114,13 @@ pub async fn reset_leads(pool: &PgPool) -> anyhow::Result<u64> {
     )
     .execute(&mut *tx)
     .await
-    .context("resetting the leads")?
-    .rows_affected();
+    .context("resetting the leads")?;
     tx.commit().await.context("resetting the leads")?;
     sqlx::query("VACUUM (ANALYZE) leads")
         .execute(pool)
         .await
         .context("vacuuming the leads")?;
-    Ok(reset)
+    Ok(())
 }
 
 /// The pool of the hand-written modes: what `startup::connect` opens for the service (size,
