@@ -1,0 +1,260 @@
+//! The command line: the modes compared, and the flags, parsed into plain values and then
+//! checked as a whole (as the webhook load generator's flags are).
+
+use std::path::PathBuf;
+
+use tiercache_repository::seed::DEMO_LEADS;
+
+/// What teams use to serve "a lead by (phone, org)", and Tiercache's configurations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No cache: the SELECT on every read.
+    Postgres,
+    /// A hand-written read-through over one Redis connection: GET, else SELECT and SET EX.
+    RedisReadthrough,
+    /// moka in front of the same Redis read-through, glued by hand.
+    MokaRedis,
+    /// A sharded in-process map with nothing else: the machine's limit for this workload.
+    Bound,
+    /// Tiercache as production runs it: L1 and Redis, metrics, listener, monitor.
+    Tiercache,
+    /// Tiercache with `REDIS_ENABLED=false`.
+    TiercacheL1,
+    /// Two Tiercache instances in one process, sharing the Redis namespace.
+    TiercacheX2,
+}
+
+impl Mode {
+    /// Every mode, in the order they run within a round and are reported.
+    pub const ALL: [Mode; 7] = [
+        Mode::Postgres,
+        Mode::RedisReadthrough,
+        Mode::MokaRedis,
+        Mode::Bound,
+        Mode::Tiercache,
+        Mode::TiercacheL1,
+        Mode::TiercacheX2,
+    ];
+
+    /// The mode's name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Postgres => "postgres",
+            Mode::RedisReadthrough => "redis-readthrough",
+            Mode::MokaRedis => "moka-redis",
+            Mode::Bound => "bound",
+            Mode::Tiercache => "tiercache",
+            Mode::TiercacheL1 => "tiercache-l1",
+            Mode::TiercacheX2 => "tiercache-x2",
+        }
+    }
+
+    /// The mode called `name`.
+    pub fn from_name(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Whether a stale read fails the run: the modes that promise read-after-write on one
+    /// instance. The hand-written caches and the two-instance mode may serve stale values
+    /// (the first by their races, the second within the bus's delay); theirs are reported.
+    pub fn must_be_fresh(self) -> bool {
+        matches!(self, Mode::Postgres | Mode::Tiercache | Mode::TiercacheL1)
+    }
+}
+
+/// What a child process runs: one mode, in one round, under one Redis namespace.
+#[derive(Clone, Debug)]
+pub struct ChildArgs {
+    /// The mode.
+    pub mode: Mode,
+    /// The round (1-based), for the report.
+    pub round: usize,
+    /// The Redis key prefix the child writes under; the parent deletes it afterwards.
+    pub prefix: String,
+}
+
+/// The command line, checked.
+#[derive(Clone, Debug)]
+pub struct Args {
+    /// Warm-up per mode, in seconds (not measured).
+    pub warmup: u64,
+    /// Measured window per mode, in seconds.
+    pub seconds: u64,
+    /// Runs of every mode, interleaved; the report gives medians.
+    pub rounds: usize,
+    /// Worker tasks, each with one operation in flight.
+    pub concurrency: usize,
+    /// Leads in the data set (100 organizations either way).
+    pub leads: u32,
+    /// Modes to run, in this order.
+    pub modes: Vec<Mode>,
+    /// Operations per child at most, warm-up included.
+    pub max_ops: u64,
+    /// Where results.jsonl and compare.svg go.
+    pub out: PathBuf,
+    /// Set in a child process (the parent re-executes itself with `--child`).
+    pub child: Option<ChildArgs>,
+}
+
+/// The help text.
+pub const USAGE: &str = "\
+usage: compare [--warmup N] [--seconds N] [--rounds N] [--concurrency N] [--leads N]
+               [--modes LIST] [--max-ops N] [--out DIR] [--quick]
+
+  --warmup N       warm-up per mode, in seconds, not measured (default 3)
+  --seconds N      measured window per mode, in seconds (default 5)
+  --rounds N       runs of every mode, interleaved round-robin; medians reported (default 3)
+  --concurrency N  worker tasks, one operation in flight each (default 4)
+  --leads N        leads in the data set, 100 organizations (default 100000)
+  --modes LIST     comma-separated, in this order (default: all) among
+                   postgres, redis-readthrough, moka-redis, bound,
+                   tiercache, tiercache-l1, tiercache-x2
+  --max-ops N      operations per mode and round at most, warm-up included (default 50000000)
+  --out DIR        where results.jsonl and compare.svg are written (default target/compare)
+  --quick          a smoke run: --warmup 1 --seconds 2 --rounds 1 (flags given override it)
+
+env: COMPARE_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/tiercache_compare,
+     with _N appended for --leads N other than 100000; created and seeded when missing),
+     REDIS_URL (default redis://127.0.0.1:6379/)";
+
+/// Flags as given, before defaults and `--quick` are applied.
+#[derive(Default)]
+struct Raw {
+    warmup: Option<u64>,
+    seconds: Option<u64>,
+    rounds: Option<u64>,
+    concurrency: Option<u64>,
+    leads: Option<u64>,
+    modes: Option<Vec<Mode>>,
+    max_ops: Option<u64>,
+    out: Option<PathBuf>,
+    quick: bool,
+    child: Option<Mode>,
+    round: Option<u64>,
+    prefix: Option<String>,
+}
+
+impl Args {
+    /// The parsed flags, or `None` when help was asked for.
+    pub fn parse(mut raw_args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+        let mut raw = Raw::default();
+        while let Some(flag) = raw_args.next() {
+            match flag.as_str() {
+                "-h" | "--help" => return Ok(None),
+                "--quick" => {
+                    raw.quick = true;
+                    continue;
+                }
+                _ => {}
+            }
+            let value = raw_args
+                .next()
+                .ok_or_else(|| format!("{flag}: expected a value"))?;
+            let number = |min: u64, max: u64| -> Result<Option<u64>, String> {
+                match value.parse::<u64>() {
+                    Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                    _ => Err(format!(
+                        "{flag}: expected a number from {min} to {max}, got {value:?}"
+                    )),
+                }
+            };
+            match flag.as_str() {
+                "--warmup" => raw.warmup = number(0, 3600)?,
+                "--seconds" => raw.seconds = number(1, 3600)?,
+                "--rounds" => raw.rounds = number(1, 100)?,
+                "--concurrency" => raw.concurrency = number(1, 1024)?,
+                "--leads" => raw.leads = number(100, DEMO_LEADS as u64)?,
+                "--max-ops" => raw.max_ops = number(1_000, 1_000_000_000)?,
+                "--out" => raw.out = Some(PathBuf::from(value)),
+                "--modes" => {
+                    let modes = value
+                        .split(',')
+                        .map(|name| {
+                            Mode::from_name(name)
+                                .ok_or_else(|| format!("--modes: unknown mode {name:?}"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    raw.modes = Some(modes);
+                }
+                "--child" => {
+                    raw.child = Some(
+                        Mode::from_name(&value)
+                            .ok_or_else(|| format!("--child: unknown mode {value:?}"))?,
+                    );
+                }
+                "--round" => raw.round = number(1, 100)?,
+                "--prefix" => raw.prefix = Some(value),
+                _ => return Err(format!("unknown flag {flag:?}")),
+            }
+        }
+        raw.check().map(Some)
+    }
+}
+
+impl Raw {
+    fn check(self) -> Result<Args, String> {
+        // --quick changes the defaults only: flags given with it still count.
+        let (warmup, seconds, rounds) = if self.quick { (1, 2, 1) } else { (3, 5, 3) };
+        let child = match (self.child, self.round, self.prefix) {
+            (None, None, None) => None,
+            (Some(mode), Some(round), Some(prefix)) => Some(ChildArgs {
+                mode,
+                round: round as usize,
+                prefix,
+            }),
+            _ => return Err("--child, --round and --prefix go together".to_owned()),
+        };
+        let modes = self.modes.unwrap_or_else(|| Mode::ALL.to_vec());
+        if modes.is_empty() {
+            return Err("--modes: name at least one mode".to_owned());
+        }
+        Ok(Args {
+            warmup: self.warmup.unwrap_or(warmup),
+            seconds: self.seconds.unwrap_or(seconds),
+            rounds: self.rounds.map_or(rounds, |r| r as usize),
+            concurrency: self.concurrency.map_or(4, |c| c as usize),
+            leads: self.leads.map_or(DEMO_LEADS as u32, |n| n as u32),
+            modes,
+            max_ops: self.max_ops.unwrap_or(50_000_000),
+            out: self.out.unwrap_or_else(|| PathBuf::from("target/compare")),
+            child,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>, String> {
+        Args::parse(args.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn defaults_then_quick_then_explicit_flags() {
+        let args = parse(&[]).unwrap().unwrap();
+        assert_eq!((args.warmup, args.seconds, args.rounds), (3, 5, 3));
+        assert_eq!((args.concurrency, args.leads), (4, 100_000));
+        assert_eq!(args.modes, Mode::ALL.to_vec());
+        let args = parse(&["--seconds", "7", "--quick"]).unwrap().unwrap();
+        assert_eq!((args.warmup, args.seconds, args.rounds), (1, 7, 1));
+    }
+
+    #[test]
+    fn modes_by_name_and_bad_input() {
+        let args = parse(&["--modes", "bound,tiercache-x2"]).unwrap().unwrap();
+        assert_eq!(args.modes, vec![Mode::Bound, Mode::TiercacheX2]);
+        assert!(parse(&["--modes", "memcached"]).is_err());
+        assert!(parse(&["--seconds", "0"]).is_err());
+        assert!(parse(&["--leads", "200000"]).is_err());
+        assert!(parse(&["--child", "bound"]).is_err());
+        assert!(parse(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn every_mode_name_round_trips() {
+        for mode in Mode::ALL {
+            assert_eq!(Mode::from_name(mode.name()), Some(mode));
+        }
+    }
+}

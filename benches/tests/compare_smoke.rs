@@ -1,0 +1,78 @@
+//! Smoke test of the comparison binary (`src/bin/compare/`): a quick run over a small
+//! data set exits 0 and writes one result per mode, with no stale read from the modes that
+//! promise none. Timings are printed by the binary, never asserted. Needs the shared
+//! PostgreSQL and Redis, as the binary does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use serde_json::Value;
+
+const MODES: [&str; 7] = [
+    "postgres",
+    "redis-readthrough",
+    "moka-redis",
+    "bound",
+    "tiercache",
+    "tiercache-l1",
+    "tiercache-x2",
+];
+
+#[test]
+fn a_quick_run_reports_every_mode_and_no_stale_read_from_tiercache() {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compare-smoke");
+    let _ = std::fs::remove_dir_all(&out);
+    let output = Command::new(env!("CARGO_BIN_EXE_compare"))
+        .args(["--quick", "--leads", "2000", "--out"])
+        .arg(&out)
+        .output()
+        .expect("running the compare binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "compare exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+
+    let text = std::fs::read_to_string(out.join("results.jsonl")).expect("results.jsonl");
+    let results: HashMap<String, Value> = text
+        .lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).expect("a JSON line");
+            (value["mode"].as_str().expect("a mode").to_owned(), value)
+        })
+        .collect();
+    assert_eq!(
+        text.lines().count(),
+        MODES.len(),
+        "one line per mode:\n{text}"
+    );
+    for mode in MODES {
+        let result = results
+            .get(mode)
+            .unwrap_or_else(|| panic!("no result for {mode}"));
+        assert_eq!(result["rounds"], 1, "{mode}: {result}");
+        assert!(
+            result["ops_per_sec"].as_f64().unwrap() > 0.0,
+            "{mode}: {result}"
+        );
+        assert_eq!(result["errors"], 0, "{mode}: {result}");
+    }
+    for mode in ["postgres", "tiercache", "tiercache-l1", "tiercache-x2"] {
+        let result = &results[mode];
+        if mode == "tiercache-x2" {
+            // Two instances may serve a stale value until the bus delivers the other's
+            // invalidation (the staleness bound); counted, not failed.
+            assert!(result["violations"].as_u64().is_some(), "{result}");
+            continue;
+        }
+        assert_eq!(result["violations"], 0, "{mode}: {result}");
+    }
+    // The engine merges concurrent loads of one cold key, across instances too.
+    assert_eq!(results["tiercache"]["stampede_loader_runs"], 1);
+    assert_eq!(results["tiercache-l1"]["stampede_loader_runs"], 1);
+    assert!(std::fs::metadata(out.join("compare.svg")).unwrap().len() > 0);
+}
