@@ -1047,8 +1047,11 @@ impl Inner {
         let mut seen = std::collections::HashSet::with_capacity(keys.len());
         keys.retain(|k| seen.insert(*k));
 
-        // Batched installs on every instance check these epochs in Redis, so one whose read
-        // began before this write does not land after the deletes below.
+        // One Redis transaction: the invalidation epochs (batched installs on every instance
+        // check them) and every key with its load lease. A load in flight then cannot write
+        // its value to Redis (its lease is gone), and a batched install whose read began
+        // before this write does not land. When Redis does not take it, the keys are owed
+        // before any is released from L1 below, so no read here trusts Redis for them.
         if let Some(l2) = &self.l2 {
             let epochs: Vec<String> = if groups.is_empty() {
                 vec![self.keys.epoch_key(None)]
@@ -1058,28 +1061,21 @@ impl Inner {
                     .map(|g| self.keys.epoch_key(Some(g)))
                     .collect()
             };
-            if let Err(e) = l2.bump_epochs(&epochs, EPOCH_TTL).await {
+            let mut doomed: Vec<String> = keys.iter().flat_map(|k| self.doomed(k)).collect();
+            doomed.append(&mut extra_l2);
+            if let Err(e) = l2.invalidate(&epochs, EPOCH_TTL, &doomed).await {
+                self.pending.add(keys.iter().copied(), None);
                 l2_failure = Some(e.kind);
             }
         }
 
-        // Each key is removed under its compute lock, so this waits for a load of it in
-        // flight, and the L2 delete lands after that load's L2 write. A delete that fails is
-        // owed before the lock is released, so the next read of the key skips L2.
+        // Each key is removed from L1 under its compute lock, so this waits for a load of it
+        // in flight (whose value then goes), and bumps the local epochs inside that lock
+        // (see `epoch.rs`).
         let removals = keys.iter().map(|key| async move {
-            // The key and its load lease: a load holding the lease then cannot write it.
-            let doomed = self.l2.as_ref().map(|_| self.doomed(key));
-            let mut failure = None;
             self.l1
                 .entry(*key)
                 .and_compute_with(|_| async {
-                    if let (Some(l2), Some(doomed)) = (&self.l2, doomed)
-                        && let Err(e) = l2.del(&doomed).await
-                    {
-                        self.pending.add([*key], None);
-                        failure = Some(e.kind);
-                    }
-                    // After the delete, inside the lock: see `epoch.rs`.
                     if groups.is_empty() {
                         self.epochs.bump(None);
                     }
@@ -1089,15 +1085,8 @@ impl Inner {
                     Op::Remove
                 })
                 .await;
-            failure
         });
-        let failures = futures_util::future::join_all(removals).await;
-        if let Some(l2) = &self.l2
-            && let Err(e) = l2.del(&extra_l2).await
-        {
-            l2_failure = Some(e.kind);
-        }
-        let l2_failure = l2_failure.or_else(|| failures.into_iter().flatten().next());
+        futures_util::future::join_all(removals).await;
         if let Some(kind) = l2_failure {
             tracing::warn!(
                 entity = invalidation.entity.as_str(),

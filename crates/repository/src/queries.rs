@@ -96,13 +96,17 @@ pub mod sql {
     pub const MARK_SERVICE_ORIGIN: &str = "SELECT set_config('tiercache.origin', 'service', true)";
 
     /// The `update_lead` statement.
+    /// It marks its own transaction as the service's (see [`MARK_SERVICE_ORIGIN`]), so it
+    /// runs on its own, in one round trip.
     pub const UPDATE_LEAD: &str = "UPDATE leads SET
             name = COALESCE($2, name),
             status = COALESCE($3, status),
             notes = CASE WHEN $4 THEN $5 ELSE notes END,
             updated_at = $6
-         WHERE id = $1
-         RETURNING id, org_id, phone, name, status, notes, created_at, updated_at";
+         FROM (SELECT set_config('tiercache.origin', 'service', true)) AS origin
+         WHERE leads.id = $1
+         RETURNING leads.id, leads.org_id, leads.phone, leads.name, leads.status,
+                   leads.notes, leads.created_at, leads.updated_at";
 
     /// The `upsert_conversation` statement.
     pub const UPSERT_CONVERSATION: &str = "INSERT INTO conversations (lead_id, channel, started_at)

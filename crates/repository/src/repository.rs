@@ -413,12 +413,10 @@ impl Repository {
         if let Some(Some(notes)) = &patch.notes {
             check_text("notes", notes, false)?;
         }
-        let mut tx = self.pool.begin().await?;
-        queries::mark_service_origin(&mut *tx).await?;
-        let Some(lead) = queries::update_lead(&mut *tx, id, patch, (self.clock)()).await? else {
+        // One statement, committed on its own (it marks itself as the service's write).
+        let Some(lead) = queries::update_lead(&self.pool, id, patch, (self.clock)()).await? else {
             return Ok(None);
         };
-        tx.commit().await?;
         let keys = self.cache.keys();
         self.cache
             .invalidate(

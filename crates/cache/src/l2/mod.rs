@@ -219,15 +219,17 @@ impl L2 {
         Ok(landed == 1)
     }
 
-    /// `INCR` each epoch key (and keeps it for `ttl`), in one `MULTI`: an install whose
-    /// snapshot saw an older value no longer lands.
-    pub async fn bump_epochs(&self, keys: &[String], ttl: Duration) -> Result<(), L2Error> {
-        if keys.is_empty() {
-            return Ok(());
-        }
+    /// One invalidation, in one `MULTI`: `INCR` each epoch key (kept for `ttl`; an install
+    /// whose snapshot saw an older value no longer lands), then `DEL` the doomed keys.
+    pub async fn invalidate(
+        &self,
+        epochs: &[String],
+        ttl: Duration,
+        doomed: &[String],
+    ) -> Result<(), L2Error> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for key in keys {
+        for key in epochs {
             pipe.cmd("INCR")
                 .arg(key)
                 .ignore()
@@ -236,7 +238,10 @@ impl L2 {
                 .arg(millis(ttl))
                 .ignore();
         }
-        self.run("bump_epochs", async |conn| pipe.query_async(conn).await)
+        if !doomed.is_empty() {
+            pipe.cmd("DEL").arg(doomed).ignore();
+        }
+        self.run("invalidate", async |conn| pipe.query_async(conn).await)
             .await
     }
 
