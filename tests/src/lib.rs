@@ -110,6 +110,29 @@ fn base36(mut n: u64) -> String {
     String::from_utf8(out).expect("base-36 digits are ASCII")
 }
 
+/// Asks the kernel for a free loopback port; the listener is closed before a throwaway
+/// server binds it.
+pub(crate) fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("listener address").port()
+}
+
+/// Creates an empty working directory for a throwaway `kind` server, unique to this process
+/// and call.
+pub(crate) fn fresh_dir(kind: &str) -> std::path::PathBuf {
+    static DIRS: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "tiercache-{kind}-{}-{}-{nanos}",
+        std::process::id(),
+        DIRS.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

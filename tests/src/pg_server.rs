@@ -16,8 +16,7 @@ use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
@@ -151,7 +150,7 @@ impl PgServer {
     pub async fn start() -> PgServer {
         let bin = PgBin::newest();
         let run_as = OsUser::for_server();
-        let dir = fresh_dir();
+        let dir = crate::fresh_dir("pg");
         // Built before anything can fail, so its drop cleans up after a panic or a cancel.
         let mut server = PgServer {
             port: 0,
@@ -167,7 +166,7 @@ impl PgServer {
         }
         server.initdb().await;
         for _ in 0..START_ATTEMPTS {
-            server.port = free_port();
+            server.port = crate::free_port();
             let log_from = server.log_len();
             let mut postmaster = server.spawn();
             match wait_ready(&mut postmaster, server.port, &server.data_dir()).await {
@@ -599,25 +598,4 @@ async fn probe(options: &PgConnectOptions) -> Option<String> {
         .await
         .ok()
         .flatten()
-}
-
-/// Asks the kernel for a free loopback port; the listener is closed before postgres binds it.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("listener address").port()
-}
-
-/// Creates an empty working directory, unique to this process and call.
-fn fresh_dir() -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "tiercache-pg-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    dir
 }

@@ -2,8 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
@@ -55,9 +54,9 @@ enum NotReady {
 impl RedisServer {
     /// Starts an empty, non-persistent server on a free loopback port and waits for PING.
     pub async fn start() -> RedisServer {
-        let dir = fresh_dir();
+        let dir = crate::fresh_dir("redis");
         for _ in 0..START_ATTEMPTS {
-            let port = free_port();
+            let port = crate::free_port();
             let mut child = spawn(port, &dir);
             match wait_ready(&mut child, port).await {
                 Ok(()) => {
@@ -208,27 +207,6 @@ impl Drop for RedisServer {
         self.child.take();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Asks the kernel for a free loopback port; the listener is closed before redis binds it.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("listener address").port()
-}
-
-/// Creates an empty working directory, unique to this process and call.
-fn fresh_dir() -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "tiercache-redis-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    dir
 }
 
 /// Spawns `redis-server` with persistence off, so a restart always comes back empty.

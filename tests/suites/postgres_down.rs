@@ -10,12 +10,12 @@ use tiercache_tests::server::{Options, TestServer};
 use tiercache_tests::unique_namespace;
 
 async fn get(server: &TestServer, path: &str) -> (u16, Option<String>, String) {
-    let response = server
-        .client
-        .get(format!("{}{path}", server.base))
-        .send()
-        .await
-        .unwrap();
+    answer(server.client.get(format!("{}{path}", server.base))).await
+}
+
+/// Status, `Tiercache-Stale` header and body.
+async fn answer(request: reqwest::RequestBuilder) -> (u16, Option<String>, String) {
+    let response = request.send().await.unwrap();
     let stale = response
         .headers()
         .get(STALE_HEADER)
@@ -34,26 +34,17 @@ async fn post_call(server: &TestServer) -> (u16, Option<String>, String) {
         tiercache_repository::seed::demo_lead_phone(0),
         tiercache_repository::seed::demo_org_phone(1)
     );
-    let response = server
-        .client
-        .post(format!(
-            "{}/api/webhooks/conversation-initiation",
-            server.base
-        ))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let stale = response
-        .headers()
-        .get(STALE_HEADER)
-        .map(|v| v.to_str().unwrap().to_owned());
-    (
-        response.status().as_u16(),
-        stale,
-        response.text().await.unwrap(),
+    answer(
+        server
+            .client
+            .post(format!(
+                "{}/api/webhooks/conversation-initiation",
+                server.base
+            ))
+            .header("content-type", "application/json")
+            .body(body),
     )
+    .await
 }
 
 fn stale_served(metrics: &str) -> f64 {

@@ -27,6 +27,7 @@ use rand_distr::{Distribution as _, Zipf};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tiercache::{CacheObserver, Entity, Fanout, LoadOutcome, Outcome, Tier, TwoTierCache};
+use tiercache_benches::{delete_prefix, redis_connection};
 use tiercache_monitoring::{Metrics, MonitorTask};
 use tiercache_repository::Repository;
 use tiercache_repository::seed::{DEMO_LEADS, DEMO_ORGS, demo_lead_phone, demo_org_phone};
@@ -347,14 +348,6 @@ async fn redis_version(url: &str) -> anyhow::Result<String> {
         .unwrap_or("(unknown version)")
         .trim()
         .to_owned())
-}
-
-async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    redis::Client::open(url)
-        .context("parsing REDIS_URL")?
-        .get_multiplexed_async_connection()
-        .await
-        .context("connecting to Redis")
 }
 
 /// The CPU model from /proc/cpuinfo.
@@ -1066,38 +1059,6 @@ fn compare_answers(
         answers.len()
     );
     Ok(())
-}
-
-/// Deletes every key under `prefix` (the mode's namespace) with SCAN and DEL: a full scan
-/// of the keyspace, fine in a bench tool, never on a request path.
-async fn delete_prefix(redis_url: &str, prefix: &str) -> anyhow::Result<u64> {
-    let mut con = redis_connection(redis_url).await?;
-    let pattern = format!("{prefix}:*");
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut con)
-            .await
-            .context("scanning for the mode's keys")?;
-        if !keys.is_empty() {
-            let n: u64 = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut con)
-                .await
-                .context("deleting the mode's keys")?;
-            deleted += n;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
-    }
 }
 
 /// A mode's result over all rounds.

@@ -593,20 +593,8 @@ impl TwoTierCache {
         inner
             .observer
             .lookup(entity, Tier::L1, Outcome::Miss, Duration::ZERO);
-        let requested_at = Instant::now();
         match stale {
-            None => match tokio::time::timeout(
-                inner.load_timeout,
-                inner.load_through(key, requested_at, loader),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(Error::LoadTimeout {
-                    entity,
-                    after: inner.load_timeout,
-                }),
-            },
+            None => inner.load_bounded(key, Instant::now(), loader).await,
             Some(stale) => self.refresh_or_stale(key, stale, loader).await,
         }
     }
@@ -628,27 +616,13 @@ impl TwoTierCache {
         let inner = Arc::clone(&self.inner);
         let entity = key.entity();
         let requested_at = Instant::now();
-        let load_timeout = inner.load_timeout;
-        let mut refresh = tokio::spawn(async move {
-            match tokio::time::timeout(load_timeout, inner.load_through(key, requested_at, loader))
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(Error::LoadTimeout {
-                    entity,
-                    after: load_timeout,
-                }),
-            }
-        });
+        let mut refresh =
+            tokio::spawn(async move { inner.load_bounded(key, requested_at, loader).await });
         let inner = &*self.inner;
         let outcome = tokio::select! {
-            joined = &mut refresh => match joined {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error)) => Err(error),
-                Err(e) => Err(Error::Load {
-                    entity,
-                    source: Arc::from(BoxError::from(e.to_string())),
-                }),
+            joined = &mut refresh => match joined.unwrap_or_else(|e| Err(task_failed(entity, &e))) {
+                Ok(value) => return Ok(value),
+                Err(error) => Err(error),
             },
             () = tokio::time::sleep(inner.soft_timeout) => Ok(()),
         };
@@ -661,13 +635,9 @@ impl TwoTierCache {
         if Instant::now() >= stale.stale_until {
             return match outcome {
                 Err(error) => Err(error),
-                Ok(()) => match refresh.await {
-                    Ok(result) => result,
-                    Err(e) => Err(Error::Load {
-                        entity,
-                        source: Arc::from(BoxError::from(e.to_string())),
-                    }),
-                },
+                Ok(()) => refresh
+                    .await
+                    .unwrap_or_else(|e| Err(task_failed(entity, &e))),
             };
         }
         let Ok(value) = stale.downcast::<T>() else {
@@ -705,6 +675,30 @@ impl TwoTierCache {
 }
 
 impl Inner {
+    /// [`load_through`](Self::load_through) under the load timeout: the hard bound on a miss.
+    async fn load_bounded<T, E, F, Fut>(
+        &self,
+        key: CacheKey,
+        requested_at: Instant,
+        loader: F,
+    ) -> Result<Option<Arc<T>>, Error>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Into<BoxError>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        tokio::time::timeout(
+            self.load_timeout,
+            self.load_through(key, requested_at, loader),
+        )
+        .await
+        .unwrap_or(Err(Error::LoadTimeout {
+            entity: key.entity(),
+            after: self.load_timeout,
+        }))
+    }
+
     async fn load_through<T, E, F, Fut>(
         &self,
         key: CacheKey,
@@ -789,6 +783,20 @@ impl Inner {
         let rendered = self.keys.render(key);
         let lease = self.keys.lease(&rendered);
         [rendered, lease]
+    }
+
+    /// The load lease of `redis_key` without reading its value (which is not trusted);
+    /// `None` when another load holds it or Redis fails.
+    async fn take_lease(&self, l2: &L2, redis_key: &str) -> Option<(String, String)> {
+        let lease_key = self.keys.lease(redis_key);
+        let token = self.lease_token();
+        match l2
+            .get_or_lease(redis_key, &lease_key, &token, self.load_timeout, true)
+            .await
+        {
+            Ok(GetOrLease::Leased) => Some((lease_key, token)),
+            _ => None,
+        }
     }
 
     /// Lets another instance load at once instead of waiting out the lease.
@@ -876,14 +884,7 @@ impl Inner {
                     {
                         self.observer
                             .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed());
-                        let lease_key = self.keys.lease(redis_key);
-                        let token = self.lease_token();
-                        if let Ok(GetOrLease::Leased) = l2
-                            .get_or_lease(redis_key, &lease_key, &token, self.load_timeout, true)
-                            .await
-                        {
-                            lease = Some((lease_key, token));
-                        }
+                        lease = self.take_lease(l2, redis_key).await;
                     }
                     Ok(decoded) => {
                         let negative = decoded.value.is_none();
@@ -915,14 +916,7 @@ impl Inner {
                         // The load below overwrites it, under a lease taken now; deleting
                         // first keeps a failing loader from leaving the bad payload behind.
                         let _ = l2.del(std::slice::from_ref(redis_key)).await;
-                        let lease_key = self.keys.lease(redis_key);
-                        let token = self.lease_token();
-                        if let Ok(GetOrLease::Leased) = l2
-                            .get_or_lease(redis_key, &lease_key, &token, self.load_timeout, true)
-                            .await
-                        {
-                            lease = Some((lease_key, token));
-                        }
+                        lease = self.take_lease(l2, redis_key).await;
                     }
                 },
                 None => self
@@ -1241,6 +1235,14 @@ fn config_error(field: &str, message: String) -> Error {
 }
 
 /// How long ago `loaded_at_ms` (Unix milliseconds) was; zero if the clock went back.
+/// A load task that panicked (or was cancelled by a runtime shutting down), as a load error.
+fn task_failed(entity: Entity, e: &tokio::task::JoinError) -> Error {
+    Error::Load {
+        entity,
+        source: Arc::from(BoxError::from(e.to_string())),
+    }
+}
+
 pub(crate) fn age_since(loaded_at_ms: u64) -> Duration {
     Duration::from_millis(unix_millis().saturating_sub(loaded_at_ms))
 }

@@ -15,7 +15,9 @@ use crate::args::{Args, ChildArgs};
 use crate::histogram::Histogram;
 use crate::modes::{Backend, Leads, QueryCounts, version};
 use crate::results::RunResult;
-use crate::services::{Env, redis_command_calls, redis_connection, rss_bytes};
+use tiercache_benches::redis_connection;
+
+use crate::services::{Env, redis_command_calls, rss_bytes};
 use crate::trace::Trace;
 
 /// Concurrent reads in the stampede probe.

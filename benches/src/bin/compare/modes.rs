@@ -14,7 +14,9 @@ use tiercache_repository::seed::{DEMO_ORGS, demo_lead_phone};
 
 use crate::args::Mode;
 use crate::handwritten::{Bound, Db, MokaRedis, PostgresOnly, RedisReadthrough};
-use crate::services::{Env, handwritten_pool, redis_connection};
+use tiercache_benches::redis_connection;
+
+use crate::services::{Env, handwritten_pool};
 use crate::tiered::{self, Tiercache};
 
 /// Statements sent to PostgreSQL for reads and for writes. The hand-written modes count

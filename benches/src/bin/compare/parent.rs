@@ -12,9 +12,9 @@ use anyhow::{Context as _, bail};
 use crate::args::{Args, Mode};
 use crate::report;
 use crate::results::{RunResult, Summary};
-use crate::services::{
-    Env, cpu_model, delete_prefix, prepare_database, redis_version, reset_leads,
-};
+use tiercache_benches::delete_prefix;
+
+use crate::services::{Env, cpu_model, prepare_database, redis_version, reset_leads};
 use crate::trace::{SEED, WRITE_SHARE, ZIPF_EXPONENT};
 
 /// How long a child may take beyond its warm-up and measured window: starting, building its

@@ -8,6 +8,7 @@ use anyhow::{Context as _, ensure};
 use sqlx::migrate::MigrateDatabase as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
+use tiercache_benches::redis_connection;
 use tiercache_repository::MIGRATOR;
 use tiercache_repository::seed::{DEMO_LEADS, DEMO_ORGS, seed_sized};
 use tiercache_server::config::DatabaseConfig;
@@ -148,15 +149,6 @@ pub async fn handwritten_pool(config: &DatabaseConfig) -> anyhow::Result<PgPool>
         .context("connecting to PostgreSQL")
 }
 
-/// A multiplexed connection: one socket, any number of requests in flight.
-pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    redis::Client::open(url)
-        .context("parsing REDIS_URL")?
-        .get_multiplexed_async_connection()
-        .await
-        .context("connecting to Redis")
-}
-
 /// One `INFO` section of Redis.
 async fn redis_info(
     con: &mut redis::aio::MultiplexedConnection,
@@ -194,40 +186,6 @@ pub async fn redis_command_calls(
         .filter_map(|line| line.split_once(":calls="))
         .filter_map(|(_, rest)| rest.split(',').next()?.parse::<u64>().ok())
         .sum())
-}
-
-/// Deletes every key under `prefix` with SCAN and UNLINK: a full scan of the keyspace,
-/// fine in a bench tool, never on a request path. Bounded: at most `MAX_SCAN_STEPS` steps.
-pub async fn delete_prefix(redis_url: &str, prefix: &str) -> anyhow::Result<u64> {
-    const MAX_SCAN_STEPS: usize = 100_000;
-    let mut con = redis_connection(redis_url).await?;
-    let pattern = format!("{prefix}:*");
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    for _ in 0..MAX_SCAN_STEPS {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut con)
-            .await
-            .context("scanning for the mode's keys")?;
-        if !keys.is_empty() {
-            let n: u64 = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut con)
-                .await
-                .context("deleting the mode's keys")?;
-            deleted += n;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
-    }
-    anyhow::bail!("the scan for {prefix}:* did not finish in {MAX_SCAN_STEPS} steps")
 }
 
 /// This process's resident memory (`VmRSS` in /proc/self/status), in bytes.
