@@ -1,6 +1,8 @@
 //! Shared bench fixtures: the lead-sized value every bench caches, and the Redis helpers
 //! both load generators use.
 
+pub mod cpu;
+
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 

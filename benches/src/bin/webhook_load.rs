@@ -27,6 +27,7 @@ use rand_distr::{Distribution as _, Zipf};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tiercache::{CacheObserver, Entity, Fanout, LoadOutcome, Outcome, Tier, TwoTierCache};
+use tiercache_benches::cpu::{CpuShares, CpuTicks};
 use tiercache_benches::{delete_prefix, redis_connection};
 use tiercache_monitoring::{Metrics, MonitorTask};
 use tiercache_repository::Repository;
@@ -560,95 +561,6 @@ impl Counts {
     fn plus(self, other: Counts) -> Counts {
         self.zip(other, u64::saturating_add)
     }
-}
-
-/// CPU time from /proc, in clock ticks: the whole machine's, this process's (the server
-/// and the load generator), PostgreSQL's and Redis's, so a report shows where the cores
-/// went and whether anything else competed for them.
-#[derive(Clone, Copy, Default)]
-struct CpuTicks {
-    total: u64,
-    idle: u64,
-    process: u64,
-    postgres: u64,
-    redis: u64,
-}
-
-/// Shares of the machine's CPU time over a phase (1.0 is every core for the whole phase).
-#[derive(Clone, Copy, Default)]
-struct CpuShares {
-    busy: f64,
-    process: f64,
-    postgres: f64,
-    redis: f64,
-}
-
-impl CpuShares {
-    /// Busy time that was neither this process, PostgreSQL nor Redis.
-    fn other(&self) -> f64 {
-        (self.busy - self.process - self.postgres - self.redis).max(0.0)
-    }
-}
-
-impl CpuTicks {
-    /// Now, or `None` where /proc cannot be read (the report then shows no CPU split).
-    fn now() -> Option<CpuTicks> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        // "cpu  user nice system idle iowait irq softirq steal guest guest_nice"; guest
-        // time is already counted in user and nice.
-        let ticks: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .map(|t| t.parse().ok())
-            .collect::<Option<_>>()?;
-        let mut now = CpuTicks {
-            total: ticks.iter().sum(),
-            idle: ticks.get(3)? + ticks.get(4)?,
-            process: process_ticks("/proc/self/stat")?.1,
-            postgres: 0,
-            redis: 0,
-        };
-        // Every process is looked at, a few hundred files: cheap next to a phase of seconds.
-        // A process that exits within the phase takes its time with it; the ones that
-        // matter here (Redis, the pool's Postgres backends) live through it.
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let path = entry.path().join("stat");
-            match process_ticks(&path) {
-                Some((name, ticks)) if name == "postgres" => now.postgres += ticks,
-                Some((name, ticks)) if name.starts_with("redis-server") => now.redis += ticks,
-                _ => {}
-            }
-        }
-        Some(now)
-    }
-
-    /// The shares of the machine's CPU time between `before` and `self`.
-    fn shares_since(self, before: CpuTicks) -> Option<CpuShares> {
-        let total = self.total.checked_sub(before.total).filter(|t| *t > 0)? as f64;
-        let share = |now: u64, then: u64| now.saturating_sub(then) as f64 / total;
-        Some(CpuShares {
-            busy: 1.0 - share(self.idle, before.idle),
-            process: share(self.process, before.process),
-            postgres: share(self.postgres, before.postgres),
-            redis: share(self.redis, before.redis),
-        })
-    }
-}
-
-/// A process's command name and its user + system time, from its `/proc/PID/stat`.
-fn process_ticks(path: impl AsRef<std::path::Path>) -> Option<(String, u64)> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // "pid (comm) state ppid …": the name may hold spaces and parentheses, so it ends at
-    // the last ')'; utime and stime are the 12th and 13th fields after it.
-    let (start, end) = (stat.find('(')?, stat.rfind(')')?);
-    let name = stat.get(start + 1..end)?.to_owned();
-    let fields: Vec<&str> = stat.get(end + 1..)?.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((name, utime + stime))
 }
 
 /// One mode's measured phase.

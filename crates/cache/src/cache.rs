@@ -23,13 +23,14 @@ use crate::error::{BoxError, Error};
 use crate::history_index::HistoryIndex;
 use crate::invalidation::Invalidation;
 use crate::key::{CacheKey, KeySchema};
-use crate::l2::{GetOrLease, Guard, IndexEntry, L2, L2ErrorKind, PoolState};
+use crate::l2::{GetOrLease, HistoryPages, IndexEntry, L2, L2ErrorKind, PoolState, Publish};
 use crate::observer::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
     LoadOutcome, Outcome, StaleReason, Tier,
 };
 use crate::pending::PendingDeletes;
 use crate::policy::Policies;
+use crate::write_behind::{QueuedSet, WriteBehind};
 
 /// Bytes charged to every L1 entry on top of its encoded size (key, entry, moka's own node).
 const ENTRY_OVERHEAD: u32 = 160;
@@ -62,7 +63,10 @@ const REPLAY_BATCH: usize = 256;
 /// [`get_or_load`](Self::get_or_load) looks in L1, then L2, then calls the loader, and
 /// fills the tiers on the way back. Concurrent callers missing the same key on this
 /// instance wait for one load (moka's per-key compute lock) instead of each loading. A
-/// loader's `Ok(None)` ("not found") is cached too, for the entity's negative TTL.
+/// loader's `Ok(None)` ("not found") is cached too, for the entity's negative TTL. A
+/// loaded value goes to Redis behind the read (one task sends the values of concurrent
+/// misses together; [`flush_l2_writes`](Self::flush_l2_writes) waits for them), still
+/// under the load's lease.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -139,12 +143,19 @@ pub(crate) struct Inner {
     pub(crate) bus_channel: String,
     pub(crate) bus_stream: String,
     bus_task: Mutex<Option<JoinHandle<()>>>,
+    /// Loaded values on their way to Redis (see `write_behind.rs`).
+    pub(crate) write_behind: WriteBehind,
+    write_task: Mutex<Option<JoinHandle<()>>>,
     pub(crate) observer: Arc<dyn CacheObserver>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for task in [&mut self.replay_task, &mut self.bus_task] {
+        for task in [
+            &mut self.replay_task,
+            &mut self.bus_task,
+            &mut self.write_task,
+        ] {
             let task = task.get_mut().unwrap_or_else(PoisonError::into_inner);
             if let Some(task) = task.take() {
                 task.abort();
@@ -331,6 +342,7 @@ impl TwoTierCache {
         let keys_namespace = keys.namespace().to_owned();
         let instance: u64 = rand::random();
         let coherence = Arc::new(Coherence::new(config.staleness_bound, config.recovery));
+        let (write_behind, writes) = WriteBehind::new();
         let inner = Arc::new(Inner {
             keys,
             l1,
@@ -355,6 +367,8 @@ impl TwoTierCache {
             bus_channel: format!("{keys_namespace}bus"),
             bus_stream: format!("{keys_namespace}bus:stream"),
             bus_task: Mutex::new(None),
+            write_behind,
+            write_task: Mutex::new(None),
             observer,
         });
         if has_l2 {
@@ -371,6 +385,11 @@ impl TwoTierCache {
                 .bus_task
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(listener);
+            let writer = tokio::spawn(crate::write_behind::run(Arc::downgrade(&inner), writes));
+            *inner
+                .write_task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(writer);
         }
         Ok(TwoTierCache { inner })
     }
@@ -431,6 +450,12 @@ impl TwoTierCache {
     /// their TTL (otherwise values older than half the staleness bound are loaded again).
     pub fn l1_trusted(&self) -> bool {
         self.inner.coherence.trusted(Instant::now())
+    }
+
+    /// Waits until every loaded value queued for Redis so far has been sent (see
+    /// `# Reading`): for a graceful shutdown, and for tests that look into Redis.
+    pub async fn flush_l2_writes(&self) {
+        self.inner.write_behind.flushed().await;
     }
 
     pub(crate) fn coherence(&self) -> &Coherence {
@@ -969,25 +994,34 @@ impl Inner {
                 }),
                 _ => None,
             };
-            // Absorbed: a value missing from L2 costs a later load, nothing more. Without a
-            // lease (another instance's load outlived the wait, or Redis failed) nothing is
-            // written: the lease holder writes it.
-            if let Some((lease_key, token)) = &lease {
-                let stored = l2
-                    .set_guarded(
-                        redis_key,
-                        &bytes,
-                        policy.ttl(false, negative),
-                        Guard::Lease {
-                            key: lease_key,
-                            token,
-                        },
-                        index,
-                    )
-                    .await;
-                if owed && matches!(stored, Ok(true)) {
-                    // The fresh value replaced whatever stale copy the failed delete left.
-                    self.pending.resolve(&key);
+            // Without a lease (another instance's load outlived the wait, or Redis failed)
+            // nothing is written: the lease holder writes it. With one, the write goes
+            // behind (see `write_behind.rs`), or here when its queue is full.
+            if let Some(lease) = lease {
+                let set = QueuedSet {
+                    key,
+                    owed,
+                    redis_key: redis_key.clone(),
+                    bytes: bytes.clone(),
+                    ttl: policy.ttl(false, negative),
+                    lease,
+                    index: index.map(|i| (i.index_key.to_owned(), i.member, i.ttl)),
+                };
+                if let Err(set) = self.write_behind.queue(set) {
+                    // Absorbed: a value missing from L2 costs a later load, nothing more.
+                    let stored = l2
+                        .set_guarded(
+                            &set.redis_key,
+                            &set.bytes,
+                            set.ttl,
+                            set.guard(),
+                            set.index(),
+                        )
+                        .await;
+                    if owed && matches!(stored, Ok(true)) {
+                        // The fresh value replaced whatever stale copy the failed delete left.
+                        self.pending.resolve(&key);
+                    }
                 }
             }
         }
@@ -1011,41 +1045,43 @@ impl Inner {
     ) -> InvalidationReport {
         let mut keys = invalidation.keys;
         let groups = &invalidation.groups;
-        let mut l2_failure = None;
-        let mut extra_l2 = Vec::new();
-        if let Some(lead) = invalidation.history_of {
+        let history_of = invalidation.history_of;
+        // The pages this instance may hold; those other instances cached are found in Redis.
+        if let Some(lead) = history_of {
             keys.extend(
                 self.history
                     .take(lead)
                     .into_iter()
                     .map(|(l, o)| self.keys.history(lead, l, o)),
             );
-            if let Some(l2) = &self.l2 {
-                let index_key = self.keys.history_index(lead);
-                match l2.members(&index_key).await {
-                    Ok(members) => keys.extend(
-                        members
-                            .iter()
-                            .filter_map(|m| self.keys.history_from_member(lead, m)),
-                    ),
-                    Err(e) => {
-                        // The pages in Redis are unknown: owe them all, before any lock is
-                        // released, so no read on this instance trusts them meanwhile.
-                        self.pending.add([], Some(lead));
-                        l2_failure = Some(e.kind);
-                    }
-                }
-                extra_l2.push(index_key);
-            }
         }
         let mut seen = std::collections::HashSet::with_capacity(keys.len());
         keys.retain(|k| seen.insert(*k));
+        // Other instances hear of it (not of what they told us: no echo; nor of what the
+        // database told every instance's listener already).
+        let message = (!matches!(
+            source,
+            InvalidationSource::Bus | InvalidationSource::Database
+        ))
+        .then(|| {
+            BusMessage {
+                instance: self.instance,
+                sent_ms: unix_millis(),
+                groups: groups.clone(),
+                keys: keys.iter().map(|k| self.keys.render(k)).collect(),
+                all: false,
+            }
+            .encode()
+        });
 
-        // One Redis transaction: the invalidation epochs (batched installs on every instance
-        // check them) and every key with its load lease. A load in flight then cannot write
-        // its value to Redis (its lease is gone), and a batched install whose read began
-        // before this write does not land. When Redis does not take it, the keys are owed
-        // before any is released from L1 below, so no read here trusts Redis for them.
+        // One Redis script, one round trip: the invalidation epochs (batched installs on
+        // every instance check them), every key with its load lease, the history pages Redis
+        // lists, and the bus message. A load in flight then cannot write its value to Redis
+        // (its lease is gone), and a batched install whose read began before this write does
+        // not land. When Redis does not take it, the keys are owed before any is released
+        // from L1 below, so no read here trusts Redis for them, and the message is owed.
+        let mut l2_failure = None;
+        let mut report_keys = keys.len();
         if let Some(l2) = &self.l2 {
             let epochs: Vec<String> = if groups.is_empty() {
                 vec![self.keys.epoch_key(None)]
@@ -1055,11 +1091,50 @@ impl Inner {
                     .map(|g| self.keys.epoch_key(Some(g)))
                     .collect()
             };
-            let mut doomed: Vec<String> = keys.iter().flat_map(|k| self.doomed(k)).collect();
-            doomed.append(&mut extra_l2);
-            if let Err(e) = l2.invalidate(&epochs, EPOCH_TTL, &doomed).await {
-                self.pending.add(keys.iter().copied(), None);
-                l2_failure = Some(e.kind);
+            let doomed: Vec<String> = keys.iter().flat_map(|k| self.doomed(k)).collect();
+            let history = history_of.map(|lead| {
+                let page_prefix = self.keys.history_prefix(lead);
+                let lease_prefix = self.keys.lease(&page_prefix);
+                (self.keys.history_index(lead), page_prefix, lease_prefix)
+            });
+            let pages = history
+                .as_ref()
+                .map(|(index_key, page_prefix, lease_prefix)| HistoryPages {
+                    index_key,
+                    page_prefix,
+                    lease_prefix,
+                });
+            let publish = message.as_deref().map(|payload| Publish {
+                stream: &self.bus_stream,
+                channel: &self.bus_channel,
+                payload,
+            });
+            match l2
+                .invalidate(
+                    &epochs,
+                    EPOCH_TTL,
+                    &doomed,
+                    pages.as_ref(),
+                    publish.as_ref(),
+                )
+                .await
+            {
+                Ok(members) => {
+                    if let Some(lead) = history_of {
+                        report_keys += members
+                            .iter()
+                            .filter_map(|m| self.keys.history_from_member(lead, m))
+                            .filter(|page| !seen.contains(page))
+                            .count();
+                    }
+                }
+                Err(e) => {
+                    self.pending.add(keys.iter().copied(), history_of);
+                    if let Some(payload) = message {
+                        self.pending.owe_publish(payload);
+                    }
+                    l2_failure = Some(e.kind);
+                }
             }
         }
 
@@ -1090,23 +1165,8 @@ impl Inner {
             self.replay_wake.notify_one();
         }
         self.observer.invalidated(invalidation.entity, source);
-        // Other instances hear of it (not of what they told us: no echo; nor of what the
-        // database told every instance's listener already).
-        if !matches!(
-            source,
-            InvalidationSource::Bus | InvalidationSource::Database
-        ) {
-            let message = BusMessage {
-                instance: self.instance,
-                sent_ms: unix_millis(),
-                groups: groups.clone(),
-                keys: keys.iter().map(|k| self.keys.render(k)).collect(),
-                all: false,
-            };
-            self.publish(message.encode()).await;
-        }
         InvalidationReport {
-            keys: keys.len(),
+            keys: report_keys,
             l2_failure,
         }
     }

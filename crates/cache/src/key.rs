@@ -296,6 +296,12 @@ impl KeySchema {
         format!("{limit}:{offset}")
     }
 
+    /// What every history page key of `lead_id` starts with, in its Redis form: the page's
+    /// index member ([`Self::history_member`]) follows.
+    pub(crate) fn history_prefix(&self, lead_id: i64) -> String {
+        format!("{}history:{lead_id}:", self.namespace)
+    }
+
     /// The page a history index member names; `None` for a member of another shape.
     pub(crate) fn history_from_member(&self, lead_id: i64, member: &str) -> Option<CacheKey> {
         let (limit, offset) = member.split_once(':')?;
@@ -382,6 +388,16 @@ mod tests {
         assert_eq!(a.phone_digest("+1"), a.phone_digest("+1"));
         assert_ne!(a.phone_digest("+1"), a.phone_digest("+2"));
         assert_ne!(a.phone_digest("+1"), b.phone_digest("+1"));
+    }
+
+    #[test]
+    fn a_history_page_is_its_prefix_and_its_index_member() {
+        let s = schema();
+        let page = s.render(&s.history(4, 50, 100));
+        let member = KeySchema::history_member(50, 100);
+        let prefix = s.history_prefix(4);
+        assert_eq!(page, format!("{prefix}{member}"));
+        assert_eq!(s.lease(&page), format!("{}{member}", s.lease(&prefix)));
     }
 
     #[test]

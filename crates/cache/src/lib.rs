@@ -24,6 +24,7 @@ mod observer;
 mod pending;
 mod policy;
 pub mod stale;
+mod write_behind;
 
 pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
 pub use call::{CallSlots, Identified, Slot};

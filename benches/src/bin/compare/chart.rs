@@ -131,6 +131,8 @@ mod tests {
             best_hit_ratio: 0.9,
             redis_commands: 0,
             redis_cmds_per_op: 0.0,
+            cpu_us_per_op: 50.0,
+            cpu_busy: 0.9,
             rss_bytes: 1 << 20,
             rss_setup_bytes: 1 << 20,
             stampede_loader_runs: 1,

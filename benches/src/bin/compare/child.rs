@@ -15,6 +15,7 @@ use crate::args::{Args, ChildArgs};
 use crate::histogram::Histogram;
 use crate::modes::{Backend, Leads, QueryCounts, version};
 use crate::results::RunResult;
+use tiercache_benches::cpu::CpuTicks;
 use tiercache_benches::redis_connection;
 
 use crate::services::{Env, redis_command_calls, rss_bytes};
@@ -135,6 +136,7 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
     let at_start = snapshot(redis_command_calls(&mut redis).await?);
+    let cpu_at_start = CpuTicks::now();
     let mut out = WorkerOut::default();
     let mut reads = Histogram::default();
     let mut writes = Histogram::default();
@@ -155,6 +157,7 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
             (one, other) => one.or(other),
         };
     }
+    let cpu_at_end = CpuTicks::now();
     let at_end = snapshot(redis_command_calls(&mut redis).await?);
     let rss_bytes = rss_bytes().unwrap_or(0);
     let (Some((first, last)), Some(last_finish)) = (measured, out.last_finish) else {
@@ -184,6 +187,13 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         "no read was measured: the window is too short"
     );
     let us = |h: &Histogram, q: f64| h.percentile(q) as f64 / 1e3;
+    let (cpu_us_per_op, cpu_busy) = match (cpu_at_start, cpu_at_end) {
+        (Some(start), Some(end)) => (
+            end.work_seconds_since(start) * 1e6 / ops.max(1) as f64,
+            end.shares_since(start).map_or(0.0, |s| s.busy),
+        ),
+        _ => (0.0, 0.0),
+    };
     Ok(RunResult {
         mode: child.mode.name().to_owned(),
         round: child.round,
@@ -204,6 +214,8 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         best_hit_ratio,
         redis_commands,
         redis_cmds_per_op: redis_commands as f64 / ops.max(1) as f64,
+        cpu_us_per_op,
+        cpu_busy,
         rss_bytes,
         rss_setup_bytes,
         stampede_loader_runs,

@@ -13,7 +13,7 @@ use crate::results::{RunResult, Summary};
 pub fn run_line(r: &RunResult) -> String {
     let mut line = format!(
         "{:<17} {:>9.0} ops/s  read p50 {:.1} µs p99 {:.1} µs  hit {:.4} (best {:.4})  \
-         redis {:.2}/op  stampede {}  stale {}  errors {}",
+         redis {:.2}/op  cpu {:.1} µs/op  stampede {}  stale {}  errors {}",
         r.mode,
         r.ops_per_sec,
         r.read_p50_us,
@@ -21,6 +21,7 @@ pub fn run_line(r: &RunResult) -> String {
         r.hit_ratio,
         r.best_hit_ratio,
         r.redis_cmds_per_op,
+        r.cpu_us_per_op,
         r.stampede_loader_runs,
         r.violations,
         r.errors
@@ -44,7 +45,7 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
         );
     }
     println!(
-        "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>8} {:>5}",
+        "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>5} {:>7} {:>8} {:>5}",
         "mode",
         "ops/s",
         "p50 µs",
@@ -56,13 +57,15 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
         "hit",
         "best",
         "redis/op",
+        "CPU µs",
+        "busy",
         "RSS MiB",
         "stampede",
         "stale",
     );
     for s in summaries {
         println!(
-            "{:<17} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>8.0} {:>8.0} {:>7.4} {:>7.4} {:>8.3} {:>7.1} {:>8} {:>5}{}",
+            "{:<17} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>8.0} {:>8.0} {:>7.4} {:>7.4} {:>8.3} {:>7.1} {:>5.2} {:>7.1} {:>8} {:>5}{}",
             s.mode,
             s.ops_per_sec,
             s.read_p50_us,
@@ -74,6 +77,8 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
             s.hit_ratio,
             s.best_hit_ratio,
             s.redis_cmds_per_op,
+            s.cpu_us_per_op,
+            s.cpu_busy,
             s.rss_mib,
             s.stampede_loader_runs,
             s.violations,
@@ -89,7 +94,9 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
          statements in the measured window (read loads + updates). hit: 1 − read loads / \
          reads; best: the trace's own limit (a read misses only if its lead was never read \
          or was written since). redis/op: every client's commands, heartbeats included. \
-         stale: reads older than the last write committed before they began."
+         CPU µs: this process's, PostgreSQL's and Redis's CPU time per operation; busy: \
+         the machine's busy share. stale: reads older than the last write committed \
+         before they began."
     );
     println!();
 }
@@ -172,5 +179,13 @@ pub fn print_targets(summaries: &[Summary]) {
         "1",
         |v| v == 1.0,
     );
+    println!(
+        "CPU per operation (this process, PostgreSQL, Redis; steadier than ops/s on a noisy host):"
+    );
+    for other in ["bound", "moka-redis", "redis-readthrough"] {
+        if let Some(v) = ratio("tiercache", other, |s| s.cpu_us_per_op) {
+            println!("  {:<44} {v:>9.3}", format!("tiercache ÷ {other}"));
+        }
+    }
     println!();
 }

@@ -44,6 +44,12 @@ pub struct RunResult {
     pub redis_commands: u64,
     /// `redis_commands / ops`.
     pub redis_cmds_per_op: f64,
+    /// CPU time this process, PostgreSQL and Redis took in the window, per operation, µs.
+    #[serde(default)]
+    pub cpu_us_per_op: f64,
+    /// The machine's busy share in the window (1.0: every core all the time).
+    #[serde(default)]
+    pub cpu_busy: f64,
     /// Resident memory at the end of the window, in bytes.
     pub rss_bytes: u64,
     /// Resident memory once the mode was built, before the first operation, in bytes.
@@ -92,6 +98,10 @@ pub struct Summary {
     pub best_hit_ratio: f64,
     /// Median Redis commands per operation.
     pub redis_cmds_per_op: f64,
+    /// Median CPU (this process, PostgreSQL, Redis) per operation, µs.
+    pub cpu_us_per_op: f64,
+    /// Median busy share of the machine.
+    pub cpu_busy: f64,
     /// Median resident memory at the end of the window, MiB.
     pub rss_mib: f64,
     /// Median resident memory before the first operation, MiB.
@@ -140,6 +150,8 @@ impl Summary {
             hit_ratio: of(|r| r.hit_ratio),
             best_hit_ratio: of(|r| r.best_hit_ratio),
             redis_cmds_per_op: of(|r| r.redis_cmds_per_op),
+            cpu_us_per_op: of(|r| r.cpu_us_per_op),
+            cpu_busy: of(|r| r.cpu_busy),
             rss_mib: of(|r| r.rss_bytes as f64) / MIB,
             rss_setup_mib: of(|r| r.rss_setup_bytes as f64) / MIB,
             stampede_loader_runs: runs

@@ -3,8 +3,14 @@
 //! bb8-redis's own manager PINGs on every checkout (a second round trip per L2 hit) and
 //! never reports a connection broken. This one skips the PING and relies instead on the
 //! engine flagging a connection after an unrecoverable error, so a dead connection leaves
-//! the pool on its next return instead of failing every caller that draws it.
+//! the pool instead of failing every caller that draws it.
+//!
+//! A checkout is held only long enough to clone the multiplexed connection (see `L2::run`),
+//! so concurrent commands share a connection and go out together, and the flag is shared
+//! with those clones.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bb8_redis::bb8;
@@ -15,8 +21,9 @@ use redis::aio::MultiplexedConnection;
 pub struct Connection {
     /// The connection itself.
     pub inner: MultiplexedConnection,
-    /// Set after an unrecoverable error; the pool then discards the connection.
-    pub broken: bool,
+    /// Set after an unrecoverable error (by any user of a clone); the pool then discards
+    /// the connection.
+    pub broken: Arc<AtomicBool>,
 }
 
 /// Opens L2 connections with bounded connect and response times.
@@ -51,7 +58,7 @@ impl bb8::ManageConnection for Manager {
             .await?;
         Ok(Connection {
             inner,
-            broken: false,
+            broken: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -61,6 +68,6 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        conn.broken
+        conn.broken.load(Ordering::Relaxed)
     }
 }

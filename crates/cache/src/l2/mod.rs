@@ -16,6 +16,7 @@ mod error;
 mod manager;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bb8_redis::bb8;
@@ -24,6 +25,7 @@ use redis::aio::MultiplexedConnection;
 use crate::breaker::{CircuitBreaker, Transition};
 use crate::config::{BreakerConfig, RedisConfig};
 use crate::observer::{CacheObserver, CircuitState};
+use crate::write_behind::QueuedSet;
 
 pub use error::{L2Error, L2ErrorKind};
 use manager::Manager;
@@ -193,56 +195,101 @@ impl L2 {
         guard: Guard<'_>,
         index: Option<IndexEntry<'_>>,
     ) -> Result<bool, L2Error> {
+        let (keys, args) = set_guarded_call(key, value, ttl, &guard, index.as_ref());
         let script = set_guarded_script();
         let mut invocation = script.prepare_invoke();
-        invocation.key(key);
-        match index {
-            Some(index) => invocation
-                .key(index.index_key)
-                .arg(index.member)
-                .arg(millis(index.ttl)),
-            None => invocation.key(key).arg("").arg(0),
-        };
-        invocation.arg(value).arg(millis(ttl));
-        match guard {
-            Guard::Lease { key: lease, token } => {
-                invocation.arg("lease").key(lease).arg(token);
-            }
-            Guard::Epochs(epochs) => {
-                invocation.arg("epochs");
-                for (epoch_key, seen) in epochs {
-                    invocation.key(epoch_key).arg(seen.as_deref().unwrap_or(""));
-                }
-            }
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in &args {
+            invocation.arg(arg.as_slice());
         }
         let landed: i64 = self.invoke("set", &invocation).await?;
         Ok(landed == 1)
     }
 
-    /// One invalidation, in one `MULTI`: `INCR` each epoch key (kept for `ttl`; an install
-    /// whose snapshot saw an older value no longer lands), then `DEL` the doomed keys.
+    /// [`Self::set_guarded`] for many values in one pipeline (one round trip); whether each
+    /// landed, in order (a value Redis refused for an error did not).
+    pub async fn set_guarded_many(&self, sets: &[QueuedSet]) -> Result<Vec<bool>, L2Error> {
+        let script = set_guarded_script();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for set in sets {
+            let index = set.index();
+            let guard = set.guard();
+            let (keys, args) =
+                set_guarded_call(&set.redis_key, &set.bytes, set.ttl, &guard, index.as_ref());
+            pipe.cmd("EVALSHA").arg(script.get_hash()).arg(keys.len());
+            for key in keys {
+                pipe.arg(key);
+            }
+            for arg in &args {
+                pipe.arg(arg.as_slice());
+            }
+        }
+        let replies: Vec<redis::RedisResult<i64>> = self
+            .run("set_many", async |conn| {
+                let replies: Vec<redis::RedisResult<i64>> = pipe.query_async(conn).await?;
+                let unknown = replies.iter().any(|r| {
+                    r.as_ref().is_err_and(|e| {
+                        e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                    })
+                });
+                if !unknown {
+                    return Ok(replies);
+                }
+                // Redis lost its scripts (a restart): load it, and send the batch again.
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(SET_GUARDED)
+                    .query_async::<String>(conn)
+                    .await?;
+                pipe.query_async(conn).await
+            })
+            .await?;
+        Ok(replies.into_iter().map(|r| matches!(r, Ok(1))).collect())
+    }
+
+    /// One invalidation, in one script (one round trip): `INCR` each epoch key (kept for
+    /// `ttl`; an install whose snapshot saw an older value no longer lands), `DEL` the doomed
+    /// keys, then `history`'s pages as its index lists them (with their leases and the index),
+    /// then `publish` the bus message, with those pages appended to its keys. Returns the
+    /// index's members.
     pub async fn invalidate(
         &self,
         epochs: &[String],
         ttl: Duration,
         doomed: &[String],
-    ) -> Result<(), L2Error> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for key in epochs {
-            pipe.cmd("INCR")
-                .arg(key)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(key)
-                .arg(millis(ttl))
-                .ignore();
+        history: Option<&HistoryPages<'_>>,
+        publish: Option<&Publish<'_>>,
+    ) -> Result<Vec<String>, L2Error> {
+        let script = invalidate_script();
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .arg(epochs.len())
+            .arg(doomed.len())
+            .arg(millis(ttl));
+        for key in epochs.iter().chain(doomed) {
+            invocation.key(key);
         }
-        if !doomed.is_empty() {
-            pipe.cmd("DEL").arg(doomed).ignore();
-        }
-        self.run("invalidate", async |conn| pipe.query_async(conn).await)
-            .await
+        match history {
+            Some(pages) => invocation
+                .key(pages.index_key)
+                .arg(1)
+                .arg(pages.page_prefix)
+                .arg(pages.lease_prefix),
+            None => invocation.arg(0).arg("").arg(""),
+        };
+        match publish {
+            Some(message) => invocation
+                .key(message.stream)
+                .key(message.channel)
+                .arg(1)
+                .arg(crate::bus::STREAM_MAXLEN)
+                .arg(message.payload),
+            None => invocation.arg(0).arg(0).arg(""),
+        };
+        self.invoke("invalidate", &invocation).await
     }
 
     /// `DEL keys…`.
@@ -376,13 +423,27 @@ impl L2 {
             return Err(self.fail(op, L2ErrorKind::CircuitOpen, None));
         }
         let attempt = async {
-            let mut conn = self.pool.get().await.map_err(|e| match e {
-                bb8::RunError::User(e) => (L2ErrorKind::of(&e), Some(e)),
-                bb8::RunError::TimedOut => (L2ErrorKind::Timeout, None),
-            })?;
-            command(&mut conn.inner).await.map_err(|e| {
+            // The checkout lasts as long as a clone: concurrent commands then share one
+            // multiplexed connection, whose writes and replies go out and come back together
+            // (fewer syscalls on both ends), instead of holding one connection each. One
+            // flagged broken is dropped by the pool when next checked out here.
+            let checkout = async || {
+                self.pool.get().await.map_err(|e| match e {
+                    bb8::RunError::User(e) => (L2ErrorKind::of(&e), Some(e)),
+                    bb8::RunError::TimedOut => (L2ErrorKind::Timeout, None),
+                })
+            };
+            let mut pooled = checkout().await?;
+            if pooled.broken.load(Ordering::Relaxed) {
+                // Returned, so the pool drops it; the next checkout opens or finds another.
+                drop(pooled);
+                pooled = checkout().await?;
+            }
+            let (mut conn, broken) = (pooled.inner.clone(), Arc::clone(&pooled.broken));
+            drop(pooled);
+            command(&mut conn).await.map_err(|e| {
                 if e.is_unrecoverable_error() || e.is_connection_dropped() {
-                    conn.broken = true;
+                    broken.store(true, Ordering::Relaxed);
                 }
                 (L2ErrorKind::of(&e), Some(e))
             })
@@ -446,6 +507,27 @@ impl L2 {
     }
 }
 
+/// A lead's history pages for [`L2::invalidate`]: a page's key is `page_prefix` followed by
+/// its index member, its lease `lease_prefix` followed by the member.
+pub(crate) struct HistoryPages<'a> {
+    /// The set listing the pages cached in Redis.
+    pub index_key: &'a str,
+    /// The pages' keys before the member.
+    pub page_prefix: &'a str,
+    /// Their leases' keys before the member.
+    pub lease_prefix: &'a str,
+}
+
+/// A bus message for [`L2::invalidate`] to append to the stream and announce on the channel.
+pub(crate) struct Publish<'a> {
+    /// The capped stream.
+    pub stream: &'a str,
+    /// The pub/sub channel.
+    pub channel: &'a str,
+    /// The encoded message; the pages found are appended to its keys.
+    pub payload: &'a str,
+}
+
 /// What must still hold in Redis for a [`L2::set_guarded`] to land.
 pub(crate) enum Guard<'a> {
     /// This load's lease: an invalidation deletes the lease with the key.
@@ -485,14 +567,52 @@ return {3}
     })
 }
 
+/// The guarded SET's keys and arguments: see [`SET_GUARDED`].
+fn set_guarded_call<'a>(
+    key: &'a str,
+    value: &[u8],
+    ttl: Duration,
+    guard: &Guard<'a>,
+    index: Option<&'a IndexEntry<'a>>,
+) -> (Vec<&'a str>, Vec<Vec<u8>>) {
+    let number = |n: u64| n.to_string().into_bytes();
+    let mut keys = vec![key];
+    let mut args = Vec::with_capacity(8);
+    match index {
+        Some(index) => {
+            keys.push(index.index_key);
+            args.push(index.member.clone().into_bytes());
+            args.push(number(millis(index.ttl)));
+        }
+        None => {
+            keys.push(key);
+            args.push(Vec::new());
+            args.push(number(0));
+        }
+    }
+    args.push(value.to_vec());
+    args.push(number(millis(ttl)));
+    match guard {
+        Guard::Lease { key: lease, token } => {
+            args.push(b"lease".to_vec());
+            keys.push(lease);
+            args.push(token.as_bytes().to_vec());
+        }
+        Guard::Epochs(epochs) => {
+            args.push(b"epochs".to_vec());
+            for (epoch_key, seen) in epochs.iter() {
+                keys.push(epoch_key);
+                args.push(seen.as_deref().unwrap_or("").as_bytes().to_vec());
+            }
+        }
+    }
+    (keys, args)
+}
+
 /// KEYS: value, history index (the value key again when none), then the guard's keys.
 /// ARGV: index member, index ttl, value, ttl, guard kind, then the guard's expected values
 /// (`''` for an absent epoch). A lease guard is released with the write.
-fn set_guarded_script() -> &'static redis::Script {
-    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| {
-        redis::Script::new(
-            r"
+const SET_GUARDED: &str = r"
 local kind = ARGV[5]
 for i = 3, #KEYS do
   local seen = redis.call('GET', KEYS[i]) or ''
@@ -505,6 +625,52 @@ if ARGV[1] ~= '' then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 return 1
+";
+
+fn set_guarded_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(SET_GUARDED))
+}
+
+/// KEYS: the epochs (ARGV[1] of them), the doomed keys (ARGV[2]), the history index when
+/// ARGV[4] is 1, then the bus stream and channel when ARGV[7] is 1.
+/// ARGV: epoch count, doomed count, epoch ttl, index flag, page prefix, lease prefix,
+/// publish flag, stream length, message. The stream append and announcement are those of
+/// [`crate::bus::PUBLISH_SCRIPT`].
+fn invalidate_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+local epochs, doomed = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, epochs do
+  redis.call('INCR', KEYS[i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+end
+local dels = {}
+for i = epochs + 1, epochs + doomed do dels[#dels + 1] = KEYS[i] end
+local at = epochs + doomed + 1
+local members, pages = {}, {}
+if ARGV[4] == '1' then
+  members = redis.call('SMEMBERS', KEYS[at])
+  for _, m in ipairs(members) do
+    pages[#pages + 1] = ARGV[5] .. m
+    dels[#dels + 1] = ARGV[5] .. m
+    dels[#dels + 1] = ARGV[6] .. m
+  end
+  dels[#dels + 1] = KEYS[at]
+  at = at + 1
+end
+for i = 1, #dels, 500 do
+  redis.call('DEL', unpack(dels, i, math.min(i + 499, #dels)))
+end
+if ARGV[7] == '1' then
+  local message = ARGV[9]
+  if #pages > 0 then message = message .. ' ' .. table.concat(pages, ' ') end
+  local id = redis.call('XADD', KEYS[at], 'MAXLEN', '~', ARGV[8], '*', 'm', message)
+  redis.call('PUBLISH', KEYS[at + 1], id .. ' ' .. message)
+end
+return members
 ",
         )
     })

@@ -1,0 +1,139 @@
+//! Write-behind of loaded values: a miss hands its lease-guarded `SET` to one task and
+//! returns with its value; the task sends whatever has queued meanwhile as one pipeline.
+//!
+//! Under load many misses share a round trip (and the syscalls on both ends); when idle a
+//! value is sent at once, one round trip after its load. The lease guard holds as before:
+//! until the write lands, the lease stays taken, so another instance's miss waits for the
+//! value instead of loading it, and an invalidation in between deletes the lease, so the
+//! write does not land. A full queue does not drop a value: its miss writes it itself.
+
+use std::sync::Weak;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::cache::Inner;
+use crate::key::CacheKey;
+use crate::l2::{Guard, IndexEntry};
+
+/// Values waiting for the task; past this, a miss writes its value itself.
+const QUEUE: usize = 4096;
+/// Writes sent in one pipeline at most.
+const MAX_BATCH: usize = 128;
+
+/// One loaded value for Redis, under its load's lease.
+pub(crate) struct QueuedSet {
+    /// The key, to resolve an owed invalidation once the fresh value has replaced it.
+    pub key: CacheKey,
+    /// Whether an invalidation of the key was owed when it loaded.
+    pub owed: bool,
+    /// The key as Redis holds it.
+    pub redis_key: String,
+    /// The envelope.
+    pub bytes: Vec<u8>,
+    /// Its Redis TTL.
+    pub ttl: Duration,
+    /// The lease key and this load's token in it.
+    pub lease: (String, String),
+    /// A history page's index: its key, the page's member and the index's TTL.
+    pub index: Option<(String, String, Duration)>,
+}
+
+impl QueuedSet {
+    /// The guard for [`crate::l2::L2::set_guarded`].
+    pub fn guard(&self) -> Guard<'_> {
+        Guard::Lease {
+            key: &self.lease.0,
+            token: &self.lease.1,
+        }
+    }
+
+    /// The history index entry for [`crate::l2::L2::set_guarded`].
+    pub fn index(&self) -> Option<IndexEntry<'_>> {
+        self.index
+            .as_ref()
+            .map(|(index_key, member, ttl)| IndexEntry {
+                index_key,
+                member: member.clone(),
+                ttl: *ttl,
+            })
+    }
+}
+
+/// The queue's sending end, and how much in it is not sent yet.
+pub(crate) struct WriteBehind {
+    tx: mpsc::Sender<QueuedSet>,
+    unsent: AtomicUsize,
+    drained: Notify,
+}
+
+impl WriteBehind {
+    /// A queue, and the receiving end for [`run`].
+    pub fn new() -> (Self, mpsc::Receiver<QueuedSet>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let queue = WriteBehind {
+            tx,
+            unsent: AtomicUsize::new(0),
+            drained: Notify::new(),
+        };
+        (queue, rx)
+    }
+
+    /// Queues `set`; gives it back when the queue is full (or its task has stopped).
+    pub fn queue(&self, set: QueuedSet) -> Result<(), QueuedSet> {
+        self.unsent.fetch_add(1, Ordering::AcqRel);
+        self.tx.try_send(set).map_err(|e| {
+            self.sent(1);
+            match e {
+                mpsc::error::TrySendError::Full(set) | mpsc::error::TrySendError::Closed(set) => {
+                    set
+                }
+            }
+        })
+    }
+
+    /// Waits until every write queued before the call has been sent (landed or refused).
+    pub async fn flushed(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if self.unsent.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    fn sent(&self, n: usize) {
+        if self.unsent.fetch_sub(n, Ordering::AcqRel) == n {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+/// The task: takes what has queued (up to [`MAX_BATCH`]), sends it as one pipeline, and
+/// again. It holds only a `Weak`, and the cache aborts it on drop.
+pub(crate) async fn run(cache: Weak<Inner>, mut rx: mpsc::Receiver<QueuedSet>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let Some(inner) = cache.upgrade() else {
+            return;
+        };
+        if let Some(l2) = &inner.l2 {
+            // Absorbed: a value missing from L2 costs a later load, nothing more.
+            if let Ok(landed) = l2.set_guarded_many(&batch).await {
+                for (set, landed) in batch.iter().zip(landed) {
+                    if set.owed && landed {
+                        // The fresh value replaced whatever stale copy a failed delete left.
+                        inner.pending.resolve(&set.key);
+                    }
+                }
+            }
+        }
+        inner.write_behind.sent(batch.len());
+        batch.clear();
+    }
+}
