@@ -190,6 +190,7 @@ async fn set_after_delete(redis_url: Option<&str>) {
     assert_eq!(after.version, 2, "no stale value survived the invalidation");
     assert!(loaded);
     if redis_url.is_some() {
+        cache.flush_l2_writes().await;
         let mut redis = shared_redis().await;
         let stored: Vec<u8> = redis.get(cache.keys().render(&key)).await.unwrap();
         let stored = tiercache::envelope::decode::<TestLead>(&stored).unwrap();

@@ -73,6 +73,7 @@ async fn values_expire_from_l1_then_from_l2() {
         .unwrap();
 
     // Redis holds it with the policy's TTL.
+    cache.flush_l2_writes().await;
     let mut redis = shared_redis().await;
     let pttl: i64 = redis.pttl(cache.keys().render(&key)).await.unwrap();
     assert!(pttl > 900 && pttl <= 1200, "PTTL {pttl}");
@@ -184,6 +185,7 @@ async fn corrupt_and_foreign_payloads_are_misses_not_errors() {
             .unwrap();
         assert_eq!(v.unwrap().version, 9, "reloaded from the loader");
         // The bad payload was replaced by a good one.
+        cache.flush_l2_writes().await;
         let stored: Vec<u8> = redis.get(cache.keys().render(&key)).await.unwrap();
         let decoded = tiercache::envelope::decode::<TestLead>(&stored).unwrap();
         assert_eq!(decoded.value, Some(TestLead::new(id, 9)));
@@ -241,6 +243,7 @@ async fn redis_never_holds_a_phone_number_in_clear() {
             .await
             .unwrap();
     }
+    cache.flush_l2_writes().await;
     let mut redis = shared_redis().await;
     let mut keys: Vec<String> = Vec::new();
     let mut iter: redis::AsyncIter<String> = redis.scan_match(format!("{ns}:*")).await.unwrap();

@@ -518,6 +518,8 @@ impl TwoTierCache {
         let inner = Arc::clone(&self.inner);
         self.inner.l2.as_ref()?;
         Some(tokio::spawn(async move {
+            // Values loaded before this call are swept too, not written after the sweep.
+            inner.write_behind.flushed().await;
             inner
                 .publish(BusMessage::flush_all(inner.instance).encode())
                 .await;
@@ -812,11 +814,23 @@ impl Inner {
 
     /// The load lease of `redis_key` without reading its value (which is not trusted);
     /// `None` when another load holds it or Redis fails.
-    async fn take_lease(&self, l2: &L2, redis_key: &str) -> Option<(String, String)> {
+    async fn take_lease(
+        &self,
+        l2: &L2,
+        redis_key: &str,
+        index: Option<&IndexEntry<'_>>,
+    ) -> Option<(String, String)> {
         let lease_key = self.keys.lease(redis_key);
         let token = self.lease_token();
         match l2
-            .get_or_lease(redis_key, &lease_key, &token, self.load_timeout, true)
+            .get_or_lease(
+                redis_key,
+                &lease_key,
+                &token,
+                self.load_timeout,
+                true,
+                index,
+            )
             .await
         {
             Ok(GetOrLease::Leased) => Some((lease_key, token)),
@@ -878,8 +892,25 @@ impl Inner {
             let started = Instant::now();
             let lease_key = self.keys.lease(redis_key);
             let token = self.lease_token();
+            // A page joins its lead's index in Redis when its load takes the lease.
+            let index_key = page.map(|(lead, _, _)| self.keys.history_index(lead));
+            let index = page
+                .zip(index_key.as_deref())
+                .map(|((_, limit, offset), index_key)| IndexEntry {
+                    index_key,
+                    member: KeySchema::history_member(limit, offset),
+                    ttl: policy.max_ttl(policy.l2_ttl),
+                });
+            let index = index.as_ref();
             let found = match l2
-                .get_or_lease(redis_key, &lease_key, &token, self.load_timeout, owed)
+                .get_or_lease(
+                    redis_key,
+                    &lease_key,
+                    &token,
+                    self.load_timeout,
+                    owed,
+                    index,
+                )
                 .await
             {
                 Ok(GetOrLease::Value(bytes)) => Some(bytes),
@@ -909,7 +940,7 @@ impl Inner {
                     {
                         self.observer
                             .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed());
-                        lease = self.take_lease(l2, redis_key).await;
+                        lease = self.take_lease(l2, redis_key, index).await;
                     }
                     Ok(decoded) => {
                         let negative = decoded.value.is_none();
@@ -941,7 +972,7 @@ impl Inner {
                         // The load below overwrites it, under a lease taken now; deleting
                         // first keeps a failing loader from leaving the bad payload behind.
                         let _ = l2.del(std::slice::from_ref(redis_key)).await;
-                        lease = self.take_lease(l2, redis_key).await;
+                        lease = self.take_lease(l2, redis_key, index).await;
                     }
                 },
                 None => self
@@ -985,15 +1016,6 @@ impl Inner {
         let bytes = envelope::encode(loaded.as_ref(), loaded_at_ms)
             .map_err(|source| Exit::Failed(Error::Encode { entity, source }))?;
         if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
-            let index_key = page.map(|(lead, _, _)| self.keys.history_index(lead));
-            let index = match (page, &index_key) {
-                (Some((_, limit, offset)), Some(index_key)) => Some(IndexEntry {
-                    index_key,
-                    member: KeySchema::history_member(limit, offset),
-                    ttl: policy.max_ttl(policy.l2_ttl),
-                }),
-                _ => None,
-            };
             // Without a lease (another instance's load outlived the wait, or Redis failed)
             // nothing is written: the lease holder writes it. With one, the write goes
             // behind (see `write_behind.rs`), or here when its queue is full.
@@ -1005,18 +1027,11 @@ impl Inner {
                     bytes: bytes.clone(),
                     ttl: policy.ttl(false, negative),
                     lease,
-                    index: index.map(|i| (i.index_key.to_owned(), i.member, i.ttl)),
                 };
-                if let Err(set) = self.write_behind.queue(set) {
+                if let Some(set) = self.write_behind.queue(set) {
                     // Absorbed: a value missing from L2 costs a later load, nothing more.
                     let stored = l2
-                        .set_guarded(
-                            &set.redis_key,
-                            &set.bytes,
-                            set.ttl,
-                            set.guard(),
-                            set.index(),
-                        )
+                        .set_guarded(&set.redis_key, &set.bytes, set.ttl, set.guard())
                         .await;
                     if owed && matches!(stored, Ok(true)) {
                         // The fresh value replaced whatever stale copy the failed delete left.

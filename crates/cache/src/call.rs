@@ -551,7 +551,6 @@ impl TwoTierCache {
                             &bytes,
                             l2_ttl,
                             Guard::Epochs(epochs),
-                            None,
                         )
                         .await;
                     if matches!(stored, Ok(true)) {

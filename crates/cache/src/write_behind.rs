@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::cache::Inner;
 use crate::key::CacheKey;
-use crate::l2::{Guard, IndexEntry};
+use crate::l2::Guard;
 
 /// Values waiting for the task; past this, a miss writes its value itself.
 const QUEUE: usize = 4096;
@@ -36,8 +36,6 @@ pub(crate) struct QueuedSet {
     pub ttl: Duration,
     /// The lease key and this load's token in it.
     pub lease: (String, String),
-    /// A history page's index: its key, the page's member and the index's TTL.
-    pub index: Option<(String, String, Duration)>,
 }
 
 impl QueuedSet {
@@ -47,17 +45,6 @@ impl QueuedSet {
             key: &self.lease.0,
             token: &self.lease.1,
         }
-    }
-
-    /// The history index entry for [`crate::l2::L2::set_guarded`].
-    pub fn index(&self) -> Option<IndexEntry<'_>> {
-        self.index
-            .as_ref()
-            .map(|(index_key, member, ttl)| IndexEntry {
-                index_key,
-                member: member.clone(),
-                ttl: *ttl,
-            })
     }
 }
 
@@ -81,16 +68,15 @@ impl WriteBehind {
     }
 
     /// Queues `set`; gives it back when the queue is full (or its task has stopped).
-    pub fn queue(&self, set: QueuedSet) -> Result<(), QueuedSet> {
+    pub fn queue(&self, set: QueuedSet) -> Option<QueuedSet> {
         self.unsent.fetch_add(1, Ordering::AcqRel);
-        self.tx.try_send(set).map_err(|e| {
-            self.sent(1);
-            match e {
-                mpsc::error::TrySendError::Full(set) | mpsc::error::TrySendError::Closed(set) => {
-                    set
-                }
+        match self.tx.try_send(set) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(set) | mpsc::error::TrySendError::Closed(set)) => {
+                self.sent(1);
+                Some(set)
             }
-        })
+        }
     }
 
     /// Waits until every write queued before the call has been sent (landed or refused).

@@ -39,7 +39,7 @@ pub struct PoolState {
     pub idle: u32,
 }
 
-/// A page key to add to its lead's history index in the same transaction as the value.
+/// A page key to add to its lead's history index when its load takes the lease.
 pub(crate) struct IndexEntry<'a> {
     pub index_key: &'a str,
     pub member: String,
@@ -152,6 +152,8 @@ impl L2 {
 
     /// `GET key`, or when it is absent, a load lease (`SET lease token NX PX ttl`), in one
     /// round trip. With `skip_get`, only the lease is asked for (the value is not trusted).
+    /// With the lease, a history page joins its lead's index, so an invalidation from now
+    /// on finds the page (and deletes its lease, so the load's write does not land).
     pub async fn get_or_lease(
         &self,
         key: &str,
@@ -159,6 +161,7 @@ impl L2 {
         token: &str,
         ttl: Duration,
         skip_get: bool,
+        index: Option<&IndexEntry<'_>>,
     ) -> Result<GetOrLease, L2Error> {
         let script = get_or_lease_script();
         let mut invocation = script.prepare_invoke();
@@ -168,6 +171,13 @@ impl L2 {
             .arg(token)
             .arg(millis(ttl))
             .arg(u8::from(skip_get));
+        match index {
+            Some(index) => invocation
+                .key(index.index_key)
+                .arg(&index.member)
+                .arg(millis(index.ttl)),
+            None => invocation.key(key).arg("").arg(0),
+        };
         let reply: Vec<redis::Value> = self.invoke("get_or_lease", &invocation).await?;
         Ok(match reply.as_slice() {
             [redis::Value::Int(1), redis::Value::BulkString(bytes)] => {
@@ -185,17 +195,16 @@ impl L2 {
         })
     }
 
-    /// `SET key value PX ttl` only if `guard` still holds, plus the history index entry, in
-    /// one script; `Ok(false)` when the guard no longer held (an invalidation came first).
+    /// `SET key value PX ttl` only if `guard` still holds, in one script; `Ok(false)` when
+    /// the guard no longer held (an invalidation came first).
     pub async fn set_guarded(
         &self,
         key: &str,
         value: &[u8],
         ttl: Duration,
         guard: Guard<'_>,
-        index: Option<IndexEntry<'_>>,
     ) -> Result<bool, L2Error> {
-        let (keys, args) = set_guarded_call(key, value, ttl, &guard, index.as_ref());
+        let (keys, args) = set_guarded_call(key, value, ttl, &guard);
         let script = set_guarded_script();
         let mut invocation = script.prepare_invoke();
         for key in keys {
@@ -215,10 +224,8 @@ impl L2 {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for set in sets {
-            let index = set.index();
             let guard = set.guard();
-            let (keys, args) =
-                set_guarded_call(&set.redis_key, &set.bytes, set.ttl, &guard, index.as_ref());
+            let (keys, args) = set_guarded_call(&set.redis_key, &set.bytes, set.ttl, &guard);
             pipe.cmd("EVALSHA").arg(script.get_hash()).arg(keys.len());
             for key in keys {
                 pipe.arg(key);
@@ -560,7 +567,13 @@ if ARGV[3] ~= '1' then
   local v = redis.call('GET', KEYS[1])
   if v then return {1, v} end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if ARGV[4] ~= '' then
+    redis.call('SADD', KEYS[3], ARGV[4])
+    redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  end
+  return {2}
+end
 return {3}
 ",
         )
@@ -573,25 +586,9 @@ fn set_guarded_call<'a>(
     value: &[u8],
     ttl: Duration,
     guard: &Guard<'a>,
-    index: Option<&'a IndexEntry<'a>>,
 ) -> (Vec<&'a str>, Vec<Vec<u8>>) {
-    let number = |n: u64| n.to_string().into_bytes();
     let mut keys = vec![key];
-    let mut args = Vec::with_capacity(8);
-    match index {
-        Some(index) => {
-            keys.push(index.index_key);
-            args.push(index.member.clone().into_bytes());
-            args.push(number(millis(index.ttl)));
-        }
-        None => {
-            keys.push(key);
-            args.push(Vec::new());
-            args.push(number(0));
-        }
-    }
-    args.push(value.to_vec());
-    args.push(number(millis(ttl)));
+    let mut args = vec![value.to_vec(), millis(ttl).to_string().into_bytes()];
     match guard {
         Guard::Lease { key: lease, token } => {
             args.push(b"lease".to_vec());
@@ -609,21 +606,15 @@ fn set_guarded_call<'a>(
     (keys, args)
 }
 
-/// KEYS: value, history index (the value key again when none), then the guard's keys.
-/// ARGV: index member, index ttl, value, ttl, guard kind, then the guard's expected values
-/// (`''` for an absent epoch). A lease guard is released with the write.
+/// KEYS: the value, then the guard's keys. ARGV: value, ttl, guard kind, then the guard's
+/// expected values (`''` for an absent epoch). A lease guard is released with the write.
 const SET_GUARDED: &str = r"
-local kind = ARGV[5]
-for i = 3, #KEYS do
+for i = 2, #KEYS do
   local seen = redis.call('GET', KEYS[i]) or ''
-  if seen ~= ARGV[i + 3] then return 0 end
+  if seen ~= ARGV[i + 2] then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-if kind == 'lease' then redis.call('DEL', KEYS[3]) end
-if ARGV[1] ~= '' then
-  redis.call('SADD', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] == 'lease' then redis.call('DEL', KEYS[2]) end
 return 1
 ";
 
