@@ -1015,6 +1015,7 @@ impl Inner {
         let loaded_at_ms = unix_millis();
         let bytes = envelope::encode(loaded.as_ref(), loaded_at_ms)
             .map_err(|source| Exit::Failed(Error::Encode { entity, source }))?;
+        let size = bytes.len();
         if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
             // Without a lease (another instance's load outlived the wait, or Redis failed)
             // nothing is written: the lease holder writes it. With one, the write goes
@@ -1024,7 +1025,7 @@ impl Inner {
                     key,
                     owed,
                     redis_key: redis_key.clone(),
-                    bytes: bytes.clone(),
+                    bytes,
                     ttl: policy.ttl(false, negative),
                     lease,
                 };
@@ -1042,7 +1043,7 @@ impl Inner {
         }
         let entry = L1Entry::new(
             loaded.map(Arc::new),
-            bytes.len(),
+            size,
             self.l1_life(policy, negative),
             loaded_at_ms,
         );
