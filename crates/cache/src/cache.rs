@@ -44,7 +44,7 @@ const REPLAY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// owes reaches Redis before the others trust it fully again.
 const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often a caller waiting on another instance's load looks for its value.
-const LEASE_POLL_MIN: Duration = Duration::from_millis(2);
+const LEASE_POLL_MIN: Duration = Duration::from_millis(1);
 const LEASE_POLL_MAX: Duration = Duration::from_millis(25);
 
 /// How long an invalidation epoch stays in Redis after its last bump; far longer than any
