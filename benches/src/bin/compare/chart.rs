@@ -137,6 +137,7 @@ mod tests {
             rss_setup_bytes: 1 << 20,
             stampede_loader_runs: 1,
             violations: 0,
+            stale_max_ms: 0.0,
             errors: 0,
             first_error: None,
             capped: false,

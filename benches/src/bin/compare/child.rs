@@ -59,6 +59,10 @@ struct Shared {
     backend: Arc<Backend>,
     /// Per lead, the version of its last write that had committed and been invalidated.
     committed: Vec<AtomicU32>,
+    /// Per lead, when that version was stored there, in nanoseconds since `start`.
+    committed_at: Vec<AtomicU64>,
+    /// When the run started: the origin of `committed_at`.
+    start: Instant,
     /// Writes to one lead take turns, so its versions commit in order.
     write_turns: Vec<Mutex<()>>,
     /// The next operation's position in the replay.
@@ -74,6 +78,8 @@ struct WorkerOut {
     reads: Histogram,
     writes: Histogram,
     violations: u64,
+    /// The longest a stale read began after the newer version had committed, ns.
+    stale_max_ns: u64,
     errors: u64,
     first_error: Option<String>,
     /// First and last positions measured.
@@ -119,6 +125,8 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         leads,
         backend: Arc::clone(&backend),
         committed: (0..args.leads).map(|_| AtomicU32::new(0)).collect(),
+        committed_at: (0..args.leads).map(|_| AtomicU64::new(0)).collect(),
+        start,
         write_turns: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
         next: AtomicU64::new(0),
         max_ops: args.max_ops,
@@ -146,6 +154,7 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         reads.merge(&w.reads);
         writes.merge(&w.writes);
         out.violations += w.violations;
+        out.stale_max_ns = out.stale_max_ns.max(w.stale_max_ns);
         out.errors += w.errors;
         out.capped |= w.capped;
         if out.first_error.is_none() {
@@ -220,6 +229,7 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         rss_setup_bytes,
         stampede_loader_runs,
         violations: out.violations,
+        stale_max_ms: out.stale_max_ns as f64 / 1e6,
         errors: out.errors,
         first_error: out.first_error,
         capped: out.capped,
@@ -253,18 +263,30 @@ async fn worker(shared: Arc<Shared>) -> WorkerOut {
             let written = shared.backend.write(index, lead, notes).await;
             let took = began.elapsed();
             match written {
-                Ok(()) => committed.store(next_version, Ordering::Release),
+                Ok(()) => {
+                    let at = u64::try_from(shared.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    shared.committed_at[op.lead as usize].store(at, Ordering::Relaxed);
+                    committed.store(next_version, Ordering::Release);
+                }
                 Err(e) => out.failed(e),
             }
             took
         } else {
             // What had committed before the read began: the read must be at least as new.
             let expected = committed.load(Ordering::Acquire);
+            let committed_at = shared.committed_at[op.lead as usize].load(Ordering::Relaxed);
             let began = Instant::now();
             let read = shared.backend.read(index, lead).await;
             let took = began.elapsed();
             match read {
-                Ok(Some(found)) if version(&found) < expected => out.violations += 1,
+                Ok(Some(found)) if version(&found) < expected => {
+                    out.violations += 1;
+                    // How long after the newer version committed this read began (the
+                    // version seen may be older still; this is a lower bound).
+                    let began_ns = u64::try_from(began.duration_since(shared.start).as_nanos())
+                        .unwrap_or(u64::MAX);
+                    out.stale_max_ns = out.stale_max_ns.max(began_ns.saturating_sub(committed_at));
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => out.failed(anyhow::anyhow!("lead {} was not found", lead.id)),
                 Err(e) => out.failed(e),

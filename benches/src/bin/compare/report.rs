@@ -13,7 +13,7 @@ use crate::results::{RunResult, Summary};
 pub fn run_line(r: &RunResult) -> String {
     let mut line = format!(
         "{:<17} {:>9.0} ops/s  read p50 {:.1} µs p99 {:.1} µs  hit {:.4} (best {:.4})  \
-         redis {:.2}/op  cpu {:.1} µs/op  stampede {}  stale {}  errors {}",
+         redis {:.2}/op  cpu {:.1} µs/op  stampede {}  stale {} (≤ {:.1} ms)  errors {}",
         r.mode,
         r.ops_per_sec,
         r.read_p50_us,
@@ -24,6 +24,7 @@ pub fn run_line(r: &RunResult) -> String {
         r.cpu_us_per_op,
         r.stampede_loader_runs,
         r.violations,
+        r.stale_max_ms,
         r.errors
     );
     if let Some(error) = &r.first_error {
@@ -45,7 +46,7 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
         );
     }
     println!(
-        "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>5} {:>7} {:>8} {:>5}",
+        "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>5} {:>7} {:>8} {:>5} {:>8}",
         "mode",
         "ops/s",
         "p50 µs",
@@ -62,10 +63,11 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
         "RSS MiB",
         "stampede",
         "stale",
+        "stale ms",
     );
     for s in summaries {
         println!(
-            "{:<17} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>8.0} {:>8.0} {:>7.4} {:>7.4} {:>8.3} {:>7.1} {:>5.2} {:>7.1} {:>8} {:>5}{}",
+            "{:<17} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>8.0} {:>8.0} {:>7.4} {:>7.4} {:>8.3} {:>7.1} {:>5.2} {:>7.1} {:>8} {:>5} {:>8.1}{}",
             s.mode,
             s.ops_per_sec,
             s.read_p50_us,
@@ -82,6 +84,7 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
             s.rss_mib,
             s.stampede_loader_runs,
             s.violations,
+            s.stale_max_ms,
             match (s.errors, s.capped) {
                 (0, false) => String::new(),
                 (0, true) => "  (--max-ops reached)".to_owned(),
@@ -96,7 +99,8 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
          or was written since). redis/op: every client's commands, heartbeats included. \
          CPU µs: this process's, PostgreSQL's and Redis's CPU time per operation; busy: \
          the machine's busy share. stale: reads older than the last write committed \
-         before they began."
+         before they began; stale ms: the longest such a read began after that write \
+         committed."
     );
     println!();
 }

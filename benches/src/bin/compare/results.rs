@@ -58,6 +58,9 @@ pub struct RunResult {
     pub stampede_loader_runs: u64,
     /// Reads older than the last write committed before they began, warm-up included.
     pub violations: u64,
+    /// The longest such a read began after that write had committed, ms.
+    #[serde(default)]
+    pub stale_max_ms: f64,
     /// Operations that failed, warm-up included.
     pub errors: u64,
     /// The first failure's message.
@@ -110,6 +113,8 @@ pub struct Summary {
     pub stampede_loader_runs: u64,
     /// Stale reads, all rounds.
     pub violations: u64,
+    /// The longest a stale read began after the newer write committed, any round, ms.
+    pub stale_max_ms: f64,
     /// Failed operations, all rounds.
     pub errors: u64,
     /// Whether any round ran out of operations before its time.
@@ -160,6 +165,7 @@ impl Summary {
                 .max()
                 .unwrap_or(0),
             violations: runs.iter().map(|r| r.violations).sum(),
+            stale_max_ms: runs.iter().map(|r| r.stale_max_ms).fold(0.0, f64::max),
             errors: runs.iter().map(|r| r.errors).sum(),
             capped: runs.iter().any(|r| r.capped),
         })
