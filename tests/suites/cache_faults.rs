@@ -10,6 +10,7 @@ use tiercache::{CircuitState, TwoTierCache};
 use tiercache_tests::cache::{TestLead, config};
 use tiercache_tests::{Recorder, RedisServer, command_count, unique_namespace};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{Notify, oneshot};
 
 async fn read(cache: &TwoTierCache, id: i64, calls: &Arc<AtomicU32>) -> TestLead {
     let calls = calls.clone();
@@ -352,4 +353,67 @@ async fn a_stampede_over_two_instances_loads_once() {
         .await
         .unwrap();
     assert!(leases.is_empty(), "the lease was released: {leases:?}");
+}
+
+/// A load that fails while holding `id`'s lease; `before_failing` runs once the loader has
+/// started (the lease is taken) and before it fails.
+async fn failed_load(cache: &TwoTierCache, id: i64, before_failing: impl AsyncFnOnce()) {
+    let (started_tx, started_rx) = oneshot::channel();
+    let fail = Arc::new(Notify::new());
+    let load = {
+        let (cache, fail) = (cache.clone(), fail.clone());
+        let key = cache.keys().lead_by_id(id);
+        tokio::spawn(async move {
+            cache
+                .get_or_load(key, || async move {
+                    let _ = started_tx.send(());
+                    fail.notified().await;
+                    Err::<Option<TestLead>, _>(io::Error::other("the database went away"))
+                })
+                .await
+        })
+    };
+    started_rx.await.unwrap();
+    before_failing().await;
+    fail.notify_one();
+    assert!(load.await.unwrap().is_err(), "the loader's error stands");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_releases_its_own_lease_and_no_other() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("release");
+    let cache = TwoTierCache::new(
+        config(&ns, Some(&server.url())).build().unwrap(),
+        tiercache::NoopObserver,
+    )
+    .unwrap();
+    let mut admin = server.client().await;
+    let lease = |id: i64| format!("{ns}:test:v1:lease:lead:id:{id}");
+
+    // Its own lease goes at once, so another instance need not wait it out.
+    let mut held: Option<String> = None;
+    failed_load(&cache, 1, async || {
+        held = redis::AsyncCommands::get(&mut admin, lease(1))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(held.is_some(), "the load held a lease");
+    let left: Option<String> = redis::AsyncCommands::get(&mut admin, lease(1))
+        .await
+        .unwrap();
+    assert_eq!(left, None, "released");
+
+    // Its lease expired and another load took the key: that one's lease stays.
+    failed_load(&cache, 2, async || {
+        let _: () = redis::AsyncCommands::set(&mut admin, lease(2), "another-load")
+            .await
+            .unwrap();
+    })
+    .await;
+    let left: Option<String> = redis::AsyncCommands::get(&mut admin, lease(2))
+        .await
+        .unwrap();
+    assert_eq!(left.as_deref(), Some("another-load"));
 }

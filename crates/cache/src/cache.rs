@@ -838,10 +838,11 @@ impl Inner {
         }
     }
 
-    /// Lets another instance load at once instead of waiting out the lease.
+    /// Lets another instance load at once instead of waiting out the lease; a lease that
+    /// expired and went to another load meanwhile is left alone.
     async fn release_lease(&self, lease: Option<&(String, String)>) {
-        if let (Some(l2), Some((lease, _))) = (&self.l2, lease) {
-            let _ = l2.del(std::slice::from_ref(lease)).await;
+        if let (Some(l2), Some((lease, token))) = (&self.l2, lease) {
+            let _ = l2.release_lease(lease, token).await;
         }
     }
 

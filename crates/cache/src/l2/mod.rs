@@ -299,6 +299,16 @@ impl L2 {
         self.invoke("invalidate", &invocation).await
     }
 
+    /// `DEL lease` if it still holds `token` (compare and delete, in one script).
+    pub async fn release_lease(&self, lease: &str, token: &str) -> Result<(), L2Error> {
+        let script = release_lease_script();
+        let mut invocation = script.prepare_invoke();
+        invocation.key(lease).arg(token);
+        self.invoke::<i64>("release_lease", &invocation)
+            .await
+            .map(|_| ())
+    }
+
     /// `DEL keys…`.
     pub async fn del(&self, keys: &[String]) -> Result<(), L2Error> {
         if keys.is_empty() {
@@ -621,6 +631,19 @@ return 1
 fn set_guarded_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| redis::Script::new(SET_GUARDED))
+}
+
+/// KEYS: a lease. ARGV: the token it must still hold to be deleted.
+fn release_lease_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+        )
+    })
 }
 
 /// KEYS: the epochs (ARGV[1] of them), the doomed keys (ARGV[2]), the history index when
