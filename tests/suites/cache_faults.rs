@@ -25,6 +25,15 @@ async fn read(cache: &TwoTierCache, id: i64, calls: &Arc<AtomicU32>) -> TestLead
     (*v.unwrap()).clone()
 }
 
+/// A cache (no observer) on `server` under namespace `ns`.
+fn cache_on(server: &RedisServer, ns: &str) -> TwoTierCache {
+    TwoTierCache::new(
+        config(ns, Some(&server.url())).build().unwrap(),
+        tiercache::NoopObserver,
+    )
+    .unwrap()
+}
+
 async fn next_change(
     rx: &mut UnboundedReceiver<(CircuitState, CircuitState)>,
 ) -> (CircuitState, CircuitState) {
@@ -136,16 +145,8 @@ async fn a_paused_redis_costs_a_timeout_then_nothing() {
 async fn an_l2_hit_is_one_get_and_an_l1_hit_is_none() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("cmds");
-    let a = TwoTierCache::new(
-        config(&ns, Some(&server.url())).build().unwrap(),
-        tiercache::NoopObserver,
-    )
-    .unwrap();
-    let b = TwoTierCache::new(
-        config(&ns, Some(&server.url())).build().unwrap(),
-        tiercache::NoopObserver,
-    )
-    .unwrap();
+    let a = cache_on(&server, &ns);
+    let b = cache_on(&server, &ns);
     let calls = Arc::new(AtomicU32::new(0));
     let mut admin = server.client().await;
 
@@ -304,16 +305,8 @@ async fn an_invalidation_redis_missed_is_owed_honoured_and_replayed() {
 async fn a_stampede_over_two_instances_loads_once() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("lease");
-    let a = TwoTierCache::new(
-        config(&ns, Some(&server.url())).build().unwrap(),
-        tiercache::NoopObserver,
-    )
-    .unwrap();
-    let b = TwoTierCache::new(
-        config(&ns, Some(&server.url())).build().unwrap(),
-        tiercache::NoopObserver,
-    )
-    .unwrap();
+    let a = cache_on(&server, &ns);
+    let b = cache_on(&server, &ns);
     let calls = Arc::new(AtomicU32::new(0));
     let key = a.keys().lead_by_id(7);
     let tasks: Vec<_> = (0..500)
@@ -383,11 +376,7 @@ async fn failed_load(cache: &TwoTierCache, id: i64, before_failing: impl AsyncFn
 async fn a_failed_load_releases_its_own_lease_and_no_other() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("release");
-    let cache = TwoTierCache::new(
-        config(&ns, Some(&server.url())).build().unwrap(),
-        tiercache::NoopObserver,
-    )
-    .unwrap();
+    let cache = cache_on(&server, &ns);
     let mut admin = server.client().await;
     let lease = |id: i64| format!("{ns}:test:v1:lease:lead:id:{id}");
 
