@@ -200,6 +200,19 @@ impl TestServer {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
+    /// Every sample of a scrape of `/api/monitoring/metrics`, by its full name with labels.
+    pub async fn scrape(&self) -> std::collections::HashMap<String, f64> {
+        let (status, text) = self.get("/api/monitoring/metrics").await;
+        assert_eq!(status, 200);
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// `method path` with a raw body: (status, body).
     pub async fn send(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, String) {
         let response = self

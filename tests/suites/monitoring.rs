@@ -13,19 +13,6 @@ use tiercache_tests::server::{Options, TestServer};
 use tiercache_tests::{RedisServer, unique_namespace};
 use tokio::io::AsyncWriteExt;
 
-/// Every sample of a scrape, by its full name with labels.
-async fn scrape(server: &TestServer) -> HashMap<String, f64> {
-    let (status, text) = server.get("/api/monitoring/metrics").await;
-    assert_eq!(status, 200);
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
     after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
 }
@@ -52,9 +39,9 @@ async fn metrics_move_exactly_as_a_scripted_sequence_says() {
         r#"tiercache_http_requests_total{method="GET",route="/api/leads/{id}",status="200"}"#;
 
     // A cold read: L1 miss, L2 miss, one load.
-    let s0 = scrape(&server).await;
+    let s0 = server.scrape().await;
     assert_eq!(server.get("/api/leads/3").await.0, 200);
-    let s1 = scrape(&server).await;
+    let s1 = server.scrape().await;
     assert_eq!(delta(&s0, &s1, &lead("miss", "l1")), 1.0);
     assert_eq!(delta(&s0, &s1, &lead("miss", "l2")), 1.0);
     assert_eq!(delta(&s0, &s1, loads), 1.0);
@@ -63,7 +50,7 @@ async fn metrics_move_exactly_as_a_scripted_sequence_says() {
     // Twice warm: two L1 hits, their ages observed, no load.
     server.get("/api/leads/3").await;
     server.get("/api/leads/3").await;
-    let s2 = scrape(&server).await;
+    let s2 = server.scrape().await;
     assert_eq!(delta(&s1, &s2, &lead("hit", "l1")), 2.0);
     assert_eq!(delta(&s1, &s2, age_l1), 2.0);
     assert_eq!(delta(&s1, &s2, loads), 0.0);
@@ -73,7 +60,7 @@ async fn metrics_move_exactly_as_a_scripted_sequence_says() {
         .send(Method::PATCH, "/api/leads/3", r#"{"status":"customer"}"#)
         .await;
     server.get("/api/leads/3").await;
-    let s3 = scrape(&server).await;
+    let s3 = server.scrape().await;
     assert_eq!(
         delta(
             &s2,
@@ -88,7 +75,7 @@ async fn metrics_move_exactly_as_a_scripted_sequence_says() {
     // An unknown lead is a load that finds nothing, then a cached "not found".
     server.get("/api/leads/999").await;
     server.get("/api/leads/999").await;
-    let s4 = scrape(&server).await;
+    let s4 = server.scrape().await;
     assert_eq!(
         delta(
             &s3,
@@ -327,13 +314,13 @@ async fn the_admin_api_needs_its_token_and_invalidates() {
     // By entity: the next read loads again.
     let loads = r#"tiercache_loads_total{entity="lead",result="found"}"#;
     server.get("/api/leads/4").await;
-    let before = scrape(&server).await;
+    let before = server.scrape().await;
     let response = admin(Some(&bearer), r#"{"entity":"lead","id":4}"#)
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     server.get("/api/leads/4").await;
-    let after = scrape(&server).await;
+    let after = server.scrape().await;
     assert_eq!(delta(&before, &after, loads), 1.0);
     assert_eq!(
         delta(
@@ -408,7 +395,7 @@ async fn the_admin_api_needs_its_token_and_invalidates() {
         tiercache_tests::command_count(&mut conn, "flushdb").await,
         0
     );
-    let metrics = scrape(&server).await;
+    let metrics = server.scrape().await;
     assert_eq!(
         metrics[r#"tiercache_admin_actions_total{action="invalidate",result="unauthorized"}"#],
         3.0

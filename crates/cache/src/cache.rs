@@ -702,7 +702,8 @@ impl TwoTierCache {
 }
 
 impl Inner {
-    /// [`load_through`](Self::load_through) under the load timeout: the hard bound on a miss.
+    /// A miss under the load timeout (the hard bound on it): the key's compute lock, then
+    /// [`fill`](Self::fill) unless another caller's load or failure answers it.
     async fn load_bounded<T, E, F, Fut>(
         &self,
         key: CacheKey,
@@ -715,73 +716,60 @@ impl Inner {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
-        tokio::time::timeout(
-            self.load_timeout,
-            self.load_through(key, requested_at, loader),
-        )
-        .await
-        .unwrap_or(Err(Error::LoadTimeout {
-            entity: key.entity(),
-            after: self.load_timeout,
-        }))
-    }
-
-    async fn load_through<T, E, F, Fut>(
-        &self,
-        key: CacheKey,
-        requested_at: Instant,
-        loader: F,
-    ) -> Result<Option<Arc<T>>, Error>
-    where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
-        E: Into<BoxError>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
-    {
-        let entity = key.entity();
-        let computed = self
-            .l1
-            .entry(key)
-            .and_try_compute_with(|existing| async move {
-                // Another caller's load finished while this one waited for the key.
-                if let Some(existing) = existing {
-                    let entry = existing.into_value();
-                    if entry.holds::<T>() && entry.fresh(Instant::now(), &self.coherence) {
-                        self.observer.coalesced(entity);
-                        return Ok(Op::Nop);
+        let load = async {
+            let entity = key.entity();
+            let computed = self
+                .l1
+                .entry(key)
+                .and_try_compute_with(|existing| async move {
+                    // Another caller's load finished while this one waited for the key.
+                    if let Some(existing) = existing {
+                        let entry = existing.into_value();
+                        if entry.holds::<T>() && entry.fresh(Instant::now(), &self.coherence) {
+                            self.observer.coalesced(entity);
+                            return Ok(Op::Nop);
+                        }
                     }
+                    if let Some(failed) = self.failures.get(&key)
+                        && failed.at >= requested_at
+                    {
+                        self.observer.coalesced(entity);
+                        return Err(Exit::Failed(failed.error.clone()));
+                    }
+                    self.fill::<T, E, F, Fut>(key, loader).await.map(Op::Put)
+                })
+                .await;
+            let entry = match computed {
+                Ok(
+                    CompResult::Inserted(e)
+                    | CompResult::ReplacedWith(e)
+                    | CompResult::Unchanged(e),
+                ) => e.into_value(),
+                // Nop on an absent entry: cannot happen (a Nop is returned only for an existing one).
+                Ok(CompResult::StillNone(_) | CompResult::Removed(_)) => return Ok(None),
+                Err(Exit::Uncached(entry)) => entry,
+                Err(Exit::Failed(error)) => {
+                    if !matches!(error, Error::Encode { .. }) {
+                        self.failures.insert(
+                            key,
+                            Arc::new(FailedLoad {
+                                at: Instant::now(),
+                                error: error.clone(),
+                            }),
+                        );
+                    }
+                    return Err(error);
                 }
-                if let Some(failed) = self.failures.get(&key)
-                    && failed.at >= requested_at
-                {
-                    self.observer.coalesced(entity);
-                    return Err(Exit::Failed(failed.error.clone()));
-                }
-                self.fill::<T, E, F, Fut>(key, loader).await.map(Op::Put)
-            })
-            .await;
-        let entry = match computed {
-            Ok(
-                CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e),
-            ) => e.into_value(),
-            // Nop on an absent entry: cannot happen (a Nop is returned only for an existing one).
-            Ok(CompResult::StillNone(_) | CompResult::Removed(_)) => return Ok(None),
-            Err(Exit::Uncached(entry)) => entry,
-            Err(Exit::Failed(error)) => {
-                if !matches!(error, Error::Encode { .. }) {
-                    self.failures.insert(
-                        key,
-                        Arc::new(FailedLoad {
-                            at: Instant::now(),
-                            error: error.clone(),
-                        }),
-                    );
-                }
-                return Err(error);
-            }
+            };
+            // The entry was just checked or built for a `T`.
+            Ok(entry.downcast::<T>().unwrap_or(None))
         };
-        // The entry was just checked or built for a `T`.
-        Ok(entry.downcast::<T>().unwrap_or(None))
+        tokio::time::timeout(self.load_timeout, load)
+            .await
+            .unwrap_or(Err(Error::LoadTimeout {
+                entity: key.entity(),
+                after: self.load_timeout,
+            }))
     }
 
     /// How long a new L1 entry is fresh, and how long it is kept after that (grace).
@@ -1017,29 +1005,20 @@ impl Inner {
         let bytes = envelope::encode(loaded.as_ref(), loaded_at_ms)
             .map_err(|source| Exit::Failed(Error::Encode { entity, source }))?;
         let size = bytes.len();
-        if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
-            // Without a lease (another instance's load outlived the wait, or Redis failed)
-            // nothing is written: the lease holder writes it. With one, the write goes
-            // behind (see `write_behind.rs`), or here when its queue is full.
-            if let Some(lease) = lease {
-                let set = QueuedSet {
-                    key,
-                    owed,
-                    redis_key: redis_key.clone(),
-                    bytes,
-                    ttl: policy.ttl(false, negative),
-                    lease,
-                };
-                if let Some(set) = self.write_behind.queue(set) {
-                    // Absorbed: a value missing from L2 costs a later load, nothing more.
-                    let stored = l2
-                        .set_guarded(&set.redis_key, &set.bytes, set.ttl, set.guard())
-                        .await;
-                    if owed && matches!(stored, Ok(true)) {
-                        // The fresh value replaced whatever stale copy the failed delete left.
-                        self.pending.resolve(&key);
-                    }
-                }
+        // Without a lease (another instance's load outlived the wait, or Redis failed)
+        // nothing is written: the lease holder writes it. With one, the write goes behind
+        // (see `write_behind.rs`), or here when its queue is full.
+        if let (Some(redis_key), Some(lease)) = (redis_key, lease) {
+            let set = QueuedSet {
+                key,
+                owed,
+                redis_key,
+                bytes,
+                ttl: policy.ttl(false, negative),
+                lease,
+            };
+            if let Some(set) = self.write_behind.queue(set) {
+                crate::write_behind::send(self, std::slice::from_ref(&set)).await;
             }
         }
         let entry = L1Entry::new(
@@ -1109,18 +1088,14 @@ impl Inner {
                     .collect()
             };
             let doomed: Vec<String> = keys.iter().flat_map(|k| self.doomed(k)).collect();
-            let history = history_of.map(|lead| {
+            let pages = history_of.map(|lead| {
                 let page_prefix = self.keys.history_prefix(lead);
-                let lease_prefix = self.keys.lease(&page_prefix);
-                (self.keys.history_index(lead), page_prefix, lease_prefix)
-            });
-            let pages = history
-                .as_ref()
-                .map(|(index_key, page_prefix, lease_prefix)| HistoryPages {
-                    index_key,
+                HistoryPages {
+                    index_key: self.keys.history_index(lead),
+                    lease_prefix: self.keys.lease(&page_prefix),
                     page_prefix,
-                    lease_prefix,
-                });
+                }
+            });
             let publish = message.as_deref().map(|payload| Publish {
                 stream: &self.bus_stream,
                 channel: &self.bus_channel,

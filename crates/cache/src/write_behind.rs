@@ -108,18 +108,23 @@ pub(crate) async fn run(cache: Weak<Inner>, mut rx: mpsc::Receiver<QueuedSet>) {
         let Some(inner) = cache.upgrade() else {
             return;
         };
-        if let Some(l2) = &inner.l2 {
-            // Absorbed: a value missing from L2 costs a later load, nothing more.
-            if let Ok(landed) = l2.set_guarded_many(&batch).await {
-                for (set, landed) in batch.iter().zip(landed) {
-                    if set.owed && landed {
-                        // The fresh value replaced whatever stale copy a failed delete left.
-                        inner.pending.resolve(&set.key);
-                    }
-                }
-            }
-        }
+        send(&inner, &batch).await;
         inner.write_behind.sent(batch.len());
         batch.clear();
+    }
+}
+
+/// Sends `sets` in one pipeline; an owed invalidation whose key a fresh value replaced is
+/// resolved. Also how a miss writes its value itself when the queue is full.
+pub(crate) async fn send(inner: &Inner, sets: &[QueuedSet]) {
+    let Some(l2) = &inner.l2 else { return };
+    // Absorbed: a value missing from L2 costs a later load, nothing more.
+    if let Ok(landed) = l2.set_guarded_many(sets).await {
+        for (set, landed) in sets.iter().zip(landed) {
+            if set.owed && landed {
+                // The fresh value replaced whatever stale copy a failed delete left.
+                inner.pending.resolve(&set.key);
+            }
+        }
     }
 }

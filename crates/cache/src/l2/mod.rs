@@ -15,6 +15,7 @@
 mod error;
 mod manager;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -211,7 +212,7 @@ impl L2 {
             invocation.key(key);
         }
         for arg in &args {
-            invocation.arg(arg.as_slice());
+            invocation.arg(&**arg);
         }
         let landed: i64 = self.invoke("set", &invocation).await?;
         Ok(landed == 1)
@@ -231,7 +232,7 @@ impl L2 {
                 pipe.arg(key);
             }
             for arg in &args {
-                pipe.arg(arg.as_slice());
+                pipe.arg(&**arg);
             }
         }
         let replies: Vec<redis::RedisResult<i64>> = self
@@ -267,7 +268,7 @@ impl L2 {
         epochs: &[String],
         ttl: Duration,
         doomed: &[String],
-        history: Option<&HistoryPages<'_>>,
+        history: Option<&HistoryPages>,
         publish: Option<&Publish<'_>>,
     ) -> Result<Vec<String>, L2Error> {
         let script = invalidate_script();
@@ -281,10 +282,10 @@ impl L2 {
         }
         match history {
             Some(pages) => invocation
-                .key(pages.index_key)
+                .key(&pages.index_key)
                 .arg(1)
-                .arg(pages.page_prefix)
-                .arg(pages.lease_prefix),
+                .arg(&pages.page_prefix)
+                .arg(&pages.lease_prefix),
             None => invocation.arg(0).arg("").arg(""),
         };
         match publish {
@@ -526,13 +527,13 @@ impl L2 {
 
 /// A lead's history pages for [`L2::invalidate`]: a page's key is `page_prefix` followed by
 /// its index member, its lease `lease_prefix` followed by the member.
-pub(crate) struct HistoryPages<'a> {
+pub(crate) struct HistoryPages {
     /// The set listing the pages cached in Redis.
-    pub index_key: &'a str,
+    pub index_key: String,
     /// The pages' keys before the member.
-    pub page_prefix: &'a str,
+    pub page_prefix: String,
     /// Their leases' keys before the member.
-    pub lease_prefix: &'a str,
+    pub lease_prefix: String,
 }
 
 /// A bus message for [`L2::invalidate`] to append to the stream and announce on the channel.
@@ -590,26 +591,30 @@ return {3}
     })
 }
 
-/// The guarded SET's keys and arguments: see [`SET_GUARDED`].
+/// The guarded SET's keys and arguments: see [`SET_GUARDED`]. The value and the guard's
+/// strings are borrowed, not copied.
 fn set_guarded_call<'a>(
     key: &'a str,
-    value: &[u8],
+    value: &'a [u8],
     ttl: Duration,
     guard: &Guard<'a>,
-) -> (Vec<&'a str>, Vec<Vec<u8>>) {
+) -> (Vec<&'a str>, Vec<Cow<'a, [u8]>>) {
     let mut keys = vec![key];
-    let mut args = vec![value.to_vec(), millis(ttl).to_string().into_bytes()];
+    let mut args = vec![
+        Cow::Borrowed(value),
+        Cow::Owned(millis(ttl).to_string().into_bytes()),
+    ];
     match guard {
         Guard::Lease { key: lease, token } => {
-            args.push(b"lease".to_vec());
+            args.push(Cow::Borrowed(b"lease"));
             keys.push(lease);
-            args.push(token.as_bytes().to_vec());
+            args.push(Cow::Borrowed(token.as_bytes()));
         }
         Guard::Epochs(epochs) => {
-            args.push(b"epochs".to_vec());
+            args.push(Cow::Borrowed(b"epochs"));
             for (epoch_key, seen) in epochs.iter() {
                 keys.push(epoch_key);
-                args.push(seen.as_deref().unwrap_or("").as_bytes().to_vec());
+                args.push(Cow::Borrowed(seen.as_deref().unwrap_or("").as_bytes()));
             }
         }
     }
