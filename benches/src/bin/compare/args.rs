@@ -73,13 +73,17 @@ pub struct ChildArgs {
     pub prefix: String,
 }
 
+/// The most operations `--warmup-ops` and `--ops` take: the trace replays from its start
+/// past its length, so this only keeps a typo from running for a day.
+const MAX_OPS: u64 = 100_000_000;
+
 /// The command line, checked.
 #[derive(Clone, Debug)]
 pub struct Args {
-    /// Warm-up per mode, in seconds (not measured).
-    pub warmup: u64,
-    /// Measured window per mode, in seconds.
-    pub seconds: u64,
+    /// Operations per mode and round before the measured window (not measured).
+    pub warmup_ops: u64,
+    /// Operations measured per mode and round: the same trace positions in every mode.
+    pub ops: u64,
     /// Runs of every mode, interleaved; the report gives medians.
     pub rounds: usize,
     /// Worker tasks, each with one operation in flight.
@@ -88,8 +92,8 @@ pub struct Args {
     pub leads: u32,
     /// Modes to run, in this order.
     pub modes: Vec<Mode>,
-    /// Operations per child at most, warm-up included.
-    pub max_ops: u64,
+    /// How long one mode's round may take, in seconds; a run past it stops and fails.
+    pub max_seconds: u64,
     /// Where results.jsonl and compare.svg go.
     pub out: PathBuf,
     /// Set in a child process (the parent re-executes itself with `--child`).
@@ -98,20 +102,24 @@ pub struct Args {
 
 /// The help text.
 pub const USAGE: &str = "\
-usage: compare [--warmup N] [--seconds N] [--rounds N] [--concurrency N] [--leads N]
-               [--modes LIST] [--max-ops N] [--out DIR] [--quick]
+usage: compare [--warmup-ops N] [--ops N] [--rounds N] [--concurrency N] [--leads N]
+               [--modes LIST] [--max-seconds N] [--out DIR] [--quick]
 
-  --warmup N       warm-up per mode, in seconds, not measured (default 3)
-  --seconds N      measured window per mode, in seconds (default 5)
+  --warmup-ops N   operations per mode and round before the window, not measured
+                   (default 50000)
+  --ops N          operations measured per mode and round, the same trace positions in
+                   every mode (default 150000)
   --rounds N       runs of every mode, interleaved round-robin; medians reported (default 3)
   --concurrency N  worker tasks, one operation in flight each (default 4)
   --leads N        leads in the data set, 100 organizations (default 100000)
   --modes LIST     comma-separated, in this order (default: all) among
                    postgres, redis-readthrough, moka-redis, bound,
                    tiercache, tiercache-l1, tiercache-x2
-  --max-ops N      operations per mode and round at most, warm-up included (default 50000000)
+  --max-seconds N  time one mode's round may take; a round past it stops and fails
+                   (default 300)
   --out DIR        where results.jsonl and compare.svg are written (default target/compare)
-  --quick          a smoke run: --warmup 1 --seconds 2 --rounds 1 (flags given override it)
+  --quick          a smoke run: --warmup-ops 2000 --ops 5000 --rounds 1 (flags given
+                   override it)
 
 env: COMPARE_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/tiercache_compare,
      with _N appended for --leads N other than 100000; created and seeded when missing),
@@ -120,13 +128,13 @@ env: COMPARE_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/tiercache_
 /// Flags as given, before defaults and `--quick` are applied.
 #[derive(Default)]
 struct Raw {
-    warmup: Option<u64>,
-    seconds: Option<u64>,
+    warmup_ops: Option<u64>,
+    ops: Option<u64>,
     rounds: Option<u64>,
     concurrency: Option<u64>,
     leads: Option<u64>,
     modes: Option<Vec<Mode>>,
-    max_ops: Option<u64>,
+    max_seconds: Option<u64>,
     out: Option<PathBuf>,
     quick: bool,
     child: Option<Mode>,
@@ -159,12 +167,12 @@ impl Args {
                 }
             };
             match flag.as_str() {
-                "--warmup" => raw.warmup = number(0, 3600)?,
-                "--seconds" => raw.seconds = number(1, 3600)?,
+                "--warmup-ops" => raw.warmup_ops = number(0, MAX_OPS)?,
+                "--ops" => raw.ops = number(100, MAX_OPS)?,
                 "--rounds" => raw.rounds = number(1, 100)?,
                 "--concurrency" => raw.concurrency = number(1, 1024)?,
                 "--leads" => raw.leads = number(100, DEMO_LEADS as u64)?,
-                "--max-ops" => raw.max_ops = number(1_000, 1_000_000_000)?,
+                "--max-seconds" => raw.max_seconds = number(1, 86_400)?,
                 "--out" => raw.out = Some(PathBuf::from(value)),
                 "--modes" => {
                     let modes = value
@@ -194,7 +202,11 @@ impl Args {
 impl Raw {
     fn check(self) -> Result<Args, String> {
         // --quick changes the defaults only: flags given with it still count.
-        let (warmup, seconds, rounds) = if self.quick { (1, 2, 1) } else { (3, 5, 3) };
+        let (warmup_ops, ops, rounds) = if self.quick {
+            (2_000, 5_000, 1)
+        } else {
+            (50_000, 150_000, 3)
+        };
         let child = match (self.child, self.round, self.prefix) {
             (None, None, None) => None,
             (Some(mode), Some(round), Some(prefix)) => Some(ChildArgs {
@@ -209,13 +221,13 @@ impl Raw {
             return Err("--modes: name at least one mode".to_owned());
         }
         Ok(Args {
-            warmup: self.warmup.unwrap_or(warmup),
-            seconds: self.seconds.unwrap_or(seconds),
+            warmup_ops: self.warmup_ops.unwrap_or(warmup_ops),
+            ops: self.ops.unwrap_or(ops),
             rounds: self.rounds.map_or(rounds, |r| r as usize),
             concurrency: self.concurrency.map_or(4, |c| c as usize),
             leads: self.leads.map_or(DEMO_LEADS as u32, |n| n as u32),
             modes,
-            max_ops: self.max_ops.unwrap_or(50_000_000),
+            max_seconds: self.max_seconds.unwrap_or(300),
             out: self.out.unwrap_or_else(|| PathBuf::from("target/compare")),
             child,
         })
@@ -233,11 +245,11 @@ mod tests {
     #[test]
     fn defaults_then_quick_then_explicit_flags() {
         let args = parse(&[]).unwrap().unwrap();
-        assert_eq!((args.warmup, args.seconds, args.rounds), (3, 5, 3));
+        assert_eq!((args.warmup_ops, args.ops, args.rounds), (50_000, 150_000, 3));
         assert_eq!((args.concurrency, args.leads), (4, 100_000));
         assert_eq!(args.modes, Mode::ALL.to_vec());
-        let args = parse(&["--seconds", "7", "--quick"]).unwrap().unwrap();
-        assert_eq!((args.warmup, args.seconds, args.rounds), (1, 7, 1));
+        let args = parse(&["--ops", "7000", "--quick"]).unwrap().unwrap();
+        assert_eq!((args.warmup_ops, args.ops, args.rounds), (2_000, 7_000, 1));
     }
 
     #[test]
@@ -245,7 +257,7 @@ mod tests {
         let args = parse(&["--modes", "bound,tiercache-x2"]).unwrap().unwrap();
         assert_eq!(args.modes, vec![Mode::Bound, Mode::TiercacheX2]);
         assert!(parse(&["--modes", "memcached"]).is_err());
-        assert!(parse(&["--seconds", "0"]).is_err());
+        assert!(parse(&["--ops", "0"]).is_err());
         assert!(parse(&["--leads", "200000"]).is_err());
         assert!(parse(&["--child", "bound"]).is_err());
         assert!(parse(&["--help"]).unwrap().is_none());

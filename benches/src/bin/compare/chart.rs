@@ -140,7 +140,7 @@ mod tests {
             stale_max_ms: 0.0,
             errors: 0,
             first_error: None,
-            capped: false,
+            timed_out: false,
         };
         Summary::of(mode, &[run]).unwrap()
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use chrono::{DateTime, Utc};
 use tiercache_repository::model::Lead;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use crate::args::{Args, ChildArgs};
 use crate::histogram::Histogram;
@@ -67,9 +67,14 @@ struct Shared {
     write_turns: Vec<Mutex<()>>,
     /// The next operation's position in the replay.
     next: AtomicU64,
-    max_ops: u64,
-    measure_from: Instant,
-    end: Instant,
+    /// The first measured position: the warm-up is the positions before it.
+    measure_from: u64,
+    /// The position past the last measured one.
+    end: u64,
+    /// Told when the operation at `measure_from` is taken: the counters are read then.
+    measuring: Notify,
+    /// When the run stops whether or not its operations are done (`--max-seconds`).
+    deadline: Instant,
 }
 
 /// What one worker saw.
@@ -82,10 +87,11 @@ struct WorkerOut {
     stale_max_ns: u64,
     errors: u64,
     first_error: Option<String>,
-    /// First and last positions measured.
-    measured: Option<(u64, u64)>,
+    /// When the first measured operation this worker ran began.
+    first_start: Option<Instant>,
     last_finish: Option<Instant>,
-    capped: bool,
+    /// Whether the deadline came before the operations were done.
+    timed_out: bool,
 }
 
 impl WorkerOut {
@@ -118,8 +124,7 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
     let rss_setup_bytes = rss_bytes().unwrap_or(0);
 
     let start = Instant::now();
-    let measure_from = start + Duration::from_secs(args.warmup);
-    let end = measure_from + Duration::from_secs(args.seconds);
+    let deadline = start + Duration::from_secs(args.max_seconds);
     let shared = Arc::new(Shared {
         trace,
         leads,
@@ -129,9 +134,10 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         start,
         write_turns: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
         next: AtomicU64::new(0),
-        max_ops: args.max_ops,
-        measure_from,
-        end,
+        measure_from: args.warmup_ops,
+        end: args.warmup_ops + args.ops,
+        measuring: Notify::new(),
+        deadline,
     });
     let snapshot = |redis_calls| Snapshot {
         read_queries: counts.reads.load(Ordering::Relaxed),
@@ -142,13 +148,19 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| tokio::spawn(worker(Arc::clone(&shared))))
         .collect();
-    tokio::time::sleep_until(measure_from.into()).await;
+    // The worker that takes the first measured position tells (`notify_one` keeps the
+    // permit if this task is not waiting yet); a run that never gets there stops at the
+    // deadline and is reported as timed out below.
+    tokio::select! {
+        () = shared.measuring.notified() => {}
+        () = tokio::time::sleep_until(deadline.into()) => {}
+    }
     let at_start = snapshot(redis_command_calls(&mut redis).await?);
     let cpu_at_start = CpuTicks::now();
     let mut out = WorkerOut::default();
     let mut reads = Histogram::default();
     let mut writes = Histogram::default();
-    let mut measured: Option<(u64, u64)> = None;
+    let mut first_start: Option<Instant> = None;
     for worker in workers {
         let w = worker.await.context("joining a worker")?;
         reads.merge(&w.reads);
@@ -156,30 +168,33 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         out.violations += w.violations;
         out.stale_max_ns = out.stale_max_ns.max(w.stale_max_ns);
         out.errors += w.errors;
-        out.capped |= w.capped;
+        out.timed_out |= w.timed_out;
         if out.first_error.is_none() {
             out.first_error = w.first_error;
         }
         out.last_finish = out.last_finish.max(w.last_finish);
-        measured = match (measured, w.measured) {
-            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+        first_start = match (first_start, w.first_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
             (one, other) => one.or(other),
         };
     }
     let cpu_at_end = CpuTicks::now();
     let at_end = snapshot(redis_command_calls(&mut redis).await?);
     let rss_bytes = rss_bytes().unwrap_or(0);
-    let (Some((first, last)), Some(last_finish)) = (measured, out.last_finish) else {
-        anyhow::bail!("no operation was measured (--max-ops ran out during the warm-up?)");
+    let (Some(first_start), Some(last_finish)) = (first_start, out.last_finish) else {
+        anyhow::bail!(
+            "no operation was measured: the warm-up outlasted --max-seconds {}",
+            args.max_seconds
+        );
     };
 
     let ops = reads.count() + writes.count();
-    let seconds = last_finish.duration_since(measure_from).as_secs_f64();
+    let seconds = last_finish.duration_since(first_start).as_secs_f64();
     let read_queries = at_end.read_queries - at_start.read_queries;
     let redis_commands = at_end.redis_calls.saturating_sub(at_start.redis_calls);
     let best_hit_ratio = shared
         .trace
-        .best_hit_ratio(args.leads, first..last + 1)
+        .best_hit_ratio(args.leads, shared.measure_from..shared.measure_from + ops)
         .unwrap_or(0.0);
     let stampede_loader_runs = backend
         .stampede(
@@ -232,23 +247,27 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         stale_max_ms: out.stale_max_ns as f64 / 1e6,
         errors: out.errors,
         first_error: out.first_error,
-        capped: out.capped,
+        timed_out: out.timed_out,
     })
 }
 
-/// One worker: takes the next position of the replay until the time or `--max-ops` runs
-/// out, one operation in flight.
+/// One worker: takes the next position of the replay until the measured window's last
+/// one is taken (or the deadline passes), one operation in flight.
 async fn worker(shared: Arc<Shared>) -> WorkerOut {
     let mut out = WorkerOut::default();
     loop {
         let index = shared.next.fetch_add(1, Ordering::Relaxed);
-        if index >= shared.max_ops {
-            out.capped = true;
+        if index >= shared.end {
             break;
         }
         let started = Instant::now();
-        if started >= shared.end {
+        if started >= shared.deadline {
+            out.timed_out = true;
             break;
+        }
+        let measured = index >= shared.measure_from;
+        if index == shared.measure_from {
+            shared.measuring.notify_one();
         }
         let op = shared.trace.op(index);
         let lead = shared.leads.get(op.lead);
@@ -293,17 +312,14 @@ async fn worker(shared: Arc<Shared>) -> WorkerOut {
             }
             took
         };
-        if started >= shared.measure_from {
+        if measured {
             let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
             if op.write {
                 out.writes.record(nanos);
             } else {
                 out.reads.record(nanos);
             }
-            out.measured = Some(
-                out.measured
-                    .map_or((index, index), |(first, _)| (first, index)),
-            );
+            out.first_start.get_or_insert(started);
             out.last_finish = Some(Instant::now());
         }
     }

@@ -3,7 +3,7 @@
 //! popularity, 5 % updates).
 //!
 //! ```sh
-//! cargo run --release -p tiercache-benches --bin compare -- --warmup 3 --seconds 5
+//! cargo run --release -p tiercache-benches --bin compare
 //! ```
 //!
 //! Modes: `postgres` (no cache), `redis-readthrough` and `moka-redis` (written by hand as

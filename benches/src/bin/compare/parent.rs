@@ -17,8 +17,8 @@ use tiercache_benches::delete_prefix;
 use crate::services::{Env, cpu_model, prepare_database, redis_version, reset_leads};
 use crate::trace::{SEED, WRITE_SHARE, ZIPF_EXPONENT};
 
-/// How long a child may take beyond its warm-up and measured window: starting, building its
-/// mode, the stampede probe, closing. A child past its deadline is killed and reported.
+/// How long a child may take beyond `--max-seconds` for its operations: starting, building
+/// its mode, the stampede probe, closing. A child past its deadline is killed and reported.
 const CHILD_SLACK: Duration = Duration::from_secs(90);
 /// How often the parent looks whether a child has exited.
 const CHILD_POLL: Duration = Duration::from_millis(20);
@@ -40,16 +40,18 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
     );
     println!(
         "workload: lead by (phone, org), Zipf(n = {}, s = {ZIPF_EXPONENT}), {:.0} % updates, \
-         seed {SEED}; {} s warm-up + {} s measured per mode, {} workers, {} round(s)",
+         seed {SEED}; {} operations of warm-up, then positions {}..{} measured, per mode; {} \
+         workers, {} round(s)",
         args.leads,
         WRITE_SHARE * 100.0,
-        args.warmup,
-        args.seconds,
+        args.warmup_ops,
+        args.warmup_ops,
+        args.warmup_ops + args.ops,
         args.concurrency,
         args.rounds
     );
     let exe = std::env::current_exe().context("finding this program's path")?;
-    let deadline = Duration::from_secs(args.warmup + args.seconds) + CHILD_SLACK;
+    let deadline = Duration::from_secs(args.max_seconds) + CHILD_SLACK;
     let mut runs: Vec<Vec<RunResult>> = args.modes.iter().map(|_| Vec::new()).collect();
     let mut failures = Vec::new();
     // Interleaved round-robin, so a drift of the machine (another tenant, a warming page
@@ -66,6 +68,15 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
             match outcome {
                 Ok(run) => {
                     eprintln!("round {round}: {}", report::run_line(&run));
+                    if run.timed_out {
+                        failures.push(format!(
+                            "round {round}, {}: --max-seconds {} passed before its {} \
+                             operations were done; its figures cover fewer",
+                            mode.name(),
+                            args.max_seconds,
+                            args.ops
+                        ));
+                    }
                     runs[slot].push(run);
                 }
                 Err(e) => {
@@ -121,11 +132,11 @@ fn run_child(
         .args(["--child", mode.name()])
         .args(["--round", &round.to_string()])
         .args(["--prefix", prefix])
-        .args(["--warmup", &args.warmup.to_string()])
-        .args(["--seconds", &args.seconds.to_string()])
+        .args(["--warmup-ops", &args.warmup_ops.to_string()])
+        .args(["--ops", &args.ops.to_string()])
         .args(["--concurrency", &args.concurrency.to_string()])
         .args(["--leads", &args.leads.to_string()])
-        .args(["--max-ops", &args.max_ops.to_string()])
+        .args(["--max-seconds", &args.max_seconds.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

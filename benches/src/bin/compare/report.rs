@@ -30,8 +30,8 @@ pub fn run_line(r: &RunResult) -> String {
     if let Some(error) = &r.first_error {
         line.push_str(&format!("  first error: {error}"));
     }
-    if r.capped {
-        line.push_str("  (--max-ops reached)");
+    if r.timed_out {
+        line.push_str("  (--max-seconds passed: the window is short)");
     }
     line
 }
@@ -85,9 +85,9 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
             s.stampede_loader_runs,
             s.violations,
             s.stale_max_ms,
-            match (s.errors, s.capped) {
+            match (s.errors, s.timed_out) {
                 (0, false) => String::new(),
-                (0, true) => "  (--max-ops reached)".to_owned(),
+                (0, true) => "  (--max-seconds passed: the window is short)".to_owned(),
                 (errors, _) => format!("  ({errors} failed operations)"),
             }
         );

@@ -65,8 +65,8 @@ pub struct RunResult {
     pub errors: u64,
     /// The first failure's message.
     pub first_error: Option<String>,
-    /// Whether `--max-ops` ran out before the time did.
-    pub capped: bool,
+    /// Whether `--max-seconds` passed before the operations were done.
+    pub timed_out: bool,
 }
 
 /// A mode over its rounds: medians, but sums for violations and errors (one in any round
@@ -117,8 +117,8 @@ pub struct Summary {
     pub stale_max_ms: f64,
     /// Failed operations, all rounds.
     pub errors: u64,
-    /// Whether any round ran out of operations before its time.
-    pub capped: bool,
+    /// Whether any round's `--max-seconds` passed before its operations were done.
+    pub timed_out: bool,
 }
 
 /// The median of `values` (the mean of the middle two for an even count; 0 for none).
@@ -167,7 +167,7 @@ impl Summary {
             violations: runs.iter().map(|r| r.violations).sum(),
             stale_max_ms: runs.iter().map(|r| r.stale_max_ms).fold(0.0, f64::max),
             errors: runs.iter().map(|r| r.errors).sum(),
-            capped: runs.iter().any(|r| r.capped),
+            timed_out: runs.iter().any(|r| r.timed_out),
         })
     }
 }
