@@ -14,6 +14,8 @@ pub struct CpuTicks {
     pub total: u64,
     /// Of which idle (and waiting for I/O).
     pub idle: u64,
+    /// Of which stolen: the hypervisor ran something else on this machine's cores.
+    pub steal: u64,
     /// This process's user and system time.
     pub process: u64,
     /// Every `postgres` process's.
@@ -27,6 +29,9 @@ pub struct CpuTicks {
 pub struct CpuShares {
     /// Not idle.
     pub busy: f64,
+    /// Stolen by the hypervisor (part of `busy`): on a shared host, the share of the phase
+    /// the machine was not running at all; a phase with much of it measured the neighbours.
+    pub steal: f64,
     /// This process.
     pub process: f64,
     /// PostgreSQL.
@@ -36,9 +41,9 @@ pub struct CpuShares {
 }
 
 impl CpuShares {
-    /// Busy time that was neither this process, PostgreSQL nor Redis.
+    /// Busy time that was neither this process, PostgreSQL, Redis nor stolen.
     pub fn other(&self) -> f64 {
-        (self.busy - self.process - self.postgres - self.redis).max(0.0)
+        (self.busy - self.steal - self.process - self.postgres - self.redis).max(0.0)
     }
 }
 
@@ -59,6 +64,7 @@ impl CpuTicks {
         let mut now = CpuTicks {
             total: ticks.iter().sum(),
             idle: ticks.get(3)? + ticks.get(4)?,
+            steal: *ticks.get(7)?,
             process: process_ticks("/proc/self/stat")?.1,
             postgres: 0,
             redis: 0,
@@ -90,6 +96,7 @@ impl CpuTicks {
         let share = |now: u64, then: u64| now.saturating_sub(then) as f64 / total;
         Some(CpuShares {
             busy: 1.0 - share(self.idle, before.idle),
+            steal: share(self.steal, before.steal),
             process: share(self.process, before.process),
             postgres: share(self.postgres, before.postgres),
             redis: share(self.redis, before.redis),

@@ -1033,6 +1033,7 @@ impl Report {
                 .fold(Counts::default(), |total, r| total.plus(r.counts)),
             cpu: (!cpu.is_empty()).then(|| CpuShares {
                 busy: cpu_median(|c| c.busy),
+                steal: cpu_median(|c| c.steal),
                 process: cpu_median(|c| c.process),
                 postgres: cpu_median(|c| c.postgres),
                 redis: cpu_median(|c| c.redis),

@@ -96,7 +96,10 @@ const REPLAY_BATCH: usize = 256;
 /// entity's keys and every key derived from it from both tiers. Each key is removed under
 /// the same per-key lock a load holds, so a load that began before the invalidation either
 /// finishes first (and its value is then removed) or starts after (and reads the new
-/// value): a stale value is never installed after the invalidation returns.
+/// value): a stale value is never installed after the invalidation returns. The Redis
+/// delete and the L1 removals run side by side, one Redis round trip in all; until Redis
+/// has answered, this instance reads none of the keys from Redis (they are in flight, see
+/// `pending.rs`), so the old value cannot come back from there either.
 ///
 /// # When Redis fails
 ///
@@ -1074,11 +1077,18 @@ impl Inner {
         // every instance check them), every key with its load lease, the history pages Redis
         // lists, and the bus message. A load in flight then cannot write its value to Redis
         // (its lease is gone), and a batched install whose read began before this write does
-        // not land. When Redis does not take it, the keys are owed before any is released
-        // from L1 below, so no read here trusts Redis for them, and the message is owed.
-        let mut l2_failure = None;
-        let mut report_keys = keys.len();
-        if let Some(l2) = &self.l2 {
+        // not land. The L1 removals below run meanwhile: the keys are marked in flight first
+        // (see `pending.rs`), so no read here trusts Redis for them until the script has
+        // answered; when Redis does not take it, they are owed before the marks go, and the
+        // message is owed.
+        let in_flight = self
+            .l2
+            .is_some()
+            .then(|| self.pending.begin(&keys, history_of));
+        let l2_part = async {
+            let Some(l2) = &self.l2 else {
+                return (0, None);
+            };
             let epochs: Vec<String> = if groups.is_empty() {
                 vec![self.keys.epoch_key(None)]
             } else {
@@ -1112,23 +1122,24 @@ impl Inner {
                 .await
             {
                 Ok(members) => {
-                    if let Some(lead) = history_of {
-                        report_keys += members
+                    let pages_found = history_of.map_or(0, |lead| {
+                        members
                             .iter()
                             .filter_map(|m| self.keys.history_from_member(lead, m))
                             .filter(|page| !seen.contains(page))
-                            .count();
-                    }
+                            .count()
+                    });
+                    (pages_found, None)
                 }
                 Err(e) => {
                     self.pending.add(keys.iter().copied(), history_of);
-                    if let Some(payload) = message {
-                        self.pending.owe_publish(payload);
+                    if let Some(payload) = &message {
+                        self.pending.owe_publish(payload.clone());
                     }
-                    l2_failure = Some(e.kind);
+                    (0, Some(e.kind))
                 }
             }
-        }
+        };
 
         // Each key is removed from L1 under its compute lock, so this waits for a load of it
         // in flight (whose value then goes), and bumps the local epochs inside that lock
@@ -1147,7 +1158,10 @@ impl Inner {
                 })
                 .await;
         });
-        futures_util::future::join_all(removals).await;
+        let ((pages_found, l2_failure), _) =
+            tokio::join!(l2_part, futures_util::future::join_all(removals));
+        drop(in_flight);
+        let report_keys = keys.len() + pages_found;
         if let Some(kind) = l2_failure {
             tracing::warn!(
                 entity = invalidation.entity.as_str(),

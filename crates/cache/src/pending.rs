@@ -11,9 +11,20 @@
 //! The set is bounded. Past the bound the keys themselves are no longer remembered, so
 //! every L2 read is skipped until the longest L2 TTL has passed (every stale copy has
 //! expired by then): slower, never wrong.
+//!
+//! # In flight
+//!
+//! An invalidation's Redis script and its L1 removals run side by side. While the script
+//! is on its way, its keys are marked in flight ([`PendingDeletes::begin`]): this
+//! instance does not read them from L2 either, so a read between the L1 removal and the
+//! Redis delete cannot bring the old value back. The marks are striped counters (a
+//! history page counts under its lead, so one mark covers every page of it): another key
+//! on the same stripe only skips an L2 read, never serves a wrong value. A script that
+//! fails owes its keys (above) before its marks go.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,6 +35,9 @@ pub const MAX_PENDING_KEYS: usize = 100_000;
 
 /// Bus messages kept at most; beyond, one "flush everything" is owed instead.
 pub const MAX_OWED_PUBLISHES: usize = 10_000;
+
+/// Stripes of the in-flight marks.
+const IN_FLIGHT_STRIPES: usize = 4096;
 
 #[derive(Default)]
 struct State {
@@ -38,12 +52,32 @@ struct State {
     bypass_until: Option<Instant>,
 }
 
-/// The set of L2 deletes still owed.
+/// The set of L2 deletes still owed, and those on their way.
 pub(crate) struct PendingDeletes {
     // A cheap check on the read path: nothing owed, nothing to look up.
     any: AtomicBool,
     state: Mutex<State>,
     overflow_bypass: Duration,
+    /// Invalidations on their way to Redis (a cheap check, as `any`).
+    in_flight: AtomicUsize,
+    /// Their keys' marks, per stripe.
+    stripes: Box<[AtomicU32]>,
+    hasher: std::hash::RandomState,
+}
+
+/// An invalidation's in-flight marks; dropping it takes them back.
+pub(crate) struct InFlight<'a> {
+    pending: &'a PendingDeletes,
+    stripes: Vec<usize>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        for &stripe in &self.stripes {
+            self.pending.stripes[stripe].fetch_sub(1, Ordering::AcqRel);
+        }
+        self.pending.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl PendingDeletes {
@@ -53,7 +87,58 @@ impl PendingDeletes {
             any: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             overflow_bypass,
+            in_flight: AtomicUsize::new(0),
+            stripes: (0..IN_FLIGHT_STRIPES).map(|_| AtomicU32::new(0)).collect(),
+            hasher: std::hash::RandomState::new(),
         }
+    }
+
+    /// Marks `keys` and `history_of`'s pages in flight until the guard drops.
+    pub fn begin<'a>(
+        &'a self,
+        keys: impl IntoIterator<Item = &'a CacheKey>,
+        history_of: Option<i64>,
+    ) -> InFlight<'a> {
+        let mut stripes: Vec<usize> = keys
+            .into_iter()
+            .map(|key| self.stripe(key))
+            .chain(history_of.map(|lead| self.lead_stripe(lead)))
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // The total first, so a reader that sees a stripe's mark also passes the cheap check.
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        for &stripe in &stripes {
+            self.stripes[stripe].fetch_add(1, Ordering::AcqRel);
+        }
+        InFlight {
+            pending: self,
+            stripes,
+        }
+    }
+
+    /// Whether an invalidation of `key` is on its way to Redis.
+    fn in_flight(&self, key: &CacheKey) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+            && self.stripes[self.stripe(key)].load(Ordering::Acquire) > 0
+    }
+
+    /// A key's stripe; every history page of a lead shares its lead's.
+    fn stripe(&self, key: &CacheKey) -> usize {
+        match key.history_page() {
+            Some((lead, _, _)) => self.lead_stripe(lead),
+            None => self.hash_to_stripe(key),
+        }
+    }
+
+    fn lead_stripe(&self, lead: i64) -> usize {
+        // Apart from any key's hash: a lead's pages are not a key of their own.
+        self.hash_to_stripe(&("history", lead))
+    }
+
+    fn hash_to_stripe(&self, value: &impl Hash) -> usize {
+        // The modulo keeps the value below the stripe count, so the cast cannot truncate.
+        (self.hasher.hash_one(value) % IN_FLIGHT_STRIPES as u64) as usize
     }
 
     /// Owes the deletion of `keys` and of `history_of`'s pages.
@@ -109,8 +194,11 @@ impl PendingDeletes {
         self.refresh_any(&state);
     }
 
-    /// Whether a read of `key` must not trust L2.
+    /// Whether a read of `key` must not trust L2: its delete is owed or on its way.
     pub fn blocks(&self, key: &CacheKey) -> bool {
+        if self.in_flight(key) {
+            return true;
+        }
         if !self.any.load(Ordering::Acquire) {
             return false;
         }
@@ -204,6 +292,35 @@ mod tests {
         assert!(!pending.blocks(&k.history(7, 10, 0)));
         assert_eq!(pending.len(), 0);
         assert!(!pending.any.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn keys_in_flight_block_l2_reads_until_the_guard_drops() {
+        let k = keys();
+        let pending = PendingDeletes::new(Duration::from_secs(60));
+        let (a, b) = (k.lead_by_id(1), k.lead_by_id(2));
+        let first = pending.begin([&a], Some(7));
+        assert!(pending.blocks(&a));
+        assert!(pending.blocks(&k.history(7, 10, 0)), "any page of the lead");
+        // Two invalidations of one key: it stays blocked until both are through.
+        let second = pending.begin([&a, &b], None);
+        drop(first);
+        assert!(pending.blocks(&a) && pending.blocks(&b));
+        // Unless the lead's stripe is one of the keys' (striping: a skipped L2 read only).
+        let page = k.history(7, 10, 0);
+        if ![pending.stripe(&a), pending.stripe(&b)].contains(&pending.stripe(&page)) {
+            assert!(!pending.blocks(&page));
+        }
+        drop(second);
+        assert!(!pending.blocks(&a) && !pending.blocks(&b));
+        assert_eq!(pending.len(), 0, "in flight is not owed");
+        assert_eq!(pending.in_flight.load(Ordering::Acquire), 0);
+        assert!(
+            pending
+                .stripes
+                .iter()
+                .all(|s| s.load(Ordering::Acquire) == 0)
+        );
     }
 
     #[test]

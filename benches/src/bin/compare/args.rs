@@ -245,7 +245,10 @@ mod tests {
     #[test]
     fn defaults_then_quick_then_explicit_flags() {
         let args = parse(&[]).unwrap().unwrap();
-        assert_eq!((args.warmup_ops, args.ops, args.rounds), (50_000, 150_000, 3));
+        assert_eq!(
+            (args.warmup_ops, args.ops, args.rounds),
+            (50_000, 150_000, 3)
+        );
         assert_eq!((args.concurrency, args.leads), (4, 100_000));
         assert_eq!(args.modes, Mode::ALL.to_vec());
         let args = parse(&["--ops", "7000", "--quick"]).unwrap().unwrap();

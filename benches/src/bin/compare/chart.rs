@@ -133,6 +133,7 @@ mod tests {
             redis_cmds_per_op: 0.0,
             cpu_us_per_op: 50.0,
             cpu_busy: 0.9,
+            cpu_steal: 0.0,
             rss_bytes: 1 << 20,
             rss_setup_bytes: 1 << 20,
             stampede_loader_runs: 1,

@@ -15,7 +15,7 @@ use crate::args::{Args, ChildArgs};
 use crate::histogram::Histogram;
 use crate::modes::{Backend, Leads, QueryCounts, version};
 use crate::results::RunResult;
-use tiercache_benches::cpu::CpuTicks;
+use tiercache_benches::cpu::{CpuShares, CpuTicks};
 use tiercache_benches::redis_connection;
 
 use crate::services::{Env, redis_command_calls, rss_bytes};
@@ -211,12 +211,12 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         "no read was measured: the window is too short"
     );
     let us = |h: &Histogram, q: f64| h.percentile(q) as f64 / 1e3;
-    let (cpu_us_per_op, cpu_busy) = match (cpu_at_start, cpu_at_end) {
+    let (cpu_us_per_op, shares) = match (cpu_at_start, cpu_at_end) {
         (Some(start), Some(end)) => (
             end.work_seconds_since(start) * 1e6 / ops.max(1) as f64,
-            end.shares_since(start).map_or(0.0, |s| s.busy),
+            end.shares_since(start).unwrap_or_default(),
         ),
-        _ => (0.0, 0.0),
+        _ => (0.0, CpuShares::default()),
     };
     Ok(RunResult {
         mode: child.mode.name().to_owned(),
@@ -239,7 +239,8 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         redis_commands,
         redis_cmds_per_op: redis_commands as f64 / ops.max(1) as f64,
         cpu_us_per_op,
-        cpu_busy,
+        cpu_busy: shares.busy,
+        cpu_steal: shares.steal,
         rss_bytes,
         rss_setup_bytes,
         stampede_loader_runs,

@@ -13,7 +13,8 @@ use crate::results::{RunResult, Summary};
 pub fn run_line(r: &RunResult) -> String {
     let mut line = format!(
         "{:<17} {:>9.0} ops/s  read p50 {:.1} µs p99 {:.1} µs  hit {:.4} (best {:.4})  \
-         redis {:.2}/op  cpu {:.1} µs/op  stampede {}  stale {} (≤ {:.1} ms)  errors {}",
+         redis {:.2}/op  cpu {:.1} µs/op  steal {:.2}  stampede {}  stale {} (≤ {:.1} ms)  \
+         errors {}",
         r.mode,
         r.ops_per_sec,
         r.read_p50_us,
@@ -22,6 +23,7 @@ pub fn run_line(r: &RunResult) -> String {
         r.best_hit_ratio,
         r.redis_cmds_per_op,
         r.cpu_us_per_op,
+        r.cpu_steal,
         r.stampede_loader_runs,
         r.violations,
         r.stale_max_ms,
@@ -46,7 +48,7 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
         );
     }
     println!(
-        "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>5} {:>7} {:>8} {:>5} {:>8}",
+        "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>5} {:>5} {:>7} {:>8} {:>5} {:>8}",
         "mode",
         "ops/s",
         "p50 µs",
@@ -60,6 +62,7 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
         "redis/op",
         "CPU µs",
         "busy",
+        "steal",
         "RSS MiB",
         "stampede",
         "stale",
@@ -67,7 +70,7 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
     );
     for s in summaries {
         println!(
-            "{:<17} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>8.0} {:>8.0} {:>7.4} {:>7.4} {:>8.3} {:>7.1} {:>5.2} {:>7.1} {:>8} {:>5} {:>8.1}{}",
+            "{:<17} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>8.0} {:>8.0} {:>7.4} {:>7.4} {:>8.3} {:>7.1} {:>5.2} {:>5.2} {:>7.1} {:>8} {:>5} {:>8.1}{}",
             s.mode,
             s.ops_per_sec,
             s.read_p50_us,
@@ -81,6 +84,7 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
             s.redis_cmds_per_op,
             s.cpu_us_per_op,
             s.cpu_busy,
+            s.cpu_steal,
             s.rss_mib,
             s.stampede_loader_runs,
             s.violations,
@@ -98,7 +102,8 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
          reads; best: the trace's own limit (a read misses only if its lead was never read \
          or was written since). redis/op: every client's commands, heartbeats included. \
          CPU µs: this process's, PostgreSQL's and Redis's CPU time per operation; busy: \
-         the machine's busy share. stale: reads older than the last write committed \
+         the machine's busy share; steal: of it, the share the hypervisor gave to other \
+         tenants (a window with much of it measured the neighbours too). stale: reads older than the last write committed \
          before they began; stale ms: the longest such a read began after that write \
          committed."
     );

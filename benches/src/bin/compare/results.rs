@@ -50,6 +50,9 @@ pub struct RunResult {
     /// The machine's busy share in the window (1.0: every core all the time).
     #[serde(default)]
     pub cpu_busy: f64,
+    /// Of that, the share the hypervisor stole for other tenants.
+    #[serde(default)]
+    pub cpu_steal: f64,
     /// Resident memory at the end of the window, in bytes.
     pub rss_bytes: u64,
     /// Resident memory once the mode was built, before the first operation, in bytes.
@@ -105,6 +108,8 @@ pub struct Summary {
     pub cpu_us_per_op: f64,
     /// Median busy share of the machine.
     pub cpu_busy: f64,
+    /// Median share stolen by the hypervisor.
+    pub cpu_steal: f64,
     /// Median resident memory at the end of the window, MiB.
     pub rss_mib: f64,
     /// Median resident memory before the first operation, MiB.
@@ -157,6 +162,7 @@ impl Summary {
             redis_cmds_per_op: of(|r| r.redis_cmds_per_op),
             cpu_us_per_op: of(|r| r.cpu_us_per_op),
             cpu_busy: of(|r| r.cpu_busy),
+            cpu_steal: of(|r| r.cpu_steal),
             rss_mib: of(|r| r.rss_bytes as f64) / MIB,
             rss_setup_mib: of(|r| r.rss_setup_bytes as f64) / MIB,
             stampede_loader_runs: runs
