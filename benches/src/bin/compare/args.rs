@@ -94,6 +94,10 @@ pub struct Args {
     pub modes: Vec<Mode>,
     /// How long one mode's round may take, in seconds; a run past it stops and fails.
     pub max_seconds: u64,
+    /// The share of a window the hypervisor may steal before the round is run again.
+    pub max_steal: f64,
+    /// Runs of one mode's round at most while the steal is over `max_steal`.
+    pub attempts: usize,
     /// Where results.jsonl and compare.svg go.
     pub out: PathBuf,
     /// Set in a child process (the parent re-executes itself with `--child`).
@@ -103,7 +107,8 @@ pub struct Args {
 /// The help text.
 pub const USAGE: &str = "\
 usage: compare [--warmup-ops N] [--ops N] [--rounds N] [--concurrency N] [--leads N]
-               [--modes LIST] [--max-seconds N] [--out DIR] [--quick]
+               [--modes LIST] [--max-seconds N] [--max-steal F] [--attempts N]
+               [--out DIR] [--quick]
 
   --warmup-ops N   operations per mode and round before the window, not measured
                    (default 50000)
@@ -117,9 +122,13 @@ usage: compare [--warmup-ops N] [--ops N] [--rounds N] [--concurrency N] [--lead
                    tiercache, tiercache-l1, tiercache-x2
   --max-seconds N  time one mode's round may take; a round past it stops and fails
                    (default 300)
+  --max-steal F    a round whose window had more than this share of the CPU stolen by the
+                   hypervisor (other tenants) is run again (default 0.1)
+  --attempts N     runs of a round at most while its steal is over --max-steal; the one
+                   with the least is kept (default 4)
   --out DIR        where results.jsonl and compare.svg are written (default target/compare)
-  --quick          a smoke run: --warmup-ops 2000 --ops 5000 --rounds 1 (flags given
-                   override it)
+  --quick          a smoke run: --warmup-ops 2000 --ops 5000 --rounds 1 --attempts 1
+                   (flags given override it)
 
 env: COMPARE_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/tiercache_compare,
      with _N appended for --leads N other than 100000; created and seeded when missing),
@@ -135,6 +144,8 @@ struct Raw {
     leads: Option<u64>,
     modes: Option<Vec<Mode>>,
     max_seconds: Option<u64>,
+    max_steal: Option<f64>,
+    attempts: Option<u64>,
     out: Option<PathBuf>,
     quick: bool,
     child: Option<Mode>,
@@ -173,6 +184,17 @@ impl Args {
                 "--concurrency" => raw.concurrency = number(1, 1024)?,
                 "--leads" => raw.leads = number(100, DEMO_LEADS as u64)?,
                 "--max-seconds" => raw.max_seconds = number(1, 86_400)?,
+                "--attempts" => raw.attempts = number(1, 20)?,
+                "--max-steal" => {
+                    raw.max_steal = match value.parse::<f64>() {
+                        Ok(f) if (0.0..=1.0).contains(&f) => Some(f),
+                        _ => {
+                            return Err(format!(
+                                "--max-steal: expected a share from 0 to 1, got {value:?}"
+                            ));
+                        }
+                    }
+                }
                 "--out" => raw.out = Some(PathBuf::from(value)),
                 "--modes" => {
                     let modes = value
@@ -202,10 +224,10 @@ impl Args {
 impl Raw {
     fn check(self) -> Result<Args, String> {
         // --quick changes the defaults only: flags given with it still count.
-        let (warmup_ops, ops, rounds) = if self.quick {
-            (2_000, 5_000, 1)
+        let (warmup_ops, ops, rounds, attempts) = if self.quick {
+            (2_000, 5_000, 1, 1)
         } else {
-            (50_000, 150_000, 3)
+            (50_000, 150_000, 3, 4)
         };
         let child = match (self.child, self.round, self.prefix) {
             (None, None, None) => None,
@@ -228,6 +250,8 @@ impl Raw {
             leads: self.leads.map_or(DEMO_LEADS as u32, |n| n as u32),
             modes,
             max_seconds: self.max_seconds.unwrap_or(300),
+            max_steal: self.max_steal.unwrap_or(0.1),
+            attempts: self.attempts.map_or(attempts, |n| n as usize),
             out: self.out.unwrap_or_else(|| PathBuf::from("target/compare")),
             child,
         })
@@ -261,6 +285,11 @@ mod tests {
         assert_eq!(args.modes, vec![Mode::Bound, Mode::TiercacheX2]);
         assert!(parse(&["--modes", "memcached"]).is_err());
         assert!(parse(&["--ops", "0"]).is_err());
+        assert!(parse(&["--max-steal", "1.5"]).is_err());
+        let args = parse(&["--max-steal", "0.2", "--attempts", "2"])
+            .unwrap()
+            .unwrap();
+        assert_eq!((args.max_steal, args.attempts), (0.2, 2));
         assert!(parse(&["--leads", "200000"]).is_err());
         assert!(parse(&["--child", "bound"]).is_err());
         assert!(parse(&["--help"]).unwrap().is_none());

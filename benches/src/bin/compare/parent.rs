@@ -58,36 +58,60 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
     // cache) spreads over every mode instead of landing on the last one.
     for round in 1..=args.rounds {
         for (slot, &mode) in args.modes.iter().enumerate() {
-            runtime
-                .block_on(reset_leads(&pool))
-                .context("resetting the leads between runs")?;
-            let prefix = format!("cmp{}-{}-r{round}", std::process::id(), mode.name());
-            let outcome = run_child(&exe, args, mode, round, &prefix, deadline);
-            // Whatever the child did (it may have been killed), its keys go.
-            let cleaned = runtime.block_on(delete_prefix(&env.redis_url, &prefix));
-            match outcome {
-                Ok(run) => {
-                    eprintln!("round {round}: {}", report::run_line(&run));
-                    if run.timed_out {
-                        failures.push(format!(
-                            "round {round}, {}: --max-seconds {} passed before its {} \
-                             operations were done; its figures cover fewer",
-                            mode.name(),
-                            args.max_seconds,
-                            args.ops
-                        ));
+            // A window the hypervisor took much of from this machine measured the neighbours
+            // as much as the mode: it is run again, a few times at most, and the attempt with
+            // the least steal is kept.
+            let mut kept: Option<RunResult> = None;
+            for attempt in 1..=args.attempts {
+                runtime
+                    .block_on(reset_leads(&pool))
+                    .context("resetting the leads between runs")?;
+                let prefix = format!(
+                    "cmp{}-{}-r{round}a{attempt}",
+                    std::process::id(),
+                    mode.name()
+                );
+                let outcome = run_child(&exe, args, mode, round, &prefix, deadline);
+                // Whatever the child did (it may have been killed), its keys go.
+                if let Err(e) = runtime.block_on(delete_prefix(&env.redis_url, &prefix)) {
+                    failures.push(format!("deleting {prefix}:*: {e:#}"));
+                }
+                let run = match outcome {
+                    Ok(run) => run,
+                    Err(e) => {
+                        let failure = format!("round {round}, {}: {e:#}", mode.name());
+                        eprintln!("FAILED {failure}");
+                        failures.push(failure);
+                        break;
                     }
-                    runs[slot].push(run);
+                };
+                eprintln!("round {round}: {}", report::run_line(&run));
+                let calm = run.cpu_steal <= args.max_steal;
+                if kept.as_ref().is_none_or(|k| run.cpu_steal < k.cpu_steal) {
+                    kept = Some(run);
                 }
-                Err(e) => {
-                    let failure = format!("round {round}, {}: {e:#}", mode.name());
-                    eprintln!("FAILED {failure}");
-                    failures.push(failure);
+                if calm {
+                    break;
+                }
+                if attempt < args.attempts {
+                    eprintln!(
+                        "round {round}: {} again: steal over --max-steal {}",
+                        mode.name(),
+                        args.max_steal
+                    );
                 }
             }
-            if let Err(e) = cleaned {
-                failures.push(format!("deleting {prefix}:*: {e:#}"));
+            let Some(run) = kept else { continue };
+            if run.timed_out {
+                failures.push(format!(
+                    "round {round}, {}: --max-seconds {} passed before its {} operations were \
+                     done; its figures cover fewer",
+                    mode.name(),
+                    args.max_seconds,
+                    args.ops
+                ));
             }
+            runs[slot].push(run);
         }
     }
     runtime.block_on(pool.close());
