@@ -41,9 +41,10 @@ pub struct CpuShares {
 }
 
 impl CpuShares {
-    /// Busy time that was neither this process, PostgreSQL, Redis nor stolen.
+    /// Busy time that was neither this process, PostgreSQL nor Redis: other processes, and
+    /// time the hypervisor stole for other tenants.
     pub fn other(&self) -> f64 {
-        (self.busy - self.steal - self.process - self.postgres - self.redis).max(0.0)
+        (self.busy - self.process - self.postgres - self.redis).max(0.0)
     }
 }
 

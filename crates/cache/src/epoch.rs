@@ -10,18 +10,15 @@
 //! costs an install that is skipped, never a wrong answer. Invalidations that name no phone
 //! (one exact key) bump a global epoch that every batched read checks too.
 
-use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::key::PhoneDigest;
-
-const STRIPES: usize = 4096;
+use crate::stripes::Stripes;
 
 /// Striped epoch counters, one per phone-number group, and one global.
 pub(crate) struct Epochs {
-    stripes: Box<[AtomicU64]>,
+    stripes: Stripes,
     global: AtomicU64,
-    hasher: std::hash::RandomState,
 }
 
 /// The epochs a batched read saw before it read.
@@ -34,24 +31,16 @@ pub(crate) struct Snapshot {
 impl Epochs {
     pub fn new() -> Self {
         Epochs {
-            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripes: Stripes::new(),
             global: AtomicU64::new(0),
-            hasher: std::hash::RandomState::new(),
         }
-    }
-
-    fn stripe(&self, group: &PhoneDigest) -> usize {
-        let mut hasher = self.hasher.build_hasher();
-        group.hash(&mut hasher);
-        // The modulo keeps the value below STRIPES, so the cast cannot truncate.
-        (std::hash::Hasher::finish(&hasher) % STRIPES as u64) as usize
     }
 
     /// Marks `group` invalidated (or everything, for `None`).
     pub fn bump(&self, group: Option<&PhoneDigest>) {
         match group {
             Some(group) => {
-                self.stripes[self.stripe(group)].fetch_add(1, Ordering::AcqRel);
+                self.stripes.add(self.stripes.of(group));
             }
             None => {
                 self.global.fetch_add(1, Ordering::AcqRel);
@@ -61,13 +50,10 @@ impl Epochs {
 
     /// The epochs of two groups (and the global one), before a read.
     pub fn snapshot(&self, a: &PhoneDigest, b: &PhoneDigest) -> Snapshot {
-        let (sa, sb) = (self.stripe(a), self.stripe(b));
+        let (sa, sb) = (self.stripes.of(a), self.stripes.of(b));
         Snapshot {
             global: self.global.load(Ordering::Acquire),
-            stripes: [
-                (sa, self.stripes[sa].load(Ordering::Acquire)),
-                (sb, self.stripes[sb].load(Ordering::Acquire)),
-            ],
+            stripes: [(sa, self.stripes.get(sa)), (sb, self.stripes.get(sb))],
         }
     }
 
@@ -77,7 +63,7 @@ impl Epochs {
             && snapshot
                 .stripes
                 .iter()
-                .all(|(i, seen)| self.stripes[*i].load(Ordering::Acquire) == *seen)
+                .all(|(i, seen)| self.stripes.get(*i) == *seen)
     }
 }
 

@@ -24,6 +24,7 @@ mod observer;
 mod pending;
 mod policy;
 pub mod stale;
+mod stripes;
 mod write_behind;
 
 pub use cache::{InvalidationReport, L1Stats, TwoTierCache};

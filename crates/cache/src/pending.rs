@@ -23,21 +23,18 @@
 //! fails owes its keys (above) before its marks go.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::key::CacheKey;
+use crate::stripes::Stripes;
 
 /// Keys kept at most; beyond, L2 reads are skipped altogether for a while.
 pub const MAX_PENDING_KEYS: usize = 100_000;
 
 /// Bus messages kept at most; beyond, one "flush everything" is owed instead.
 pub const MAX_OWED_PUBLISHES: usize = 10_000;
-
-/// Stripes of the in-flight marks.
-const IN_FLIGHT_STRIPES: usize = 4096;
 
 #[derive(Default)]
 struct State {
@@ -61,8 +58,7 @@ pub(crate) struct PendingDeletes {
     /// Invalidations on their way to Redis (a cheap check, as `any`).
     in_flight: AtomicUsize,
     /// Their keys' marks, per stripe.
-    stripes: Box<[AtomicU32]>,
-    hasher: std::hash::RandomState,
+    stripes: Stripes,
 }
 
 /// An invalidation's in-flight marks; dropping it takes them back.
@@ -74,7 +70,7 @@ pub(crate) struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         for &stripe in &self.stripes {
-            self.pending.stripes[stripe].fetch_sub(1, Ordering::AcqRel);
+            self.pending.stripes.sub(stripe);
         }
         self.pending.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -88,8 +84,7 @@ impl PendingDeletes {
             state: Mutex::new(State::default()),
             overflow_bypass,
             in_flight: AtomicUsize::new(0),
-            stripes: (0..IN_FLIGHT_STRIPES).map(|_| AtomicU32::new(0)).collect(),
-            hasher: std::hash::RandomState::new(),
+            stripes: Stripes::new(),
         }
     }
 
@@ -109,7 +104,7 @@ impl PendingDeletes {
         // The total first, so a reader that sees a stripe's mark also passes the cheap check.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         for &stripe in &stripes {
-            self.stripes[stripe].fetch_add(1, Ordering::AcqRel);
+            self.stripes.add(stripe);
         }
         InFlight {
             pending: self,
@@ -119,26 +114,20 @@ impl PendingDeletes {
 
     /// Whether an invalidation of `key` is on its way to Redis.
     fn in_flight(&self, key: &CacheKey) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
-            && self.stripes[self.stripe(key)].load(Ordering::Acquire) > 0
+        self.in_flight.load(Ordering::Acquire) > 0 && self.stripes.get(self.stripe(key)) > 0
     }
 
     /// A key's stripe; every history page of a lead shares its lead's.
     fn stripe(&self, key: &CacheKey) -> usize {
         match key.history_page() {
             Some((lead, _, _)) => self.lead_stripe(lead),
-            None => self.hash_to_stripe(key),
+            None => self.stripes.of(key),
         }
     }
 
     fn lead_stripe(&self, lead: i64) -> usize {
         // Apart from any key's hash: a lead's pages are not a key of their own.
-        self.hash_to_stripe(&("history", lead))
-    }
-
-    fn hash_to_stripe(&self, value: &impl Hash) -> usize {
-        // The modulo keeps the value below the stripe count, so the cast cannot truncate.
-        (self.hasher.hash_one(value) % IN_FLIGHT_STRIPES as u64) as usize
+        self.stripes.of(&("history", lead))
     }
 
     /// Owes the deletion of `keys` and of `history_of`'s pages.
@@ -315,12 +304,7 @@ mod tests {
         assert!(!pending.blocks(&a) && !pending.blocks(&b));
         assert_eq!(pending.len(), 0, "in flight is not owed");
         assert_eq!(pending.in_flight.load(Ordering::Acquire), 0);
-        assert!(
-            pending
-                .stripes
-                .iter()
-                .all(|s| s.load(Ordering::Acquire) == 0)
-        );
+        assert!(pending.stripes.all_zero());
     }
 
     #[test]

@@ -103,9 +103,9 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
          or was written since). redis/op: every client's commands, heartbeats included. \
          CPU µs: this process's, PostgreSQL's and Redis's CPU time per operation; busy: \
          the machine's busy share; steal: of it, the share the hypervisor gave to other \
-         tenants (a window with much of it measured the neighbours too). stale: reads older than the last write committed \
-         before they began; stale ms: the longest such a read began after that write \
-         committed."
+         tenants (a window with much of it measured the neighbours too). stale: reads older \
+         than the last write committed before they began; stale ms: the longest such a read \
+         began after that write committed."
     );
     println!();
 }
