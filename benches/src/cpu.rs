@@ -51,6 +51,15 @@ impl CpuShares {
 impl CpuTicks {
     /// Now, or `None` where /proc cannot be read (the report then shows no CPU split).
     pub fn now() -> Option<CpuTicks> {
+        Self::now_with_process("/proc/self/stat")
+    }
+
+    /// Now, with process `pid` (a child) as "this process".
+    pub fn now_of(pid: u32) -> Option<CpuTicks> {
+        Self::now_with_process(format!("/proc/{pid}/stat"))
+    }
+
+    fn now_with_process(process_stat: impl AsRef<std::path::Path>) -> Option<CpuTicks> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         // "cpu  user nice system idle iowait irq softirq steal guest guest_nice"; guest
         // time is already counted in user and nice.
@@ -66,7 +75,7 @@ impl CpuTicks {
             total: ticks.iter().sum(),
             idle: ticks.get(3)? + ticks.get(4)?,
             steal: *ticks.get(7)?,
-            process: process_ticks("/proc/self/stat")?.1,
+            process: process_ticks(process_stat)?.1,
             postgres: 0,
             redis: 0,
         };
@@ -89,6 +98,17 @@ impl CpuTicks {
     pub fn work_seconds_since(self, before: CpuTicks) -> f64 {
         let work = |t: CpuTicks| t.process + t.postgres + t.redis;
         work(self).saturating_sub(work(before)) as f64 / USER_HZ
+    }
+
+    /// Seconds of CPU this process, PostgreSQL and Redis each took between `before` and
+    /// `self`, in that order.
+    pub fn work_split_since(self, before: CpuTicks) -> [f64; 3] {
+        let secs = |now: u64, then: u64| now.saturating_sub(then) as f64 / USER_HZ;
+        [
+            secs(self.process, before.process),
+            secs(self.postgres, before.postgres),
+            secs(self.redis, before.redis),
+        ]
     }
 
     /// The shares of the machine's CPU time between `before` and `self`.

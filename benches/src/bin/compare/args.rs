@@ -22,11 +22,13 @@ pub enum Mode {
     TiercacheL1,
     /// Two Tiercache instances in one process, sharing the Redis namespace.
     TiercacheX2,
+    /// bentocache (Node.js): its memory L1 in front of Redis, with its Redis bus.
+    Bentocache,
 }
 
 impl Mode {
     /// Every mode, in the order they run within a round and are reported.
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 8] = [
         Mode::Postgres,
         Mode::RedisReadthrough,
         Mode::MokaRedis,
@@ -34,6 +36,7 @@ impl Mode {
         Mode::Tiercache,
         Mode::TiercacheL1,
         Mode::TiercacheX2,
+        Mode::Bentocache,
     ];
 
     /// The mode's name on the command line and in reports.
@@ -46,6 +49,7 @@ impl Mode {
             Mode::Tiercache => "tiercache",
             Mode::TiercacheL1 => "tiercache-l1",
             Mode::TiercacheX2 => "tiercache-x2",
+            Mode::Bentocache => "bentocache",
         }
     }
 
@@ -59,6 +63,12 @@ impl Mode {
     /// (the first by their races, the second within the bus's delay); theirs are reported.
     pub fn must_be_fresh(self) -> bool {
         matches!(self, Mode::Postgres | Mode::Tiercache | Mode::TiercacheL1)
+    }
+
+    /// Whether the mode runs in another language's runtime (see `foreign.rs`), not in a
+    /// child of this binary.
+    pub fn is_foreign(self) -> bool {
+        matches!(self, Mode::Bentocache)
     }
 }
 
@@ -119,7 +129,7 @@ usage: compare [--warmup-ops N] [--ops N] [--rounds N] [--concurrency N] [--lead
   --leads N        leads in the data set, 100 organizations (default 100000)
   --modes LIST     comma-separated, in this order (default: all) among
                    postgres, redis-readthrough, moka-redis, bound,
-                   tiercache, tiercache-l1, tiercache-x2
+                   tiercache, tiercache-l1, tiercache-x2, bentocache
   --max-seconds N  time one mode's round may take; a round past it stops and fails
                    (default 300)
   --max-steal F    a round whose window had more than this share of the CPU stolen by the

@@ -211,12 +211,14 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         "no read was measured: the window is too short"
     );
     let us = |h: &Histogram, q: f64| h.percentile(q) as f64 / 1e3;
-    let (cpu_us_per_op, shares) = match (cpu_at_start, cpu_at_end) {
+    let per_op = |seconds: f64| seconds * 1e6 / ops.max(1) as f64;
+    let (cpu_us_per_op, cpu_split, shares) = match (cpu_at_start, cpu_at_end) {
         (Some(start), Some(end)) => (
-            end.work_seconds_since(start) * 1e6 / ops.max(1) as f64,
+            per_op(end.work_seconds_since(start)),
+            end.work_split_since(start).map(per_op),
             end.shares_since(start).unwrap_or_default(),
         ),
-        _ => (0.0, CpuShares::default()),
+        _ => (0.0, [0.0; 3], CpuShares::default()),
     };
     Ok(RunResult {
         mode: child.mode.name().to_owned(),
@@ -239,6 +241,9 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         redis_commands,
         redis_cmds_per_op: redis_commands as f64 / ops.max(1) as f64,
         cpu_us_per_op,
+        cpu_process_us_per_op: cpu_split[0],
+        cpu_postgres_us_per_op: cpu_split[1],
+        cpu_redis_us_per_op: cpu_split[2],
         cpu_busy: shares.busy,
         cpu_steal: shares.steal,
         rss_bytes,

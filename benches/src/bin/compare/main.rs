@@ -21,6 +21,7 @@
 mod args;
 mod chart;
 mod child;
+mod foreign;
 mod handwritten;
 mod histogram;
 mod modes;

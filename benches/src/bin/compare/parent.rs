@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::args::{Args, Mode};
+use crate::foreign;
 use crate::report;
 use crate::results::{RunResult, Summary};
 use tiercache_benches::delete_prefix;
 
 use crate::services::{Env, cpu_model, prepare_database, redis_version, reset_leads};
-use crate::trace::{SEED, WRITE_SHARE, ZIPF_EXPONENT};
+use crate::trace::{SEED, Trace, WRITE_SHARE, ZIPF_EXPONENT};
 
 /// How long a child may take beyond `--max-seconds` for its operations: starting, building
 /// its mode, the stampede probe, closing. A child past its deadline is killed and reported.
@@ -51,6 +52,14 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
         args.rounds
     );
     let exe = std::env::current_exe().context("finding this program's path")?;
+    // The modes in other languages replay the same operations from a file.
+    let foreign_replay = if args.modes.iter().any(|m| m.is_foreign()) {
+        let trace = Trace::generate(args.leads)?;
+        let path = foreign::write_replay(&args.out, args, &trace, &env)?;
+        Some((trace, path))
+    } else {
+        None
+    };
     let deadline = Duration::from_secs(args.max_seconds) + CHILD_SLACK;
     let mut runs: Vec<Vec<RunResult>> = args.modes.iter().map(|_| Vec::new()).collect();
     let mut failures = Vec::new();
@@ -71,7 +80,12 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
                     std::process::id(),
                     mode.name()
                 );
-                let outcome = run_child(&exe, args, mode, round, &prefix, deadline);
+                let outcome = match &foreign_replay {
+                    Some((trace, replay)) if mode.is_foreign() => runtime.block_on(foreign::run(
+                        args, mode, round, &prefix, deadline, &env, replay, trace,
+                    )),
+                    _ => run_child(&exe, args, mode, round, &prefix, deadline),
+                };
                 // Whatever the child did (it may have been killed), its keys go.
                 if let Err(e) = runtime.block_on(delete_prefix(&env.redis_url, &prefix)) {
                     failures.push(format!("deleting {prefix}:*: {e:#}"));

@@ -13,7 +13,7 @@ use crate::results::{RunResult, Summary};
 pub fn run_line(r: &RunResult) -> String {
     let mut line = format!(
         "{:<17} {:>9.0} ops/s  read p50 {:.1} µs p99 {:.1} µs  hit {:.4} (best {:.4})  \
-         redis {:.2}/op  cpu {:.1} µs/op  steal {:.2}  stampede {}  stale {} (≤ {:.1} ms)  \
+         redis {:.2}/op  cpu {:.1} µs/op (process {:.1}, postgres {:.1}, redis {:.1})  steal {:.2}  stampede {}  stale {} (≤ {:.1} ms)  \
          errors {}",
         r.mode,
         r.ops_per_sec,
@@ -23,6 +23,9 @@ pub fn run_line(r: &RunResult) -> String {
         r.best_hit_ratio,
         r.redis_cmds_per_op,
         r.cpu_us_per_op,
+        r.cpu_process_us_per_op,
+        r.cpu_postgres_us_per_op,
+        r.cpu_redis_us_per_op,
         r.cpu_steal,
         r.stampede_loader_runs,
         r.violations,

@@ -47,6 +47,15 @@ pub struct RunResult {
     /// CPU time this process, PostgreSQL and Redis took in the window, per operation, µs.
     #[serde(default)]
     pub cpu_us_per_op: f64,
+    /// Of which this process's (the mode and the load generator), µs.
+    #[serde(default)]
+    pub cpu_process_us_per_op: f64,
+    /// Of which PostgreSQL's, µs.
+    #[serde(default)]
+    pub cpu_postgres_us_per_op: f64,
+    /// Of which Redis's, µs.
+    #[serde(default)]
+    pub cpu_redis_us_per_op: f64,
     /// The machine's busy share in the window (1.0: every core all the time).
     #[serde(default)]
     pub cpu_busy: f64,
@@ -106,6 +115,12 @@ pub struct Summary {
     pub redis_cmds_per_op: f64,
     /// Median CPU (this process, PostgreSQL, Redis) per operation, µs.
     pub cpu_us_per_op: f64,
+    /// Median CPU of the mode's process per operation, µs.
+    pub cpu_process_us_per_op: f64,
+    /// Median CPU of PostgreSQL per operation, µs.
+    pub cpu_postgres_us_per_op: f64,
+    /// Median CPU of Redis per operation, µs.
+    pub cpu_redis_us_per_op: f64,
     /// Median busy share of the machine.
     pub cpu_busy: f64,
     /// Median share stolen by the hypervisor.
@@ -161,6 +176,9 @@ impl Summary {
             best_hit_ratio: of(|r| r.best_hit_ratio),
             redis_cmds_per_op: of(|r| r.redis_cmds_per_op),
             cpu_us_per_op: of(|r| r.cpu_us_per_op),
+            cpu_process_us_per_op: of(|r| r.cpu_process_us_per_op),
+            cpu_postgres_us_per_op: of(|r| r.cpu_postgres_us_per_op),
+            cpu_redis_us_per_op: of(|r| r.cpu_redis_us_per_op),
             cpu_busy: of(|r| r.cpu_busy),
             cpu_steal: of(|r| r.cpu_steal),
             rss_mib: of(|r| r.rss_bytes as f64) / MIB,

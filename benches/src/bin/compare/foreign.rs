@@ -1,0 +1,184 @@
+//! Modes that run in another language's runtime (`benches/foreign/<mode>/run.mjs`): the
+//! parent writes the replay (every operation of the warm-up and the window, with its lead's
+//! id, organization and phone, and the statements the Rust modes send) to a file, runs the
+//! mode's driver on it, and reads the machine's CPU and Redis's command count itself when
+//! the driver says its window starts (`measuring`) and ends (`measured`). The driver
+//! reports the rest as the Rust child does, one [`RunResult`] JSON line.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use tiercache_benches::cpu::CpuTicks;
+use tiercache_benches::redis_connection;
+use tiercache_repository::queries::sql;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::args::{Args, Mode};
+use crate::modes::Leads;
+use crate::results::RunResult;
+use crate::services::{Env, redis_command_calls};
+use crate::trace::Trace;
+
+/// Where the drivers live: one folder per mode, with its `package.json`.
+const DRIVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/foreign");
+
+/// How long a hand-written or foreign Redis entry lives: Tiercache's L2 TTL for leads.
+const L2_TTL_SECS: u64 = 900;
+/// How many entries a foreign L1 keeps: as many as the moka-redis mode's.
+const L1_MAX_ENTRIES: u64 = 100_000;
+
+/// Writes the replay of `args`'s warm-up and window to `dir/replay.txt`: a JSON header
+/// line (the run's settings and statements), then one line per operation, `r` or `w`, the
+/// lead's id, organization and phone.
+pub fn write_replay(dir: &Path, args: &Args, trace: &Trace, env: &Env) -> anyhow::Result<PathBuf> {
+    let config = crate::tiered::config(env, true, "replay")?;
+    let leads = Leads::new(args.leads)?;
+    let header = serde_json::json!({
+        "warmup_ops": args.warmup_ops,
+        "ops": args.ops,
+        "concurrency": args.concurrency,
+        "max_seconds": args.max_seconds,
+        "pool_size": config.database.pool_size,
+        "statement_timeout_ms": u64::try_from(config.database.statement_timeout.as_millis())
+            .unwrap_or(u64::MAX),
+        "l2_ttl_secs": L2_TTL_SECS,
+        "l1_max_entries": L1_MAX_ENTRIES,
+        "lead_by_phone_sql": sql::LEAD_BY_PHONE,
+        "update_lead_sql": sql::UPDATE_LEAD,
+    });
+    let mut text = header.to_string();
+    text.push('\n');
+    for index in 0..args.warmup_ops + args.ops {
+        let op = trace.op(index);
+        let lead = leads.get(op.lead);
+        let kind = if op.write { 'w' } else { 'r' };
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            text,
+            "{kind} {} {} {}",
+            lead.id,
+            lead.org_id,
+            lead.phone.as_str()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("replay.txt");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Installs `mode`'s driver's packages (`npm ci`) when they are missing.
+fn install(mode: Mode) -> anyhow::Result<PathBuf> {
+    let dir = Path::new(DRIVERS).join(mode.name());
+    if !dir.join("node_modules").is_dir() {
+        eprintln!("{}: npm ci in {}", mode.name(), dir.display());
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .status()
+            .context("running npm (the bentocache mode needs Node.js and npm on PATH)")?;
+        ensure!(
+            status.success(),
+            "npm ci in {} failed: {status}",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// The counters at one edge of the window.
+struct Edge {
+    cpu: Option<CpuTicks>,
+    redis_calls: u64,
+}
+
+/// Runs `mode`'s driver on `replay` in `round` with its keys under `prefix`; kills it if it
+/// passes `deadline`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    args: &Args,
+    mode: Mode,
+    round: usize,
+    prefix: &str,
+    deadline: Duration,
+    env: &Env,
+    replay: &Path,
+    trace: &Trace,
+) -> anyhow::Result<RunResult> {
+    let dir = install(mode)?;
+    let mut child = tokio::process::Command::new("node")
+        .arg(dir.join("run.mjs"))
+        .arg("--replay")
+        .arg(replay)
+        .args(["--prefix", prefix, "--round", &round.to_string()])
+        .env("DATABASE_URL", &env.database_url)
+        .env("REDIS_URL", &env.redis_url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting node (the bentocache mode needs Node.js on PATH)")?;
+    let pid = child.id().context("the driver exited at once")?;
+    let stdout = child.stdout.take().context("taking the driver's output")?;
+    let mut redis = redis_connection(&env.redis_url).await?;
+    let supervise = async {
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut start, mut end, mut result) = (None, None, None);
+        while let Some(line) = lines.next_line().await.context("reading the driver")? {
+            match line.as_str() {
+                "measuring" => {
+                    let cpu = CpuTicks::now_of(pid);
+                    let redis_calls = redis_command_calls(&mut redis).await?;
+                    start = Some(Edge { cpu, redis_calls });
+                }
+                "measured" => {
+                    let redis_calls = redis_command_calls(&mut redis).await?;
+                    let cpu = CpuTicks::now_of(pid);
+                    end = Some(Edge { cpu, redis_calls });
+                }
+                json if json.starts_with('{') => {
+                    result =
+                        Some(serde_json::from_str::<RunResult>(json).with_context(|| {
+                            format!("the driver's result is not valid: {json}")
+                        })?);
+                }
+                other => eprintln!("{}: {other}", mode.name()),
+            }
+        }
+        let status = child.wait().await.context("waiting for the driver")?;
+        if !status.success() {
+            bail!("the driver exited with {status}");
+        }
+        anyhow::Ok((start, end, result))
+    };
+    let (start, end, result) = tokio::time::timeout(deadline, supervise)
+        .await
+        .map_err(|_| anyhow::anyhow!("did not answer within {deadline:?}: killed"))??;
+    let mut run = result.context("the driver printed no result")?;
+    let (Some(start), Some(end)) = (start, end) else {
+        bail!("the driver did not mark its window (measuring, measured)");
+    };
+    let ops = run.ops.max(1) as f64;
+    run.redis_commands = end.redis_calls.saturating_sub(start.redis_calls);
+    run.redis_cmds_per_op = run.redis_commands as f64 / ops;
+    run.best_hit_ratio = trace
+        .best_hit_ratio(args.leads, args.warmup_ops..args.warmup_ops + run.ops)
+        .unwrap_or(0.0);
+    if let (Some(before), Some(after)) = (start.cpu, end.cpu) {
+        let per_op = |seconds: f64| seconds * 1e6 / ops;
+        let [process, postgres, redis] = after.work_split_since(before).map(per_op);
+        let shares = after.shares_since(before).unwrap_or_default();
+        run.cpu_us_per_op = process + postgres + redis;
+        run.cpu_process_us_per_op = process;
+        run.cpu_postgres_us_per_op = postgres;
+        run.cpu_redis_us_per_op = redis;
+        run.cpu_busy = shares.busy;
+        run.cpu_steal = shares.steal;
+    }
+    Ok(run)
+}
