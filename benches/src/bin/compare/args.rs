@@ -24,11 +24,13 @@ pub enum Mode {
     TiercacheX2,
     /// bentocache (Node.js): its memory L1 in front of Redis, with its Redis bus.
     Bentocache,
+    /// cashews (Python): its client-side cache in front of Redis.
+    Cashews,
 }
 
 impl Mode {
     /// Every mode, in the order they run within a round and are reported.
-    pub const ALL: [Mode; 8] = [
+    pub const ALL: [Mode; 9] = [
         Mode::Postgres,
         Mode::RedisReadthrough,
         Mode::MokaRedis,
@@ -37,6 +39,7 @@ impl Mode {
         Mode::TiercacheL1,
         Mode::TiercacheX2,
         Mode::Bentocache,
+        Mode::Cashews,
     ];
 
     /// The mode's name on the command line and in reports.
@@ -50,6 +53,7 @@ impl Mode {
             Mode::TiercacheL1 => "tiercache-l1",
             Mode::TiercacheX2 => "tiercache-x2",
             Mode::Bentocache => "bentocache",
+            Mode::Cashews => "cashews",
         }
     }
 
@@ -68,7 +72,7 @@ impl Mode {
     /// Whether the mode runs in another language's runtime (see `foreign.rs`), not in a
     /// child of this binary.
     pub fn is_foreign(self) -> bool {
-        matches!(self, Mode::Bentocache)
+        matches!(self, Mode::Bentocache | Mode::Cashews)
     }
 }
 
@@ -129,7 +133,7 @@ usage: compare [--warmup-ops N] [--ops N] [--rounds N] [--concurrency N] [--lead
   --leads N        leads in the data set, 100 organizations (default 100000)
   --modes LIST     comma-separated, in this order (default: all) among
                    postgres, redis-readthrough, moka-redis, bound,
-                   tiercache, tiercache-l1, tiercache-x2, bentocache
+                   tiercache, tiercache-l1, tiercache-x2, bentocache, cashews
   --max-seconds N  time one mode's round may take; a round past it stops and fails
                    (default 300)
   --max-steal F    a round whose window had more than this share of the CPU stolen by the

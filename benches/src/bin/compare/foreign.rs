@@ -1,4 +1,4 @@
-//! Modes that run in another language's runtime (`benches/foreign/<mode>/run.mjs`): the
+//! Modes that run in another language's runtime (`benches/foreign/<mode>/`): the
 //! parent writes the replay (every operation of the warm-up and the window, with its lead's
 //! id, organization and phone, and the statements the Rust modes send) to a file, runs the
 //! mode's driver on it, and reads the machine's CPU and Redis's command count itself when
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, bail};
 use tiercache_benches::cpu::CpuTicks;
 use tiercache_benches::redis_connection;
 use tiercache_repository::queries::sql;
@@ -70,24 +70,66 @@ pub fn write_replay(dir: &Path, args: &Args, trace: &Trace, env: &Env) -> anyhow
     Ok(path)
 }
 
-/// Installs `mode`'s driver's packages (`npm ci`) when they are missing.
-fn install(mode: Mode) -> anyhow::Result<PathBuf> {
-    let dir = Path::new(DRIVERS).join(mode.name());
-    if !dir.join("node_modules").is_dir() {
-        eprintln!("{}: npm ci in {}", mode.name(), dir.display());
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .status()
-            .context("running npm (the bentocache mode needs Node.js and npm on PATH)")?;
-        ensure!(
-            status.success(),
-            "npm ci in {} failed: {status}",
-            dir.display()
-        );
+/// How a mode's driver runs: its interpreter, its script, and how its packages get installed
+/// into its folder when they are missing.
+struct Driver {
+    /// The folder under `benches/foreign`.
+    dir: PathBuf,
+    /// The interpreter, and the script in `dir`.
+    program: PathBuf,
+    script: &'static str,
+}
+
+impl Driver {
+    /// `mode`'s driver, its packages installed (`npm ci`, or a venv and `pip install`).
+    fn install(mode: Mode) -> anyhow::Result<Driver> {
+        let dir = Path::new(DRIVERS).join(mode.name());
+        let (installed, program, script, steps): (_, PathBuf, _, Vec<Vec<&str>>) = match mode {
+            Mode::Bentocache => (
+                dir.join("node_modules"),
+                "node".into(),
+                "run.mjs",
+                vec![vec![
+                    "npm",
+                    "ci",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                ]],
+            ),
+            Mode::Cashews => (
+                dir.join(".venv"),
+                dir.join(".venv/bin/python"),
+                "run.py",
+                vec![
+                    vec!["python3", "-m", "venv", ".venv"],
+                    vec![".venv/bin/pip", "install", "-q", "-r", "requirements.txt"],
+                ],
+            ),
+            _ => bail!("{} is not a foreign mode", mode.name()),
+        };
+        if !installed.is_dir() {
+            for step in steps {
+                eprintln!("{}: {} in {}", mode.name(), step.join(" "), dir.display());
+                let status = std::process::Command::new(step[0])
+                    .args(&step[1..])
+                    .current_dir(&dir)
+                    .stdin(Stdio::null())
+                    .status()
+                    .with_context(|| format!("running {} for the {} mode", step[0], mode.name()))?;
+                if !status.success() {
+                    // A half-made install would be taken as done next time.
+                    let _ = std::fs::remove_dir_all(&installed);
+                    bail!("{} in {} failed: {status}", step.join(" "), dir.display());
+                }
+            }
+        }
+        Ok(Driver {
+            dir,
+            program,
+            script,
+        })
     }
-    Ok(dir)
 }
 
 /// The counters at one edge of the window.
@@ -109,9 +151,9 @@ pub async fn run(
     replay: &Path,
     trace: &Trace,
 ) -> anyhow::Result<RunResult> {
-    let dir = install(mode)?;
-    let mut child = tokio::process::Command::new("node")
-        .arg(dir.join("run.mjs"))
+    let driver = Driver::install(mode)?;
+    let mut child = tokio::process::Command::new(&driver.program)
+        .arg(driver.dir.join(driver.script))
         .arg("--replay")
         .arg(replay)
         .args(["--prefix", prefix, "--round", &round.to_string()])
@@ -122,7 +164,7 @@ pub async fn run(
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .context("starting node (the bentocache mode needs Node.js on PATH)")?;
+        .with_context(|| format!("starting {}", driver.program.display()))?;
     let pid = child.id().context("the driver exited at once")?;
     let stdout = child.stdout.take().context("taking the driver's output")?;
     let mut redis = redis_connection(&env.redis_url).await?;

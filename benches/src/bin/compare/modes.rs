@@ -134,7 +134,9 @@ impl Backend {
                 Backend::Tiercache(Tiercache::start(&config, 1, counts).await?)
             }
             Mode::TiercacheX2 => Backend::Tiercache(Tiercache::start(&config, 2, counts).await?),
-            Mode::Bentocache => anyhow::bail!("bentocache runs in Node.js (foreign.rs), not here"),
+            Mode::Bentocache | Mode::Cashews => {
+                anyhow::bail!("{} runs in another runtime (foreign.rs)", mode.name())
+            }
         })
     }
 
