@@ -1,7 +1,8 @@
 //! Smoke test of the comparison binary (`src/bin/compare/`): a quick run over a small
 //! data set exits 0 and writes one result per mode, with no stale read from the modes that
 //! promise none. Timings are printed by the binary, never asserted. Needs the shared
-//! PostgreSQL and Redis, as the binary does.
+//! PostgreSQL and Redis, as the binary does, and for the modes in other languages Node.js and
+//! Python (their packages are installed from the registries on the first run).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const MODES: [&str; 7] = [
+const MODES: [&str; 9] = [
     "postgres",
     "redis-readthrough",
     "moka-redis",
@@ -18,6 +19,8 @@ const MODES: [&str; 7] = [
     "tiercache",
     "tiercache-l1",
     "tiercache-x2",
+    "bentocache",
+    "cashews",
 ];
 
 #[test]

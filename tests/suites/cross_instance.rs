@@ -103,6 +103,95 @@ async fn a_load_that_finishes_before_the_invalidation_is_deleted_by_it() {
     assert_eq!(stored(&server, &a, key).await, None);
 }
 
+/// Calls of `command` the Redis server has run (`INFO commandstats`).
+async fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let mut conn = server.client().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An instance waiting for another's load of a key takes the key's lease as soon as an
+/// invalidation deletes it (and with it that load's write), and loads and fills Redis
+/// itself; before, it polled for a value that could not come until its wait ran out, then
+/// loaded without a lease, so Redis stayed empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_another_instances_load_takes_the_lease_an_invalidation_freed() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("xwait");
+    let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
+    let key = a.keys().lead_by_id(1);
+    let release = Arc::new(Notify::new());
+    let (read_tx, read_rx) = oneshot::channel();
+
+    // Instance A holds the load lease and stalls in its loader.
+    let slow = {
+        let (a, release) = (a.clone(), release.clone());
+        tokio::spawn(async move {
+            a.get_or_load(key, || async move {
+                let _ = read_tx.send(());
+                release.notified().await;
+                Ok::<_, io::Error>(Some(TestLead::new(1, 1)))
+            })
+            .await
+            .unwrap()
+        })
+    };
+    read_rx.await.unwrap();
+    let sets_before = command_calls(&server, "set").await;
+
+    // Instance B misses too, finds the lease taken, and waits.
+    let b_loads = Arc::new(Mutex::new(0));
+    let waiting = {
+        let (b, b_loads) = (b.clone(), b_loads.clone());
+        tokio::spawn(async move {
+            b.get_or_load(key, || async move {
+                *b_loads.lock().unwrap() += 1;
+                Ok::<_, io::Error>(Some(TestLead::new(1, 2)))
+            })
+            .await
+            .unwrap()
+        })
+    };
+    // B's miss script has run (its `SET lease NX` is counted even though it failed): B is
+    // waiting. Nothing announces it; bounded polling.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while command_calls(&server, "set").await <= sets_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never asked for the lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    // A third instance commits a write and invalidates: the key and A's lease go.
+    let c = instance(&ns, &server.url());
+    c.invalidate(Invalidation::key(key), InvalidationSource::Write)
+        .await;
+
+    // B takes the freed lease, loads, and fills Redis, while A is still stalled.
+    let read = waiting.await.unwrap().unwrap();
+    assert_eq!(read.version, 2);
+    assert_eq!(*b_loads.lock().unwrap(), 1);
+    assert_eq!(
+        stored(&server, &b, key).await.map(|l| l.version),
+        Some(2),
+        "B loaded under a lease of its own, so its value is in Redis"
+    );
+
+    // A's old row does not replace it: its lease is gone.
+    release.notify_one();
+    assert_eq!(slow.await.unwrap().unwrap().version, 1);
+    assert_eq!(stored(&server, &a, key).await.map(|l| l.version), Some(2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batched_call_install_overtaken_by_another_instances_invalidation_does_not_land() {
     let server = RedisServer::start().await;

@@ -47,6 +47,16 @@ const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const LEASE_POLL_MIN: Duration = Duration::from_millis(1);
 const LEASE_POLL_MAX: Duration = Duration::from_millis(25);
 
+/// How waiting for another instance's load ended.
+enum Awaited {
+    /// Its value landed.
+    Value(Vec<u8>),
+    /// Its lease went without a value, and this caller took a new one: it loads.
+    Leased,
+    /// Past the wait's bound, or Redis failed: this caller loads without a lease.
+    GaveUp,
+}
+
 /// How long an invalidation epoch stays in Redis after its last bump; far longer than any
 /// read it guards (a read lasts at most the load timeout).
 const EPOCH_TTL: Duration = Duration::from_secs(3600);
@@ -838,23 +848,36 @@ impl Inner {
     }
 
     /// Waits, polling with a growing interval, for another instance's load of `redis_key`
-    /// to land; `None` after half the load timeout (the caller then loads itself, within the
-    /// other half). The wait is bounded so a lease nobody holds any more (taken by a script
-    /// that timed out on its sender's side and ran when Redis woke up) costs one wait, not a
+    /// to land. Each poll is the miss script again, so a lease that went without its value
+    /// (an invalidation deleted it, and with it the load's write) is taken here at once
+    /// instead of waited out. Gives up after half the load timeout (the caller then loads
+    /// itself, within the other half): a lease nobody holds any more (taken by a script that
+    /// timed out on its sender's side and ran when Redis woke up) costs one wait, not a
     /// failed read.
-    async fn await_value(&self, l2: &L2, redis_key: &str) -> Option<Vec<u8>> {
+    async fn await_value(
+        &self,
+        l2: &L2,
+        redis_key: &str,
+        lease: (&str, &str),
+        index: Option<&IndexEntry<'_>>,
+    ) -> Awaited {
         let deadline = Instant::now() + self.load_timeout / 2;
         let mut pause = LEASE_POLL_MIN;
         while Instant::now() < deadline {
             tokio::time::sleep(pause).await;
-            match l2.get(redis_key).await {
-                Ok(Some(bytes)) => return Some(bytes),
-                Ok(None) => {}
-                Err(_) => return None,
+            let (lease_key, token) = lease;
+            match l2
+                .get_or_lease(redis_key, lease_key, token, self.load_timeout, false, index)
+                .await
+            {
+                Ok(GetOrLease::Value(bytes)) => return Awaited::Value(bytes),
+                Ok(GetOrLease::Leased) => return Awaited::Leased,
+                Ok(GetOrLease::Busy) => {}
+                Err(_) => return Awaited::GaveUp,
             }
             pause = (pause * 2).min(LEASE_POLL_MAX);
         }
-        None
+        Awaited::GaveUp
     }
 
     /// The miss path under the key's lock: L2, then the loader, filling L2 on the way back.
@@ -912,11 +935,20 @@ impl Inner {
                 }
                 // Another instance is loading this key: wait (bounded) for its value.
                 Ok(GetOrLease::Busy) if !owed => {
-                    let waited = self.await_value(l2, redis_key).await;
-                    if waited.is_some() {
-                        self.observer.coalesced(entity);
+                    match self
+                        .await_value(l2, redis_key, (&lease_key, &token), index)
+                        .await
+                    {
+                        Awaited::Value(bytes) => {
+                            self.observer.coalesced(entity);
+                            Some(bytes)
+                        }
+                        Awaited::Leased => {
+                            lease = Some((lease_key, token));
+                            None
+                        }
+                        Awaited::GaveUp => None,
                     }
-                    waited
                 }
                 // Absorbed: counted by L2 itself, then on to the loader.
                 Ok(GetOrLease::Busy) | Err(_) => None,

@@ -167,6 +167,14 @@ pub fn print_targets(summaries: &[Summary]) {
         "≥ 1.5",
         |v| v >= 1.5,
     );
+    for other in ["bentocache", "cashews"] {
+        line(
+            &format!("tiercache ÷ {other}, ops/s"),
+            ratio("tiercache", other, |s| s.ops_per_sec),
+            "> 1",
+            |v| v > 1.0,
+        );
+    }
     line(
         "tiercache read p50, µs",
         tiercache.map(|s| s.read_p50_us),
@@ -194,7 +202,13 @@ pub fn print_targets(summaries: &[Summary]) {
     println!(
         "CPU per operation (this process, PostgreSQL, Redis; steadier than ops/s on a noisy host):"
     );
-    for other in ["bound", "moka-redis", "redis-readthrough"] {
+    for other in [
+        "bound",
+        "moka-redis",
+        "redis-readthrough",
+        "bentocache",
+        "cashews",
+    ] {
         if let Some(v) = ratio("tiercache", other, |s| s.cpu_us_per_op) {
             println!("  {:<44} {v:>9.3}", format!("tiercache ÷ {other}"));
         }

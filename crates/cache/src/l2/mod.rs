@@ -143,14 +143,6 @@ impl L2 {
         }
     }
 
-    /// `GET key`.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, L2Error> {
-        self.run("get", async |conn| {
-            redis::cmd("GET").arg(key).query_async(conn).await
-        })
-        .await
-    }
-
     /// `GET key`, or when it is absent, a load lease (`SET lease token NX PX ttl`), in one
     /// round trip. With `skip_get`, only the lease is asked for (the value is not trusted).
     /// With the lease, a history page joins its lead's index, so an invalidation from now
