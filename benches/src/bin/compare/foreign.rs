@@ -30,10 +30,19 @@ const L2_TTL_SECS: u64 = 900;
 /// How many entries a foreign L1 keeps: as many as the moka-redis mode's.
 const L1_MAX_ENTRIES: u64 = 100_000;
 
+/// The operations the foreign drivers replay: the trace, and the file written from it.
+pub struct Replay {
+    /// The trace (for the best hit ratio of a driver's window).
+    trace: Trace,
+    /// The file the drivers read.
+    path: PathBuf,
+}
+
 /// Writes the replay of `args`'s warm-up and window to `dir/replay.txt`: a JSON header
 /// line (the run's settings and statements), then one line per operation, `r` or `w`, the
 /// lead's id, organization and phone.
-pub fn write_replay(dir: &Path, args: &Args, trace: &Trace, env: &Env) -> anyhow::Result<PathBuf> {
+pub fn write_replay(dir: &Path, args: &Args, env: &Env) -> anyhow::Result<Replay> {
+    let trace = Trace::generate(args.leads)?;
     let config = crate::tiered::config(env, true, "replay")?;
     let leads = Leads::new(args.leads)?;
     let header = serde_json::json!({
@@ -67,7 +76,7 @@ pub fn write_replay(dir: &Path, args: &Args, trace: &Trace, env: &Env) -> anyhow
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("replay.txt");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    Ok(Replay { trace, path })
 }
 
 /// How a mode's driver runs: its interpreter, its script, and how its packages get installed
@@ -140,7 +149,6 @@ struct Edge {
 
 /// Runs `mode`'s driver on `replay` in `round` with its keys under `prefix`; kills it if it
 /// passes `deadline`.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     args: &Args,
     mode: Mode,
@@ -148,14 +156,13 @@ pub async fn run(
     prefix: &str,
     deadline: Duration,
     env: &Env,
-    replay: &Path,
-    trace: &Trace,
+    replay: &Replay,
 ) -> anyhow::Result<RunResult> {
     let driver = Driver::install(mode)?;
     let mut child = tokio::process::Command::new(&driver.program)
         .arg(driver.dir.join(driver.script))
         .arg("--replay")
-        .arg(replay)
+        .arg(&replay.path)
         .args(["--prefix", prefix, "--round", &round.to_string()])
         .env("DATABASE_URL", &env.database_url)
         .env("REDIS_URL", &env.redis_url)
@@ -208,7 +215,8 @@ pub async fn run(
     let ops = run.ops.max(1) as f64;
     run.redis_commands = end.redis_calls.saturating_sub(start.redis_calls);
     run.redis_cmds_per_op = run.redis_commands as f64 / ops;
-    run.best_hit_ratio = trace
+    run.best_hit_ratio = replay
+        .trace
         .best_hit_ratio(args.leads, args.warmup_ops..args.warmup_ops + run.ops)
         .unwrap_or(0.0);
     if let (Some(before), Some(after)) = (start.cpu, end.cpu) {

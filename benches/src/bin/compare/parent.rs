@@ -16,7 +16,7 @@ use crate::results::{RunResult, Summary};
 use tiercache_benches::delete_prefix;
 
 use crate::services::{Env, cpu_model, prepare_database, redis_version, reset_leads};
-use crate::trace::{SEED, Trace, WRITE_SHARE, ZIPF_EXPONENT};
+use crate::trace::{SEED, WRITE_SHARE, ZIPF_EXPONENT};
 
 /// How long a child may take beyond `--max-seconds` for its operations: starting, building
 /// its mode, the stampede probe, closing. A child past its deadline is killed and reported.
@@ -53,10 +53,8 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
     );
     let exe = std::env::current_exe().context("finding this program's path")?;
     // The modes in other languages replay the same operations from a file.
-    let foreign_replay = if args.modes.iter().any(|m| m.is_foreign()) {
-        let trace = Trace::generate(args.leads)?;
-        let path = foreign::write_replay(&args.out, args, &trace, &env)?;
-        Some((trace, path))
+    let replay = if args.modes.iter().any(|m| m.is_foreign()) {
+        Some(foreign::write_replay(&args.out, args, &env)?)
     } else {
         None
     };
@@ -80,9 +78,9 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
                     std::process::id(),
                     mode.name()
                 );
-                let outcome = match &foreign_replay {
-                    Some((trace, replay)) if mode.is_foreign() => runtime.block_on(foreign::run(
-                        args, mode, round, &prefix, deadline, &env, replay, trace,
+                let outcome = match &replay {
+                    Some(replay) if mode.is_foreign() => runtime.block_on(foreign::run(
+                        args, mode, round, &prefix, deadline, &env, replay,
                     )),
                     _ => run_child(&exe, args, mode, round, &prefix, deadline),
                 };
