@@ -93,13 +93,6 @@ impl CpuTicks {
         Some(now)
     }
 
-    /// Seconds of CPU this process, PostgreSQL and Redis took together between `before`
-    /// and `self` (Linux counts in `USER_HZ` = 100 ticks a second).
-    pub fn work_seconds_since(self, before: CpuTicks) -> f64 {
-        let work = |t: CpuTicks| t.process + t.postgres + t.redis;
-        work(self).saturating_sub(work(before)) as f64 / USER_HZ
-    }
-
     /// Seconds of CPU this process, PostgreSQL and Redis each took between `before` and
     /// `self`, in that order.
     pub fn work_split_since(self, before: CpuTicks) -> [f64; 3] {

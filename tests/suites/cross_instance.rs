@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use redis::AsyncCommands;
 use tiercache::{Channel, Invalidation, InvalidationSource, NoopObserver, Slot, TwoTierCache};
 use tiercache_tests::cache::{TestLead, config};
-use tiercache_tests::{RedisServer, unique_namespace};
+use tiercache_tests::{RedisServer, command_count, unique_namespace};
 use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
 
 type Slots = tiercache::CallSlots<TestLead, TestLead, TestLead, TestLead>;
 
@@ -33,6 +34,34 @@ async fn stored(
     bytes.and_then(|b| tiercache::envelope::decode::<TestLead>(&b).unwrap().value)
 }
 
+/// Starts `cache`'s load of `key`, whose loader takes its row from `row` and then stalls
+/// until the returned `Notify` is told; returns once the row is read (the load holds the
+/// lease).
+async fn stalled_load(
+    cache: &TwoTierCache,
+    key: tiercache::CacheKey,
+    row: impl FnOnce() -> TestLead + Send + 'static,
+) -> (JoinHandle<Option<Arc<TestLead>>>, Arc<Notify>) {
+    let release = Arc::new(Notify::new());
+    let (read_tx, read_rx) = oneshot::channel();
+    let load = {
+        let (cache, release) = (cache.clone(), release.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load(key, || async move {
+                    let row = row();
+                    let _ = read_tx.send(());
+                    release.notified().await;
+                    Ok::<_, io::Error>(Some(row))
+                })
+                .await
+                .unwrap()
+        })
+    };
+    read_rx.await.unwrap();
+    (load, release)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_overtaken_by_another_instances_invalidation_does_not_land_in_redis() {
     let server = RedisServer::start().await;
@@ -40,24 +69,12 @@ async fn a_load_overtaken_by_another_instances_invalidation_does_not_land_in_red
     let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
     let key = a.keys().lead_by_id(1);
     let db = Arc::new(Mutex::new(TestLead::new(1, 1)));
-    let release = Arc::new(Notify::new());
-    let (read_tx, read_rx) = oneshot::channel();
 
     // Instance A reads the old row (holding the load lease) and stalls before installing.
-    let slow = {
-        let (a, db, release) = (a.clone(), db.clone(), release.clone());
-        tokio::spawn(async move {
-            a.get_or_load(key, || async move {
-                let row = db.lock().unwrap().clone();
-                let _ = read_tx.send(());
-                release.notified().await;
-                Ok::<_, io::Error>(Some(row))
-            })
-            .await
-            .unwrap()
-        })
+    let (slow, release) = {
+        let db = db.clone();
+        stalled_load(&a, key, move || db.lock().unwrap().clone()).await
     };
-    read_rx.await.unwrap();
 
     // Instance B commits a write and invalidates: it does not wait for A (another process).
     *db.lock().unwrap() = TestLead::new(1, 2);
@@ -103,21 +120,6 @@ async fn a_load_that_finishes_before_the_invalidation_is_deleted_by_it() {
     assert_eq!(stored(&server, &a, key).await, None);
 }
 
-/// Calls of `command` the Redis server has run (`INFO commandstats`).
-async fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let mut conn = server.client().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// An instance waiting for another's load of a key takes the key's lease as soon as an
 /// invalidation deletes it (and with it that load's write), and loads and fills Redis
 /// itself; before, it polled for a value that could not come until its wait ran out, then
@@ -128,24 +130,11 @@ async fn a_wait_for_another_instances_load_takes_the_lease_an_invalidation_freed
     let ns = unique_namespace("xwait");
     let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
     let key = a.keys().lead_by_id(1);
-    let release = Arc::new(Notify::new());
-    let (read_tx, read_rx) = oneshot::channel();
 
     // Instance A holds the load lease and stalls in its loader.
-    let slow = {
-        let (a, release) = (a.clone(), release.clone());
-        tokio::spawn(async move {
-            a.get_or_load(key, || async move {
-                let _ = read_tx.send(());
-                release.notified().await;
-                Ok::<_, io::Error>(Some(TestLead::new(1, 1)))
-            })
-            .await
-            .unwrap()
-        })
-    };
-    read_rx.await.unwrap();
-    let sets_before = command_calls(&server, "set").await;
+    let (slow, release) = stalled_load(&a, key, || TestLead::new(1, 1)).await;
+    let mut admin = server.client().await;
+    let sets_before = command_count(&mut admin, "set").await;
 
     // Instance B misses too, finds the lease taken, and waits.
     let b_loads = Arc::new(Mutex::new(0));
@@ -163,7 +152,7 @@ async fn a_wait_for_another_instances_load_takes_the_lease_an_invalidation_freed
     // B's miss script has run (its `SET lease NX` is counted even though it failed): B is
     // waiting. Nothing announces it; bounded polling.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while command_calls(&server, "set").await <= sets_before {
+    while command_count(&mut admin, "set").await <= sets_before {
         assert!(
             std::time::Instant::now() < deadline,
             "B never asked for the lease"

@@ -47,16 +47,6 @@ const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const LEASE_POLL_MIN: Duration = Duration::from_millis(1);
 const LEASE_POLL_MAX: Duration = Duration::from_millis(25);
 
-/// How waiting for another instance's load ended.
-enum Awaited {
-    /// Its value landed.
-    Value(Vec<u8>),
-    /// Its lease went without a value, and this caller took a new one: it loads.
-    Leased,
-    /// Past the wait's bound, or Redis failed: this caller loads without a lease.
-    GaveUp,
-}
-
 /// How long an invalidation epoch stays in Redis after its last bump; far longer than any
 /// read it guards (a read lasts at most the load timeout).
 const EPOCH_TTL: Duration = Duration::from_secs(3600);
@@ -853,14 +843,14 @@ impl Inner {
     /// instead of waited out. Gives up after half the load timeout (the caller then loads
     /// itself, within the other half): a lease nobody holds any more (taken by a script that
     /// timed out on its sender's side and ran when Redis woke up) costs one wait, not a
-    /// failed read.
+    /// failed read. `Busy` when it gave up, or Redis failed: the caller loads without a lease.
     async fn await_value(
         &self,
         l2: &L2,
         redis_key: &str,
         lease: (&str, &str),
         index: Option<&IndexEntry<'_>>,
-    ) -> Awaited {
+    ) -> GetOrLease {
         let deadline = Instant::now() + self.load_timeout / 2;
         let mut pause = LEASE_POLL_MIN;
         while Instant::now() < deadline {
@@ -870,14 +860,13 @@ impl Inner {
                 .get_or_lease(redis_key, lease_key, token, self.load_timeout, false, index)
                 .await
             {
-                Ok(GetOrLease::Value(bytes)) => return Awaited::Value(bytes),
-                Ok(GetOrLease::Leased) => return Awaited::Leased,
                 Ok(GetOrLease::Busy) => {}
-                Err(_) => return Awaited::GaveUp,
+                Ok(found) => return found,
+                Err(_) => return GetOrLease::Busy,
             }
             pause = (pause * 2).min(LEASE_POLL_MAX);
         }
-        Awaited::GaveUp
+        GetOrLease::Busy
     }
 
     /// The miss path under the key's lock: L2, then the loader, filling L2 on the way back.
@@ -939,15 +928,15 @@ impl Inner {
                         .await_value(l2, redis_key, (&lease_key, &token), index)
                         .await
                     {
-                        Awaited::Value(bytes) => {
+                        GetOrLease::Value(bytes) => {
                             self.observer.coalesced(entity);
                             Some(bytes)
                         }
-                        Awaited::Leased => {
+                        GetOrLease::Leased => {
                             lease = Some((lease_key, token));
                             None
                         }
-                        Awaited::GaveUp => None,
+                        GetOrLease::Busy => None,
                     }
                 }
                 // Absorbed: counted by L2 itself, then on to the loader.

@@ -15,7 +15,7 @@ use crate::args::{Args, ChildArgs};
 use crate::histogram::Histogram;
 use crate::modes::{Backend, Leads, QueryCounts, version};
 use crate::results::RunResult;
-use tiercache_benches::cpu::{CpuShares, CpuTicks};
+use tiercache_benches::cpu::CpuTicks;
 use tiercache_benches::redis_connection;
 
 use crate::services::{Env, redis_command_calls, rss_bytes};
@@ -211,16 +211,7 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         "no read was measured: the window is too short"
     );
     let us = |h: &Histogram, q: f64| h.percentile(q) as f64 / 1e3;
-    let per_op = |seconds: f64| seconds * 1e6 / ops.max(1) as f64;
-    let (cpu_us_per_op, cpu_split, shares) = match (cpu_at_start, cpu_at_end) {
-        (Some(start), Some(end)) => (
-            per_op(end.work_seconds_since(start)),
-            end.work_split_since(start).map(per_op),
-            end.shares_since(start).unwrap_or_default(),
-        ),
-        _ => (0.0, [0.0; 3], CpuShares::default()),
-    };
-    Ok(RunResult {
+    let mut run = RunResult {
         mode: child.mode.name().to_owned(),
         round: child.round,
         ops,
@@ -240,12 +231,13 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         best_hit_ratio,
         redis_commands,
         redis_cmds_per_op: redis_commands as f64 / ops.max(1) as f64,
-        cpu_us_per_op,
-        cpu_process_us_per_op: cpu_split[0],
-        cpu_postgres_us_per_op: cpu_split[1],
-        cpu_redis_us_per_op: cpu_split[2],
-        cpu_busy: shares.busy,
-        cpu_steal: shares.steal,
+        // Filled below from the counters, when /proc could be read.
+        cpu_us_per_op: 0.0,
+        cpu_process_us_per_op: 0.0,
+        cpu_postgres_us_per_op: 0.0,
+        cpu_redis_us_per_op: 0.0,
+        cpu_busy: 0.0,
+        cpu_steal: 0.0,
         rss_bytes,
         rss_setup_bytes,
         stampede_loader_runs,
@@ -254,7 +246,11 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         errors: out.errors,
         first_error: out.first_error,
         timed_out: out.timed_out,
-    })
+    };
+    if let (Some(start), Some(end)) = (cpu_at_start, cpu_at_end) {
+        run.set_cpu(start, end);
+    }
+    Ok(run)
 }
 
 /// One worker: takes the next position of the replay until the measured window's last

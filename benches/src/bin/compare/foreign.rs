@@ -17,6 +17,7 @@ use tiercache_repository::queries::sql;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::args::{Args, Mode};
+use crate::handwritten::{MOKA_MAX_ENTRIES, REDIS_TTL_SECS};
 use crate::modes::Leads;
 use crate::results::RunResult;
 use crate::services::{Env, redis_command_calls};
@@ -24,11 +25,6 @@ use crate::trace::Trace;
 
 /// Where the drivers live: one folder per mode, with its `package.json`.
 const DRIVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/foreign");
-
-/// How long a hand-written or foreign Redis entry lives: Tiercache's L2 TTL for leads.
-const L2_TTL_SECS: u64 = 900;
-/// How many entries a foreign L1 keeps: as many as the moka-redis mode's.
-const L1_MAX_ENTRIES: u64 = 100_000;
 
 /// The operations the foreign drivers replay: the trace, and the file written from it.
 pub struct Replay {
@@ -53,8 +49,8 @@ pub fn write_replay(dir: &Path, args: &Args, env: &Env) -> anyhow::Result<Replay
         "pool_size": config.database.pool_size,
         "statement_timeout_ms": u64::try_from(config.database.statement_timeout.as_millis())
             .unwrap_or(u64::MAX),
-        "l2_ttl_secs": L2_TTL_SECS,
-        "l1_max_entries": L1_MAX_ENTRIES,
+        "l2_ttl_secs": REDIS_TTL_SECS,
+        "l1_max_entries": MOKA_MAX_ENTRIES,
         "lead_by_phone_sql": sql::LEAD_BY_PHONE,
         "update_lead_sql": sql::UPDATE_LEAD,
     });
@@ -220,15 +216,7 @@ pub async fn run(
         .best_hit_ratio(args.leads, args.warmup_ops..args.warmup_ops + run.ops)
         .unwrap_or(0.0);
     if let (Some(before), Some(after)) = (start.cpu, end.cpu) {
-        let per_op = |seconds: f64| seconds * 1e6 / ops;
-        let [process, postgres, redis] = after.work_split_since(before).map(per_op);
-        let shares = after.shares_since(before).unwrap_or_default();
-        run.cpu_us_per_op = process + postgres + redis;
-        run.cpu_process_us_per_op = process;
-        run.cpu_postgres_us_per_op = postgres;
-        run.cpu_redis_us_per_op = redis;
-        run.cpu_busy = shares.busy;
-        run.cpu_steal = shares.steal;
+        run.set_cpu(before, after);
     }
     Ok(run)
 }

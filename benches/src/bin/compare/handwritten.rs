@@ -18,13 +18,13 @@ use tiercache_repository::queries;
 
 use crate::modes::{LeadRef, QueryCounts};
 
-/// How long a hand-written Redis entry lives: Tiercache's L2 TTL for leads (900 s).
-const REDIS_TTL_SECS: u64 = 900;
+/// How long a hand-written (or foreign) Redis entry lives: Tiercache's L2 TTL for leads.
+pub const REDIS_TTL_SECS: u64 = 900;
 /// moka's TTL in the moka-redis mode: Tiercache's L1 TTL for leads.
 const MOKA_TTL: Duration = Duration::from_secs(60);
 /// moka's bound in the moka-redis mode, in entries (a team bounds by count): room for
-/// every demo lead, as Tiercache's 64 MiB L1 has.
-const MOKA_MAX_ENTRIES: u64 = 100_000;
+/// every demo lead, as Tiercache's 64 MiB L1 has; the foreign modes' L1s get the same.
+pub const MOKA_MAX_ENTRIES: u64 = 100_000;
 /// Shards of the bound's map: enough that 4 workers on 2 cores rarely meet on one lock.
 const SHARDS: usize = 64;
 

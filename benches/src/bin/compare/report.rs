@@ -13,8 +13,8 @@ use crate::results::{RunResult, Summary};
 pub fn run_line(r: &RunResult) -> String {
     let mut line = format!(
         "{:<17} {:>9.0} ops/s  read p50 {:.1} µs p99 {:.1} µs  hit {:.4} (best {:.4})  \
-         redis {:.2}/op  cpu {:.1} µs/op (process {:.1}, postgres {:.1}, redis {:.1})  steal {:.2}  stampede {}  stale {} (≤ {:.1} ms)  \
-         errors {}",
+         redis {:.2}/op  cpu {:.1} µs/op (process {:.1}, postgres {:.1}, redis {:.1})  \
+         steal {:.2}  stampede {}  stale {} (≤ {:.1} ms)  errors {}",
         r.mode,
         r.ops_per_sec,
         r.read_p50_us,

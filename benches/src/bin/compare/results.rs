@@ -2,6 +2,7 @@
 //! summary the parent makes of a mode's rounds.
 
 use serde::{Deserialize, Serialize};
+use tiercache_benches::cpu::CpuTicks;
 
 /// One mode's run in one round, as its child process measured it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -139,6 +140,21 @@ pub struct Summary {
     pub errors: u64,
     /// Whether any round's `--max-seconds` passed before its operations were done.
     pub timed_out: bool,
+}
+
+impl RunResult {
+    /// Fills the CPU figures from the counters at the window's start and end.
+    pub fn set_cpu(&mut self, start: CpuTicks, end: CpuTicks) {
+        let per_op = |seconds: f64| seconds * 1e6 / self.ops.max(1) as f64;
+        let [process, postgres, redis] = end.work_split_since(start).map(per_op);
+        let shares = end.shares_since(start).unwrap_or_default();
+        self.cpu_us_per_op = process + postgres + redis;
+        self.cpu_process_us_per_op = process;
+        self.cpu_postgres_us_per_op = postgres;
+        self.cpu_redis_us_per_op = redis;
+        self.cpu_busy = shares.busy;
+        self.cpu_steal = shares.steal;
+    }
 }
 
 /// The median of `values` (the mean of the middle two for an even count; 0 for none).
