@@ -3,7 +3,7 @@
 //! invalidation even though the batched load holds no key lock while it reads.
 
 use tiercache::{Channel, Invalidation, InvalidationSource, NoopObserver, Slot, TwoTierCache};
-use tiercache_tests::cache::{TestLead, config};
+use tiercache_tests::cache::{TestLead, build, config};
 use tiercache_tests::{RedisServer, command_count, unique_namespace};
 
 type Slots = tiercache::CallSlots<TestLead, TestLead, TestLead, TestLead>;
@@ -98,6 +98,43 @@ async fn a_warm_call_costs_one_script_round_trip_or_nothing() {
     let again: Slots = b.get_call(ORG, CALLER, Channel::Voice).await;
     assert!(again.is_complete());
     assert_eq!(command_count(&mut admin, "evalsha").await, before + 1);
+}
+
+/// A key on the call's way that holds another load's lease marker is missing for the
+/// lookup, not corrupt: the parts before and beside it are still found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_marker_on_the_way_is_missing_not_corrupt() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("callmarker");
+    let a = cache(&ns, &server.url());
+    let (b, rec) = build(config(&ns, Some(&server.url())));
+    let cold: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    complete(&a, &cold, Some(TestLead::new(42, 1))).await;
+    a.flush_l2_writes().await;
+
+    // Another instance is loading the context: its marker has replaced the value.
+    let mut admin = server.client().await;
+    let marker = format!("{}elsewhere:1", tiercache::l2::LEASE_MARKER_PREFIX);
+    let _: () = redis::cmd("SET")
+        .arg(a.keys().render(&a.keys().context(42)))
+        .arg(&marker)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let slots: Slots = b.get_call(ORG, CALLER, Channel::Voice).await;
+    assert_eq!(
+        [
+            found(&slots.org),
+            found(&slots.lead),
+            found(&slots.context),
+            found(&slots.greeting)
+        ],
+        [Some((7, 1)), Some((42, 1)), None, Some((42, 20))]
+    );
+    assert!(matches!(slots.context, Slot::Missing));
+    assert_eq!(rec.sum("corrupt"), 0, "a marker is not a corrupt entry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

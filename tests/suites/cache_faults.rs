@@ -142,7 +142,7 @@ async fn a_paused_redis_costs_a_timeout_then_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_l2_hit_is_one_get_and_an_l1_hit_is_none() {
+async fn an_l2_hit_is_one_command_and_an_l1_hit_is_none() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("cmds");
     let a = cache_on(&server, &ns);
@@ -161,27 +161,28 @@ async fn an_l2_hit_is_one_get_and_an_l1_hit_is_none() {
     let delta = async |admin: &mut redis::aio::MultiplexedConnection, name: &'static str| {
         command_count(admin, name).await - before[name]
     };
-    // A miss: one script (GET, else take the load lease with SET NX), the query, then one
-    // more, sent behind the read (GET the lease, and while it is still this load's, SET the
-    // value and DEL the lease): two round trips, the second off the read's path.
+    // A miss: one command (the value, else the load lease: `SET key marker NX GET PX`), the
+    // query, then one script sent behind the read (GET the key, and while it still holds
+    // this load's marker, SET the value): two round trips, the second off the read's path.
     read(&a, 1, &calls).await;
     a.flush_l2_writes().await;
-    assert_eq!(delta(&mut admin, "evalsha").await, 2);
-    assert_eq!(delta(&mut admin, "get").await, 2);
+    assert_eq!(delta(&mut admin, "evalsha").await, 1);
+    assert_eq!(delta(&mut admin, "get").await, 1);
     assert_eq!(delta(&mut admin, "set").await, 2);
     assert_eq!(delta(&mut admin, "exec").await, 0);
 
-    // An L2 hit: one round trip (the script's GET finds it).
+    // An L2 hit: one round trip, no script (the SET NX GET finds the value and writes nothing).
     read(&b, 1, &calls).await;
-    assert_eq!(delta(&mut admin, "evalsha").await, 3);
-    assert_eq!(delta(&mut admin, "get").await, 3);
-    assert_eq!(delta(&mut admin, "set").await, 2);
+    assert_eq!(delta(&mut admin, "evalsha").await, 1);
+    assert_eq!(delta(&mut admin, "get").await, 1);
+    assert_eq!(delta(&mut admin, "set").await, 3);
 
     for _ in 0..100 {
         read(&a, 1, &calls).await; // L1 hits: no Redis at all
         read(&b, 1, &calls).await;
     }
-    assert_eq!(delta(&mut admin, "get").await, 3);
+    assert_eq!(delta(&mut admin, "set").await, 3);
+    assert_eq!(delta(&mut admin, "get").await, 1);
     assert_eq!(calls.load(Ordering::SeqCst), 2, "keys 0 and 1, once each");
     // No PING on checkout: 100 reads of cold keys check a connection out 200 times; the only
     // PINGs are the bus heartbeats (4 a second per instance).
@@ -378,31 +379,31 @@ async fn a_failed_load_releases_its_own_lease_and_no_other() {
     let ns = unique_namespace("release");
     let cache = cache_on(&server, &ns);
     let mut admin = server.client().await;
-    let lease = |id: i64| format!("{ns}:test:v1:lease:lead:id:{id}");
+    // A lease is a marker at the value's own key.
+    let key = |id: i64| format!("{ns}:test:v1:lead:id:{id}");
+    let prefix = tiercache::l2::LEASE_MARKER_PREFIX;
 
     // Its own lease goes at once, so another instance need not wait it out.
     let mut held: Option<String> = None;
     failed_load(&cache, 1, async || {
-        held = redis::AsyncCommands::get(&mut admin, lease(1))
-            .await
-            .unwrap();
+        held = redis::AsyncCommands::get(&mut admin, key(1)).await.unwrap();
     })
     .await;
-    assert!(held.is_some(), "the load held a lease");
-    let left: Option<String> = redis::AsyncCommands::get(&mut admin, lease(1))
-        .await
-        .unwrap();
+    assert!(
+        held.as_deref().is_some_and(|h| h.starts_with(prefix)),
+        "the load held a lease: {held:?}"
+    );
+    let left: Option<String> = redis::AsyncCommands::get(&mut admin, key(1)).await.unwrap();
     assert_eq!(left, None, "released");
 
     // Its lease expired and another load took the key: that one's lease stays.
+    let another = format!("{prefix}another-load");
     failed_load(&cache, 2, async || {
-        let _: () = redis::AsyncCommands::set(&mut admin, lease(2), "another-load")
+        let _: () = redis::AsyncCommands::set(&mut admin, key(2), &another)
             .await
             .unwrap();
     })
     .await;
-    let left: Option<String> = redis::AsyncCommands::get(&mut admin, lease(2))
-        .await
-        .unwrap();
-    assert_eq!(left.as_deref(), Some("another-load"));
+    let left: Option<String> = redis::AsyncCommands::get(&mut admin, key(2)).await.unwrap();
+    assert_eq!(left, Some(another));
 }

@@ -195,6 +195,60 @@ async fn corrupt_and_foreign_payloads_are_misses_not_errors() {
     assert_eq!(rec.count("corrupt.lead.l2.version"), 1);
 }
 
+/// A load lease is a marker at the value's own key (`SET key marker NX GET PX`): found there,
+/// it is another load in flight, to wait for, never a value or a corrupt entry; a load that
+/// fails takes its marker away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_marker_is_a_load_in_flight_never_a_value() {
+    let ns = unique_namespace("marker");
+    let (cache, rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let mut redis = shared_redis().await;
+    let calls = Arc::new(AtomicU32::new(0));
+
+    // Another instance's load of lead 1 is in flight, and never lands: its marker expires.
+    let key = cache.keys().lead_by_id(1);
+    let redis_key = cache.keys().render(&key);
+    let marker = format!("{}elsewhere:1", tiercache::l2::LEASE_MARKER_PREFIX);
+    let _: () = redis::cmd("SET")
+        .arg(&redis_key)
+        .arg(&marker)
+        .arg("PX")
+        .arg(300)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let v = cache
+        .get_or_load(key, counting(&calls, Some(TestLead::new(1, 5))))
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some(&TestLead::new(1, 5)));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "loaded once the marker went"
+    );
+    assert_eq!(rec.sum("corrupt"), 0, "a marker is not a corrupt entry");
+    cache.flush_l2_writes().await;
+    let stored: Vec<u8> = redis.get(&redis_key).await.unwrap();
+    let decoded = tiercache::envelope::decode::<TestLead>(&stored).unwrap();
+    assert_eq!(
+        decoded.value,
+        Some(TestLead::new(1, 5)),
+        "its value replaced the marker"
+    );
+
+    // A failing load releases its marker: Redis holds nothing for the key.
+    let failing = cache.keys().lead_by_id(2);
+    cache
+        .get_or_load::<TestLead, _, _, _>(failing, move || async move {
+            Err(io::Error::other("database down"))
+        })
+        .await
+        .unwrap_err();
+    let left: Option<Vec<u8>> = redis.get(cache.keys().render(&failing)).await.unwrap();
+    assert_eq!(left, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_error_is_the_only_error_a_caller_sees() {
     let ns = unique_namespace("loaderr");

@@ -8,7 +8,7 @@
 //! (L2 errors of the right kind, circuit transitions) and, once Redis is healed, the circuit
 //! must close and L2 answer again. Each test prints a one-line summary of what it saw.
 //!
-//! The last test pins a bug these faults revealed: a load lease left in Redis by a script
+//! The last test pins a bug these faults revealed: a load lease left in Redis by a command
 //! that timed out (see its FIXME).
 
 use std::collections::HashMap;
@@ -439,7 +439,7 @@ struct Run {
     during: Counts,
     /// Keys in Redis at the end.
     redis_keys: u64,
-    /// Load leases in Redis, older than any load, when the circuit closed: taken by scripts
+    /// Load leases in Redis, older than any load, when the circuit closed: taken by commands
     /// that timed out on the server's side and then ran on Redis's, nobody will release them,
     /// and the next reader of the key waits for a value that does not come.
     stuck_leases: usize,
@@ -578,16 +578,27 @@ async fn run_fault(fault: Fault) -> Run {
 }
 
 /// How many load leases of namespace `ns` Redis holds that were taken more than
-/// [`LEASE_AGE`] ago (`SCAN` and `PTTL`, on the test's own server).
+/// [`LEASE_AGE`] ago.
 async fn stuck_leases(redis: &RedisServer, ns: &str) -> usize {
-    // A lease lives for the load timeout unless its load releases it, which a load that
-    // only waits on PostgreSQL does within milliseconds.
+    // A lease lives for the load timeout unless its load replaces or releases it, which a
+    // load that only waits on PostgreSQL does within milliseconds.
     let lease_ttl = tiercache::CacheConfig::DEFAULT_LOAD_TIMEOUT;
     let old = i64::try_from((lease_ttl - LEASE_AGE).as_millis()).unwrap();
+    lease_markers(redis, ns)
+        .await
+        .into_iter()
+        .filter(|(_, pttl)| *pttl > 0 && *pttl <= old)
+        .count()
+}
+
+/// The keys of namespace `ns` holding a load's lease marker, with their `PTTL` (`SCAN`,
+/// then `TYPE`, `GETRANGE` and `PTTL`, on the test's own server).
+async fn lease_markers(redis: &RedisServer, ns: &str) -> Vec<(String, i64)> {
+    let prefix = tiercache::l2::LEASE_MARKER_PREFIX.as_bytes();
     let mut admin = redis.client().await;
-    let pattern = format!("{ns}:test:v1:lease:*");
+    let pattern = format!("{ns}:test:v1:*");
     let mut cursor = 0u64;
-    let mut found = 0;
+    let mut found = Vec::new();
     // A few hundred keys at most: a handful of rounds; the bound only guards the loop.
     for _ in 0..1_000 {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -600,12 +611,27 @@ async fn stuck_leases(redis: &RedisServer, ns: &str) -> usize {
             .await
             .unwrap();
         for key in keys {
-            let pttl: i64 = redis::cmd("PTTL")
+            let kind: String = redis::cmd("TYPE")
                 .arg(&key)
                 .query_async(&mut admin)
                 .await
                 .unwrap();
-            found += usize::from(pttl > 0 && pttl <= old);
+            if kind != "string" {
+                continue;
+            }
+            let (head, pttl): (Vec<u8>, i64) = redis::pipe()
+                .cmd("GETRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(prefix.len() - 1)
+                .cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            if head == prefix {
+                found.push((key, pttl));
+            }
         }
         if next == 0 {
             return found;
@@ -725,18 +751,18 @@ async fn slow_redis_times_out_and_reads_go_on() {
     assert!(c.timeout >= 1.0, "timeouts counted: {c:?}");
 }
 
-/// A lease left behind by a script that timed out costs another instance's read of that key
-/// a bounded wait, not an error.
+/// A lease left behind by a command that timed out costs another instance's read of that
+/// key a bounded wait, not an error.
 ///
 /// Found by the faults above (a webhook waiting ~2 s after SIGSTOP or `DEBUG SLEEP`). The
-/// miss script (`GET`, else `SET lease NX PX <load timeout>`) times out on the server's side
-/// after 50 ms but runs once Redis answers again, taking a lease with a token that no load
+/// miss command (`SET key marker NX GET PX <load timeout>`) times out on the server's side
+/// after 50 ms but runs once Redis answers again, taking a lease with a marker that no load
 /// holds: the instance that sent it got an error, so it loads without a lease and never
 /// writes or releases it. Another instance missing that key finds the lease taken and waits
 /// for a value that never comes; the wait is capped at half the load timeout, after which it
 /// loads from PostgreSQL itself (before the cap, the read passed the load timeout: a 503).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_left_by_a_timed_out_script_costs_another_instance_a_bounded_wait() {
+async fn a_lease_left_by_a_timed_out_command_costs_another_instance_a_bounded_wait() {
     let redis = RedisServer::start().await;
     let db = TestDb::seeded("faultslease", ORGS, 10).await;
     let ns = unique_namespace("faultslease");
@@ -747,26 +773,21 @@ async fn a_lease_left_by_a_timed_out_script_costs_another_instance_a_bounded_wai
     assert_eq!(expected.0, 200);
 
     redis.pause();
-    // The miss script times out; the read is answered from PostgreSQL.
+    // The miss command times out; the read is answered from PostgreSQL.
     assert_eq!(a.get("/api/leads/1").await.0, 200);
     redis.resume();
-    // The script runs once Redis wakes up: the lease is there, and nobody holds it. No
-    // event says when; bounded polling, well within the lease's 2 s.
-    let lease = format!("{ns}:test:v1:lease:lead:id:1");
-    let mut admin = redis.client().await;
+    // The command runs once Redis wakes up: the lease marker is there, and nobody holds
+    // it. No event says when; bounded polling, well within the lease's 2 s.
+    let key = format!("{ns}:test:v1:lead:id:1");
     let deadline = Instant::now() + Duration::from_millis(500);
     loop {
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(&lease)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-        if pttl > 0 {
+        let markers = lease_markers(&redis, &ns).await;
+        if markers.iter().any(|(k, pttl)| *k == key && *pttl > 0) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the timed-out script left its lease"
+            "the timed-out command left its lease: {markers:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -23,7 +23,9 @@ use crate::error::{BoxError, Error};
 use crate::history_index::HistoryIndex;
 use crate::invalidation::Invalidation;
 use crate::key::{CacheKey, KeySchema};
-use crate::l2::{GetOrLease, HistoryPages, IndexEntry, L2, L2ErrorKind, PoolState, Publish};
+use crate::l2::{
+    GetOrLease, HistoryPages, IndexEntry, L2, L2ErrorKind, LEASE_MARKER_PREFIX, PoolState, Publish,
+};
 use crate::observer::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
     LoadOutcome, Outcome, StaleReason, Tier,
@@ -141,7 +143,7 @@ pub(crate) struct Inner {
     replay_task: Mutex<Option<JoinHandle<()>>>,
     /// This cache's id on the bus (its own messages are ignored).
     pub(crate) instance: u64,
-    /// Numbers the load leases this cache takes (see `lease_token`).
+    /// Numbers the load leases this cache takes (see `lease_marker`).
     lease_seq: std::sync::atomic::AtomicU64,
     pub(crate) bus_channel: String,
     pub(crate) bus_stream: String,
@@ -788,76 +790,61 @@ impl Inner {
         }
     }
 
-    /// A token for one load's lease: this instance's id and a sequence number.
-    fn lease_token(&self) -> String {
+    /// The marker of one load's lease: the lease prefix, this instance's id and a sequence
+    /// number.
+    fn lease_marker(&self) -> String {
         let seq = self
             .lease_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{:x}:{seq:x}", self.instance)
+        format!("{LEASE_MARKER_PREFIX}{:x}:{seq:x}", self.instance)
     }
 
-    /// A key as Redis holds it, and its load lease: what an invalidation deletes.
-    pub(crate) fn doomed(&self, key: &CacheKey) -> [String; 2] {
-        let rendered = self.keys.render(key);
-        let lease = self.keys.lease(&rendered);
-        [rendered, lease]
-    }
-
-    /// The load lease of `redis_key` without reading its value (which is not trusted);
-    /// `None` when another load holds it or Redis fails.
+    /// The load lease of `redis_key` over its value (which is not trusted); the marker, or
+    /// `None` when another load holds the key or Redis fails.
     async fn take_lease(
         &self,
         l2: &L2,
         redis_key: &str,
         index: Option<&IndexEntry<'_>>,
-    ) -> Option<(String, String)> {
-        let lease_key = self.keys.lease(redis_key);
-        let token = self.lease_token();
+    ) -> Option<String> {
+        let marker = self.lease_marker();
         match l2
-            .get_or_lease(
-                redis_key,
-                &lease_key,
-                &token,
-                self.load_timeout,
-                true,
-                index,
-            )
+            .take_lease(redis_key, &marker, self.load_timeout, index)
             .await
         {
-            Ok(GetOrLease::Leased) => Some((lease_key, token)),
+            Ok(GetOrLease::Leased) => Some(marker),
             _ => None,
         }
     }
 
     /// Lets another instance load at once instead of waiting out the lease; a lease that
     /// expired and went to another load meanwhile is left alone.
-    async fn release_lease(&self, lease: Option<&(String, String)>) {
-        if let (Some(l2), Some((lease, token))) = (&self.l2, lease) {
-            let _ = l2.release_lease(lease, token).await;
+    async fn release_lease(&self, redis_key: Option<&str>, marker: Option<&String>) {
+        if let (Some(l2), Some(redis_key), Some(marker)) = (&self.l2, redis_key, marker) {
+            let _ = l2.release_lease(redis_key, marker).await;
         }
     }
 
     /// Waits, polling with a growing interval, for another instance's load of `redis_key`
-    /// to land. Each poll is the miss script again, so a lease that went without its value
+    /// to land. Each poll is the miss command again, so a lease that went without its value
     /// (an invalidation deleted it, and with it the load's write) is taken here at once
     /// instead of waited out. Gives up after half the load timeout (the caller then loads
-    /// itself, within the other half): a lease nobody holds any more (taken by a script that
-    /// timed out on its sender's side and ran when Redis woke up) costs one wait, not a
+    /// itself, within the other half): a lease nobody holds any more (taken by a command
+    /// that timed out on its sender's side and ran when Redis woke up) costs one wait, not a
     /// failed read. `Busy` when it gave up, or Redis failed: the caller loads without a lease.
     async fn await_value(
         &self,
         l2: &L2,
         redis_key: &str,
-        lease: (&str, &str),
+        marker: &str,
         index: Option<&IndexEntry<'_>>,
     ) -> GetOrLease {
         let deadline = Instant::now() + self.load_timeout / 2;
         let mut pause = LEASE_POLL_MIN;
         while Instant::now() < deadline {
             tokio::time::sleep(pause).await;
-            let (lease_key, token) = lease;
             match l2
-                .get_or_lease(redis_key, lease_key, token, self.load_timeout, false, index)
+                .get_or_lease(redis_key, marker, self.load_timeout, index)
                 .await
             {
                 Ok(GetOrLease::Busy) => {}
@@ -886,16 +873,14 @@ impl Inner {
 
         let redis_key = self.l2.as_ref().map(|_| self.keys.render(&key));
         // A key whose invalidation has not reached Redis yet may be stale there: its value
-        // is not read, but a lease is still taken so the fresh value can replace it.
+        // is not read, and the lease is taken over it, so the fresh value replaces it.
         let owed = self.l2.is_some() && self.pending.blocks(&key);
-        // The load lease this caller holds, if it won one (see `# Reading` on the type). The
-        // value is written to L2 only under it: an invalidation deletes the lease with the
-        // key, so a load that an invalidation overtook does not land in Redis.
-        let mut lease: Option<(String, String)> = None;
+        // The marker of the load lease this caller holds, if it won one (see `# Reading` on
+        // the type). The value is written to L2 only over it: an invalidation deletes the
+        // key, marker included, so a load that an invalidation overtook does not land.
+        let mut lease: Option<String> = None;
         if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
             let started = Instant::now();
-            let lease_key = self.keys.lease(redis_key);
-            let token = self.lease_token();
             // A page joins its lead's index in Redis when its load takes the lease.
             let index_key = page.map(|(lead, _, _)| self.keys.history_index(lead));
             let index = page
@@ -906,34 +891,29 @@ impl Inner {
                     ttl: policy.max_ttl(policy.l2_ttl),
                 });
             let index = index.as_ref();
-            let found = match l2
-                .get_or_lease(
-                    redis_key,
-                    &lease_key,
-                    &token,
-                    self.load_timeout,
-                    owed,
-                    index,
-                )
-                .await
-            {
+            let marker = self.lease_marker();
+            let found = if owed {
+                l2.take_lease(redis_key, &marker, self.load_timeout, index)
+                    .await
+            } else {
+                l2.get_or_lease(redis_key, &marker, self.load_timeout, index)
+                    .await
+            };
+            let found = match found {
                 Ok(GetOrLease::Value(bytes)) => Some(bytes),
                 Ok(GetOrLease::Leased) => {
-                    lease = Some((lease_key, token));
+                    lease = Some(marker);
                     None
                 }
                 // Another instance is loading this key: wait (bounded) for its value.
                 Ok(GetOrLease::Busy) if !owed => {
-                    match self
-                        .await_value(l2, redis_key, (&lease_key, &token), index)
-                        .await
-                    {
+                    match self.await_value(l2, redis_key, &marker, index).await {
                         GetOrLease::Value(bytes) => {
                             self.observer.coalesced(entity);
                             Some(bytes)
                         }
                         GetOrLease::Leased => {
-                            lease = Some((lease_key, token));
+                            lease = Some(marker);
                             None
                         }
                         GetOrLease::Busy => None,
@@ -982,9 +962,8 @@ impl Inner {
                         self.observer.corrupt(entity, Tier::L2, kind);
                         self.observer
                             .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed());
-                        // The load below overwrites it, under a lease taken now; deleting
-                        // first keeps a failing loader from leaving the bad payload behind.
-                        let _ = l2.del(std::slice::from_ref(redis_key)).await;
+                        // The load below overwrites it, under a lease taken now over it (so
+                        // a failing loader, releasing the lease, leaves nothing behind).
                         lease = self.take_lease(l2, redis_key, index).await;
                     }
                 },
@@ -1006,7 +985,8 @@ impl Inner {
                 value
             }
             Ok(Err(e)) => {
-                self.release_lease(lease.as_ref()).await;
+                self.release_lease(redis_key.as_deref(), lease.as_ref())
+                    .await;
                 self.observer
                     .load(entity, LoadOutcome::Error, started.elapsed());
                 return Err(Exit::Failed(Error::Load {
@@ -1015,7 +995,8 @@ impl Inner {
                 }));
             }
             Err(_elapsed) => {
-                self.release_lease(lease.as_ref()).await;
+                self.release_lease(redis_key.as_deref(), lease.as_ref())
+                    .await;
                 self.observer
                     .load(entity, LoadOutcome::Timeout, started.elapsed());
                 return Err(Exit::Failed(Error::LoadTimeout {
@@ -1095,9 +1076,9 @@ impl Inner {
         });
 
         // One Redis script, one round trip: the invalidation epochs (batched installs on
-        // every instance check them), every key with its load lease, the history pages Redis
-        // lists, and the bus message. A load in flight then cannot write its value to Redis
-        // (its lease is gone), and a batched install whose read began before this write does
+        // every instance check them), every key (a load's lease marker with it), the history
+        // pages Redis lists, and the bus message. A load in flight then cannot write its
+        // value to Redis (its marker is gone), and a batched install whose read began before this write does
         // not land. The L1 removals below run meanwhile: the keys are marked in flight first
         // (see `pending.rs`), so no read here trusts Redis for them until the script has
         // answered; when Redis does not take it, they are owed before the marks go, and the
@@ -1118,14 +1099,10 @@ impl Inner {
                     .map(|g| self.keys.epoch_key(Some(g)))
                     .collect()
             };
-            let doomed: Vec<String> = keys.iter().flat_map(|k| self.doomed(k)).collect();
-            let pages = history_of.map(|lead| {
-                let page_prefix = self.keys.history_prefix(lead);
-                HistoryPages {
-                    index_key: self.keys.history_index(lead),
-                    lease_prefix: self.keys.lease(&page_prefix),
-                    page_prefix,
-                }
+            let doomed: Vec<String> = keys.iter().map(|k| self.keys.render(k)).collect();
+            let pages = history_of.map(|lead| HistoryPages {
+                index_key: self.keys.history_index(lead),
+                page_prefix: self.keys.history_prefix(lead),
             });
             let publish = message.as_deref().map(|payload| Publish {
                 stream: &self.bus_stream,
@@ -1243,7 +1220,7 @@ impl Inner {
             self.pending.resolve_history(lead);
         }
         if !keys.is_empty() {
-            let rendered: Vec<String> = keys.iter().flat_map(|k| self.doomed(k)).collect();
+            let rendered: Vec<String> = keys.iter().map(|k| self.keys.render(k)).collect();
             l2.del(&rendered).await.map_err(|e| e.kind)?;
             for key in &keys {
                 self.pending.resolve(key);

@@ -165,6 +165,12 @@ local function leading_id(v)
   end
   return nil
 end
+-- A load's lease marker is no value.
+local function value(key)
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, string.len('LEASE_PREFIX')) == 'LEASE_PREFIX' then return false end
+  return v
+end
 local org, lead, context, greeting = false, false, false, false
 local epochs = {
   redis.call('GET', ns .. 'epoch:all') or '',
@@ -174,18 +180,18 @@ local epochs = {
 local function done() return {org, lead, context, greeting, epochs[1], epochs[2], epochs[3]} end
 local org_id = ARGV[5]
 if org_id == '' then
-  org = redis.call('GET', ns .. 'org:phone:' .. called)
+  org = value(ns .. 'org:phone:' .. called)
   org_id = leading_id(org)
   if not org_id then return done() end
 end
 local lead_id = ARGV[6]
 if lead_id == '' then
-  lead = redis.call('GET', ns .. 'lead:phone:' .. caller .. ':' .. org_id)
+  lead = value(ns .. 'lead:phone:' .. caller .. ':' .. org_id)
   lead_id = leading_id(lead)
   if not lead_id then return done() end
 end
-context = redis.call('GET', ns .. 'context:' .. lead_id)
-greeting = redis.call('GET', ns .. 'greeting:' .. lead_id .. ':' .. channel)
+context = value(ns .. 'context:' .. lead_id)
+greeting = value(ns .. 'greeting:' .. lead_id .. ':' .. channel)
 return done()
 "#;
 
@@ -583,6 +589,10 @@ impl TwoTierCache {
 fn call_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
-        redis::Script::new(&CALL_SCRIPT.replace("VERSION", &ENVELOPE_VERSION.to_string()))
+        redis::Script::new(
+            &CALL_SCRIPT
+                .replace("VERSION", &ENVELOPE_VERSION.to_string())
+                .replace("LEASE_PREFIX", &crate::l2::lua_lease_marker_prefix()),
+        )
     })
 }

@@ -4,6 +4,8 @@
 //! postcard (chosen by measurement, see `benches/benches/encoding.rs`); a "not found" has
 //! kind 1 and no payload. Anything else — short, unknown kind, other version, a payload
 //! that does not decode as the asked type — is a miss for the caller, never an error.
+//! Version 0 is never used: a value starting with byte 0 is a load's lease marker (see
+//! `l2::LEASE_MARKER_PREFIX`).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -283,14 +283,6 @@ impl KeySchema {
         }
     }
 
-    /// The load lease of a rendered key: `{namespace}lease:{the key's rest}`.
-    pub(crate) fn lease(&self, redis_key: &str) -> String {
-        let rest = redis_key
-            .strip_prefix(&*self.namespace)
-            .unwrap_or(redis_key);
-        format!("{}lease:{rest}", self.namespace)
-    }
-
     /// How a page is listed in its lead's history index (`{limit}:{offset}`).
     pub(crate) fn history_member(limit: u32, offset: u32) -> String {
         format!("{limit}:{offset}")
@@ -397,7 +389,6 @@ mod tests {
         let member = KeySchema::history_member(50, 100);
         let prefix = s.history_prefix(4);
         assert_eq!(page, format!("{prefix}{member}"));
-        assert_eq!(s.lease(&page), format!("{}{member}", s.lease(&prefix)));
     }
 
     #[test]

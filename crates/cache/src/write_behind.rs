@@ -3,9 +3,10 @@
 //!
 //! Under load many misses share a round trip (and the syscalls on both ends); when idle a
 //! value is sent at once, one round trip after its load. The lease guard holds as before:
-//! until the write lands, the lease stays taken, so another instance's miss waits for the
-//! value instead of loading it, and an invalidation in between deletes the lease, so the
-//! write does not land. A full queue does not drop a value: its miss writes it itself.
+//! until the write lands, the load's lease marker stays at the key, so another instance's
+//! miss waits for the value instead of loading it, and an invalidation in between deletes
+//! the key, marker included, so the write does not land. A full queue does not drop a
+//! value: its miss writes it itself.
 
 use std::sync::Weak;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,17 +35,14 @@ pub(crate) struct QueuedSet {
     pub bytes: Vec<u8>,
     /// Its Redis TTL.
     pub ttl: Duration,
-    /// The lease key and this load's token in it.
-    pub lease: (String, String),
+    /// This load's lease marker, which the value replaces.
+    pub lease: String,
 }
 
 impl QueuedSet {
     /// The guard for [`crate::l2::L2::set_guarded`].
     pub fn guard(&self) -> Guard<'_> {
-        Guard::Lease {
-            key: &self.lease.0,
-            token: &self.lease.1,
-        }
+        Guard::Lease(&self.lease)
     }
 }
 

@@ -143,27 +143,63 @@ impl L2 {
         }
     }
 
-    /// `GET key`, or when it is absent, a load lease (`SET lease token NX PX ttl`), in one
-    /// round trip. With `skip_get`, only the lease is asked for (the value is not trusted).
-    /// With the lease, a history page joins its lead's index, so an invalidation from now
-    /// on finds the page (and deletes its lease, so the load's write does not land).
+    /// The value at `key`, or when it is absent, a load lease: `marker` written there
+    /// (`SET key marker NX GET PX ttl`, one command, Redis ≥ 7.0). Another load's marker
+    /// found there is [`GetOrLease::Busy`]. With an index entry, a history page joins its
+    /// lead's index in the same round trip, so an invalidation from now on finds the page
+    /// (and deletes its marker, so the load's write does not land).
     pub async fn get_or_lease(
         &self,
         key: &str,
-        lease: &str,
-        token: &str,
+        marker: &str,
         ttl: Duration,
-        skip_get: bool,
         index: Option<&IndexEntry<'_>>,
     ) -> Result<GetOrLease, L2Error> {
-        let script = get_or_lease_script();
+        let mut set = redis::cmd("SET");
+        set.arg(key)
+            .arg(marker)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(millis(ttl));
+        let found: Option<Vec<u8>> = match index {
+            None => self.command("get_or_lease", &set).await?,
+            Some(index) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(set)
+                    .cmd("SADD")
+                    .arg(index.index_key)
+                    .arg(&index.member)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(index.index_key)
+                    .arg(millis(index.ttl))
+                    .ignore();
+                let (found,): (Option<Vec<u8>>,) = self
+                    .run("get_or_lease", async |conn| pipe.query_async(conn).await)
+                    .await?;
+                found
+            }
+        };
+        Ok(match found {
+            None => GetOrLease::Leased,
+            Some(bytes) if is_lease_marker(&bytes) => GetOrLease::Busy,
+            Some(bytes) => GetOrLease::Value(bytes),
+        })
+    }
+
+    /// A load lease at `key` whatever value it holds (that value is not trusted, and the
+    /// load replaces it); [`GetOrLease::Busy`] when another load's marker is there.
+    pub async fn take_lease(
+        &self,
+        key: &str,
+        marker: &str,
+        ttl: Duration,
+        index: Option<&IndexEntry<'_>>,
+    ) -> Result<GetOrLease, L2Error> {
+        let script = take_lease_script();
         let mut invocation = script.prepare_invoke();
-        invocation
-            .key(key)
-            .key(lease)
-            .arg(token)
-            .arg(millis(ttl))
-            .arg(u8::from(skip_get));
+        invocation.key(key).arg(marker).arg(millis(ttl));
         match index {
             Some(index) => invocation
                 .key(index.index_key)
@@ -171,20 +207,11 @@ impl L2 {
                 .arg(millis(index.ttl)),
             None => invocation.key(key).arg("").arg(0),
         };
-        let reply: Vec<redis::Value> = self.invoke("get_or_lease", &invocation).await?;
-        Ok(match reply.as_slice() {
-            [redis::Value::Int(1), redis::Value::BulkString(bytes)] => {
-                GetOrLease::Value(bytes.clone())
-            }
-            [redis::Value::Int(2)] => GetOrLease::Leased,
-            [redis::Value::Int(3)] => GetOrLease::Busy,
-            _ => {
-                return Err(L2Error {
-                    kind: L2ErrorKind::Protocol,
-                    op: "get_or_lease",
-                    source: None,
-                });
-            }
+        let leased: i64 = self.invoke("take_lease", &invocation).await?;
+        Ok(if leased == 1 {
+            GetOrLease::Leased
+        } else {
+            GetOrLease::Busy
         })
     }
 
@@ -252,7 +279,7 @@ impl L2 {
 
     /// One invalidation, in one script (one round trip): `INCR` each epoch key (kept for
     /// `ttl`; an install whose snapshot saw an older value no longer lands), `DEL` the doomed
-    /// keys, then `history`'s pages as its index lists them (with their leases and the index),
+    /// keys, then `history`'s pages as its index lists them (and the index),
     /// then `publish` the bus message, with those pages appended to its keys. Returns the
     /// index's members.
     pub async fn invalidate(
@@ -276,9 +303,8 @@ impl L2 {
             Some(pages) => invocation
                 .key(&pages.index_key)
                 .arg(1)
-                .arg(&pages.page_prefix)
-                .arg(&pages.lease_prefix),
-            None => invocation.arg(0).arg("").arg(""),
+                .arg(&pages.page_prefix),
+            None => invocation.arg(0).arg(""),
         };
         match publish {
             Some(message) => invocation
@@ -292,11 +318,11 @@ impl L2 {
         self.invoke("invalidate", &invocation).await
     }
 
-    /// `DEL lease` if it still holds `token` (compare and delete, in one script).
-    pub async fn release_lease(&self, lease: &str, token: &str) -> Result<(), L2Error> {
+    /// `DEL key` if it still holds this load's `marker` (compare and delete, in one script).
+    pub async fn release_lease(&self, key: &str, marker: &str) -> Result<(), L2Error> {
         let script = release_lease_script();
         let mut invocation = script.prepare_invoke();
-        invocation.key(lease).arg(token);
+        invocation.key(key).arg(marker);
         self.invoke::<i64>("release_lease", &invocation)
             .await
             .map(|_| ())
@@ -518,14 +544,12 @@ impl L2 {
 }
 
 /// A lead's history pages for [`L2::invalidate`]: a page's key is `page_prefix` followed by
-/// its index member, its lease `lease_prefix` followed by the member.
+/// its index member.
 pub(crate) struct HistoryPages {
     /// The set listing the pages cached in Redis.
     pub index_key: String,
     /// The pages' keys before the member.
     pub page_prefix: String,
-    /// Their leases' keys before the member.
-    pub lease_prefix: String,
 }
 
 /// A bus message for [`L2::invalidate`] to append to the stream and announce on the channel.
@@ -540,13 +564,9 @@ pub(crate) struct Publish<'a> {
 
 /// What must still hold in Redis for a [`L2::set_guarded`] to land.
 pub(crate) enum Guard<'a> {
-    /// This load's lease: an invalidation deletes the lease with the key.
-    Lease {
-        /// The lease key.
-        key: &'a str,
-        /// The token this load wrote into it.
-        token: &'a str,
-    },
+    /// This load's lease: its marker must still be the key's value (an invalidation deletes
+    /// the key, marker included).
+    Lease(&'a str),
     /// Epoch keys and the values seen before the read (`None`: absent).
     Epochs(&'a [(String, Option<String>)]),
 }
@@ -561,27 +581,43 @@ pub(crate) enum GetOrLease {
     Busy,
 }
 
-fn get_or_lease_script() -> &'static redis::Script {
+/// What every load lease's marker starts with: a byte no envelope starts with (see
+/// `envelope.rs`), then a tag. The load's token follows.
+pub const LEASE_MARKER_PREFIX: &str = "\0lease:";
+const _: () = assert!(
+    crate::envelope::ENVELOPE_VERSION != 0,
+    "envelopes must not look like leases"
+);
+
+/// [`LEASE_MARKER_PREFIX`] as a Lua string literal's contents.
+pub(crate) fn lua_lease_marker_prefix() -> String {
+    LEASE_MARKER_PREFIX.replace('\0', "\\0")
+}
+
+/// Whether a value read from Redis is a load's lease marker rather than an envelope.
+pub(crate) fn is_lease_marker(bytes: &[u8]) -> bool {
+    bytes.starts_with(LEASE_MARKER_PREFIX.as_bytes())
+}
+
+/// KEYS: the key, then a history index (or the key again). ARGV: marker, ttl, then the
+/// index member (`''`: none) and the index's ttl. Returns 1 when the marker was written.
+fn take_lease_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
-        redis::Script::new(
-            r"
-if ARGV[3] ~= '1' then
-  local v = redis.call('GET', KEYS[1])
-  if v then return {1, v} end
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if ARGV[4] ~= '' then
-    redis.call('SADD', KEYS[3], ARGV[4])
-    redis.call('PEXPIRE', KEYS[3], ARGV[5])
-  end
-  return {2}
-end
-return {3}
-",
-        )
+        redis::Script::new(&TAKE_LEASE.replace("PREFIX", &lua_lease_marker_prefix()))
     })
 }
+
+const TAKE_LEASE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, string.len('PREFIX')) == 'PREFIX' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return 1
+";
 
 /// The guarded SET's keys and arguments: see [`SET_GUARDED`]. The value and the guard's
 /// strings are borrowed, not copied.
@@ -597,10 +633,9 @@ fn set_guarded_call<'a>(
         Cow::Owned(millis(ttl).to_string().into_bytes()),
     ];
     match guard {
-        Guard::Lease { key: lease, token } => {
+        Guard::Lease(marker) => {
             args.push(Cow::Borrowed(b"lease"));
-            keys.push(lease);
-            args.push(Cow::Borrowed(token.as_bytes()));
+            args.push(Cow::Borrowed(marker.as_bytes()));
         }
         Guard::Epochs(epochs) => {
             args.push(Cow::Borrowed(b"epochs"));
@@ -613,15 +648,19 @@ fn set_guarded_call<'a>(
     (keys, args)
 }
 
-/// KEYS: the value, then the guard's keys. ARGV: value, ttl, guard kind, then the guard's
-/// expected values (`''` for an absent epoch). A lease guard is released with the write.
+/// KEYS: the value, then the epoch guard's keys. ARGV: value, ttl, guard kind, then the
+/// lease's marker (which the value replaces) or the epochs' expected values (`''` for an
+/// absent epoch).
 const SET_GUARDED: &str = r"
-for i = 2, #KEYS do
-  local seen = redis.call('GET', KEYS[i]) or ''
-  if seen ~= ARGV[i + 2] then return 0 end
+if ARGV[3] == 'lease' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[4] then return 0 end
+else
+  for i = 2, #KEYS do
+    local seen = redis.call('GET', KEYS[i]) or ''
+    if seen ~= ARGV[i + 2] then return 0 end
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] == 'lease' then redis.call('DEL', KEYS[2]) end
 return 1
 ";
 
@@ -630,7 +669,7 @@ fn set_guarded_script() -> &'static redis::Script {
     SCRIPT.get_or_init(|| redis::Script::new(SET_GUARDED))
 }
 
-/// KEYS: a lease. ARGV: the token it must still hold to be deleted.
+/// KEYS: a key. ARGV: the lease marker it must still hold to be deleted.
 fn release_lease_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
@@ -644,9 +683,9 @@ return 0
 }
 
 /// KEYS: the epochs (ARGV[1] of them), the doomed keys (ARGV[2]), the history index when
-/// ARGV[4] is 1, then the bus stream and channel when ARGV[7] is 1.
-/// ARGV: epoch count, doomed count, epoch ttl, index flag, page prefix, lease prefix,
-/// publish flag, stream length, message. The stream append and announcement are those of
+/// ARGV[4] is 1, then the bus stream and channel when ARGV[6] is 1.
+/// ARGV: epoch count, doomed count, epoch ttl, index flag, page prefix, publish flag,
+/// stream length, message. The stream append and announcement are those of
 /// [`crate::bus::PUBLISH_SCRIPT`].
 fn invalidate_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
@@ -667,7 +706,6 @@ if ARGV[4] == '1' then
   for _, m in ipairs(members) do
     pages[#pages + 1] = ARGV[5] .. m
     dels[#dels + 1] = ARGV[5] .. m
-    dels[#dels + 1] = ARGV[6] .. m
   end
   dels[#dels + 1] = KEYS[at]
   at = at + 1
@@ -675,10 +713,10 @@ end
 for i = 1, #dels, 500 do
   redis.call('DEL', unpack(dels, i, math.min(i + 499, #dels)))
 end
-if ARGV[7] == '1' then
-  local message = ARGV[9]
+if ARGV[6] == '1' then
+  local message = ARGV[8]
   if #pages > 0 then message = message .. ' ' .. table.concat(pages, ' ') end
-  local id = redis.call('XADD', KEYS[at], 'MAXLEN', '~', ARGV[8], '*', 'm', message)
+  local id = redis.call('XADD', KEYS[at], 'MAXLEN', '~', ARGV[7], '*', 'm', message)
   redis.call('PUBLISH', KEYS[at + 1], id .. ' ' .. message)
 end
 return members
@@ -694,6 +732,17 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_marker_is_never_an_envelope() {
+        let value = crate::envelope::encode(Some(&"\0lease:x"), 0).unwrap();
+        let not_found = crate::envelope::encode::<u8>(None, 0).unwrap();
+        assert!(!is_lease_marker(&value) && !is_lease_marker(&not_found));
+        assert!(is_lease_marker(
+            format!("{LEASE_MARKER_PREFIX}1:2").as_bytes()
+        ));
+        assert_eq!(lua_lease_marker_prefix(), "\\0lease:");
+    }
 
     #[test]
     fn info_fields_parse_and_default_to_zero() {
