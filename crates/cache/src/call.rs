@@ -21,7 +21,6 @@ use crate::cache::{L1Entry, TwoTierCache};
 use crate::envelope::{self, ENVELOPE_VERSION};
 use crate::epoch::Snapshot;
 use crate::key::{CacheKey, Channel, PhoneDigest};
-use crate::l2::Guard;
 use crate::observer::{CorruptKind, Entity, Outcome, StaleReason, Tier};
 
 /// A value other keys are built from; its id must be its first serialized field.
@@ -552,12 +551,7 @@ impl TwoTierCache {
                 // instance since then bumped one, and the write does not land.
                 if let (Some(l2), Some(epochs)) = (self.l2(), &slots.l2_snapshot) {
                     let stored = l2
-                        .set_guarded(
-                            &self.keys().render(&key),
-                            &bytes,
-                            l2_ttl,
-                            Guard::Epochs(epochs),
-                        )
+                        .set_guarded(&self.keys().render(&key), &bytes, l2_ttl, epochs)
                         .await;
                     if matches!(stored, Ok(true)) {
                         self.resolve_owed(&key);

@@ -1,5 +1,5 @@
 //! Write-behind of loaded values: a miss hands its lease-guarded `SET` to one task and
-//! returns with its value; the task sends whatever has queued meanwhile as one pipeline.
+//! returns with its value; the task sends whatever has queued meanwhile in one script call.
 //!
 //! Under load many misses share a round trip (and the syscalls on both ends); when idle a
 //! value is sent at once, one round trip after its load. The lease guard holds as before:
@@ -16,11 +16,10 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::cache::Inner;
 use crate::key::CacheKey;
-use crate::l2::Guard;
 
 /// Values waiting for the task; past this, a miss writes its value itself.
 const QUEUE: usize = 4096;
-/// Writes sent in one pipeline at most.
+/// Writes sent in one script call at most.
 const MAX_BATCH: usize = 128;
 
 /// One loaded value for Redis, under its load's lease.
@@ -37,13 +36,6 @@ pub(crate) struct QueuedSet {
     pub ttl: Duration,
     /// This load's lease marker, which the value replaces.
     pub lease: String,
-}
-
-impl QueuedSet {
-    /// The guard for [`crate::l2::L2::set_guarded`].
-    pub fn guard(&self) -> Guard<'_> {
-        Guard::Lease(&self.lease)
-    }
 }
 
 /// The queue's sending end, and how much in it is not sent yet.
@@ -95,7 +87,7 @@ impl WriteBehind {
     }
 }
 
-/// The task: takes what has queued (up to [`MAX_BATCH`]), sends it as one pipeline, and
+/// The task: takes what has queued (up to [`MAX_BATCH`]), sends it in one script call, and
 /// again. It holds only a `Weak`, and the cache aborts it on drop.
 pub(crate) async fn run(cache: Weak<Inner>, mut rx: mpsc::Receiver<QueuedSet>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -112,12 +104,12 @@ pub(crate) async fn run(cache: Weak<Inner>, mut rx: mpsc::Receiver<QueuedSet>) {
     }
 }
 
-/// Sends `sets` in one pipeline; an owed invalidation whose key a fresh value replaced is
+/// Sends `sets` in one script call; an owed invalidation whose key a fresh value replaced is
 /// resolved. Also how a miss writes its value itself when the queue is full.
 pub(crate) async fn send(inner: &Inner, sets: &[QueuedSet]) {
     let Some(l2) = &inner.l2 else { return };
     // Absorbed: a value missing from L2 costs a later load, nothing more.
-    if let Ok(landed) = l2.set_guarded_many(sets).await {
+    if let Ok(landed) = l2.set_over_markers(sets).await {
         for (set, landed) in sets.iter().zip(landed) {
             if set.owed && landed {
                 // The fresh value replaced whatever stale copy a failed delete left.

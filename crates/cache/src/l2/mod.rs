@@ -15,7 +15,6 @@
 mod error;
 mod manager;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -215,66 +214,41 @@ impl L2 {
         })
     }
 
-    /// `SET key value PX ttl` only if `guard` still holds, in one script; `Ok(false)` when
-    /// the guard no longer held (an invalidation came first).
+    /// `SET key value PX ttl` only if every epoch key still holds the value seen before the
+    /// read (`None`: absent), in one script; `Ok(false)` when one moved (an invalidation
+    /// came first).
     pub async fn set_guarded(
         &self,
         key: &str,
         value: &[u8],
         ttl: Duration,
-        guard: Guard<'_>,
+        epochs: &[(String, Option<String>)],
     ) -> Result<bool, L2Error> {
-        let (keys, args) = set_guarded_call(key, value, ttl, &guard);
         let script = set_guarded_script();
         let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
-        }
-        for arg in &args {
-            invocation.arg(&**arg);
+        invocation.key(key).arg(value).arg(millis(ttl));
+        for (epoch_key, seen) in epochs {
+            invocation.key(epoch_key).arg(seen.as_deref().unwrap_or(""));
         }
         let landed: i64 = self.invoke("set", &invocation).await?;
         Ok(landed == 1)
     }
 
-    /// [`Self::set_guarded`] for many values in one pipeline (one round trip); whether each
-    /// landed, in order (a value Redis refused for an error did not).
-    pub async fn set_guarded_many(&self, sets: &[QueuedSet]) -> Result<Vec<bool>, L2Error> {
-        let script = set_guarded_script();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+    /// Loaded values, each `SET` over its load's lease marker only (an invalidation that
+    /// deleted the marker, and with it the key, keeps it out), in one script for the batch;
+    /// whether each landed, in order.
+    pub async fn set_over_markers(&self, sets: &[QueuedSet]) -> Result<Vec<bool>, L2Error> {
+        let script = set_over_markers_script();
+        let mut invocation = script.prepare_invoke();
         for set in sets {
-            let guard = set.guard();
-            let (keys, args) = set_guarded_call(&set.redis_key, &set.bytes, set.ttl, &guard);
-            pipe.cmd("EVALSHA").arg(script.get_hash()).arg(keys.len());
-            for key in keys {
-                pipe.arg(key);
-            }
-            for arg in &args {
-                pipe.arg(&**arg);
-            }
+            invocation
+                .key(&set.redis_key)
+                .arg(&set.bytes)
+                .arg(millis(set.ttl))
+                .arg(&set.lease);
         }
-        let replies: Vec<redis::RedisResult<i64>> = self
-            .run("set_many", async |conn| {
-                let replies: Vec<redis::RedisResult<i64>> = pipe.query_async(conn).await?;
-                let unknown = replies.iter().any(|r| {
-                    r.as_ref().is_err_and(|e| {
-                        e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-                    })
-                });
-                if !unknown {
-                    return Ok(replies);
-                }
-                // Redis lost its scripts (a restart): load it, and send the batch again.
-                redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(SET_GUARDED)
-                    .query_async::<String>(conn)
-                    .await?;
-                pipe.query_async(conn).await
-            })
-            .await?;
-        Ok(replies.into_iter().map(|r| matches!(r, Ok(1))).collect())
+        let landed: Vec<i64> = self.invoke("set_many", &invocation).await?;
+        Ok(landed.into_iter().map(|l| l == 1).collect())
     }
 
     /// One invalidation, in one script (one round trip): `INCR` each epoch key (kept for
@@ -562,15 +536,6 @@ pub(crate) struct Publish<'a> {
     pub payload: &'a str,
 }
 
-/// What must still hold in Redis for a [`L2::set_guarded`] to land.
-pub(crate) enum Guard<'a> {
-    /// This load's lease: its marker must still be the key's value (an invalidation deletes
-    /// the key, marker included).
-    Lease(&'a str),
-    /// Epoch keys and the values seen before the read (`None`: absent).
-    Epochs(&'a [(String, Option<String>)]),
-}
-
 /// What [`L2::get_or_lease`] found.
 pub(crate) enum GetOrLease {
     /// The value.
@@ -619,46 +584,12 @@ end
 return 1
 ";
 
-/// The guarded SET's keys and arguments: see [`SET_GUARDED`]. The value and the guard's
-/// strings are borrowed, not copied.
-fn set_guarded_call<'a>(
-    key: &'a str,
-    value: &'a [u8],
-    ttl: Duration,
-    guard: &Guard<'a>,
-) -> (Vec<&'a str>, Vec<Cow<'a, [u8]>>) {
-    let mut keys = vec![key];
-    let mut args = vec![
-        Cow::Borrowed(value),
-        Cow::Owned(millis(ttl).to_string().into_bytes()),
-    ];
-    match guard {
-        Guard::Lease(marker) => {
-            args.push(Cow::Borrowed(b"lease"));
-            args.push(Cow::Borrowed(marker.as_bytes()));
-        }
-        Guard::Epochs(epochs) => {
-            args.push(Cow::Borrowed(b"epochs"));
-            for (epoch_key, seen) in epochs.iter() {
-                keys.push(epoch_key);
-                args.push(Cow::Borrowed(seen.as_deref().unwrap_or("").as_bytes()));
-            }
-        }
-    }
-    (keys, args)
-}
-
-/// KEYS: the value, then the epoch guard's keys. ARGV: value, ttl, guard kind, then the
-/// lease's marker (which the value replaces) or the epochs' expected values (`''` for an
-/// absent epoch).
+/// KEYS: the value, then the epoch keys. ARGV: value, ttl, then each epoch's expected value
+/// (`''` for an absent epoch).
 const SET_GUARDED: &str = r"
-if ARGV[3] == 'lease' then
-  if redis.call('GET', KEYS[1]) ~= ARGV[4] then return 0 end
-else
-  for i = 2, #KEYS do
-    local seen = redis.call('GET', KEYS[i]) or ''
-    if seen ~= ARGV[i + 2] then return 0 end
-  end
+for i = 2, #KEYS do
+  local seen = redis.call('GET', KEYS[i]) or ''
+  if seen ~= ARGV[i + 1] then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
@@ -667,6 +598,28 @@ return 1
 fn set_guarded_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| redis::Script::new(SET_GUARDED))
+}
+
+/// KEYS: the values' keys. ARGV: for each, its value, ttl and the marker it must still hold.
+/// Returns 1 or 0 for each, in order; a key of another type (foreign data) is a 0.
+fn set_over_markers_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+local landed = {}
+for i = 1, #KEYS do
+  local at = (i - 1) * 3
+  landed[i] = 0
+  if redis.pcall('GET', KEYS[i]) == ARGV[at + 3] then
+    redis.call('SET', KEYS[i], ARGV[at + 1], 'PX', ARGV[at + 2])
+    landed[i] = 1
+  end
+end
+return landed
+",
+        )
+    })
 }
 
 /// KEYS: a key. ARGV: the lease marker it must still hold to be deleted.
