@@ -819,7 +819,7 @@ impl Inner {
 
     /// Lets another instance load at once instead of waiting out the lease; a lease that
     /// expired and went to another load meanwhile is left alone.
-    async fn release_lease(&self, redis_key: Option<&str>, marker: Option<&String>) {
+    async fn release_lease(&self, redis_key: Option<&str>, marker: Option<&str>) {
         if let (Some(l2), Some(redis_key), Some(marker)) = (&self.l2, redis_key, marker) {
             let _ = l2.release_lease(redis_key, marker).await;
         }
@@ -985,7 +985,7 @@ impl Inner {
                 value
             }
             Ok(Err(e)) => {
-                self.release_lease(redis_key.as_deref(), lease.as_ref())
+                self.release_lease(redis_key.as_deref(), lease.as_deref())
                     .await;
                 self.observer
                     .load(entity, LoadOutcome::Error, started.elapsed());
@@ -995,7 +995,7 @@ impl Inner {
                 }));
             }
             Err(_elapsed) => {
-                self.release_lease(redis_key.as_deref(), lease.as_ref())
+                self.release_lease(redis_key.as_deref(), lease.as_deref())
                     .await;
                 self.observer
                     .load(entity, LoadOutcome::Timeout, started.elapsed());
@@ -1078,11 +1078,11 @@ impl Inner {
         // One Redis script, one round trip: the invalidation epochs (batched installs on
         // every instance check them), every key (a load's lease marker with it), the history
         // pages Redis lists, and the bus message. A load in flight then cannot write its
-        // value to Redis (its marker is gone), and a batched install whose read began before this write does
-        // not land. The L1 removals below run meanwhile: the keys are marked in flight first
-        // (see `pending.rs`), so no read here trusts Redis for them until the script has
-        // answered; when Redis does not take it, they are owed before the marks go, and the
-        // message is owed.
+        // value to Redis (its marker is gone), and a batched install whose read began before
+        // this write does not land. The L1 removals below run meanwhile: the keys are marked
+        // in flight first (see `pending.rs`), so no read here trusts Redis for them until the
+        // script has answered; when Redis does not take it, they are owed before the marks
+        // go, and the message is owed.
         let in_flight = self
             .l2
             .is_some()
