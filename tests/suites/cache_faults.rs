@@ -146,6 +146,72 @@ async fn a_paused_redis_costs_a_timeout_then_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_the_connection_opens_the_breaker() {
+    let server = RedisServer::start().await;
+    let mut admin = server.client().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "the-right-one"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let connections = async |admin: &mut redis::aio::MultiplexedConnection| {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(admin)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("INFO stats names total_connections_received")
+    };
+    let before = connections(&mut admin).await;
+    let url = format!("redis://:a-wrong-one@127.0.0.1:{}/", server.port());
+    let (recorder, mut circuit) = Recorder::new();
+    let rec = Arc::new(recorder);
+    let cache = TwoTierCache::with_observer(
+        config(&unique_namespace("refused"), Some(&url))
+            .build()
+            .unwrap(),
+        rec.clone(),
+    )
+    .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+
+    // Every read answers from the loader; a connection Redis refuses counts against the
+    // link, so the breaker opens and later misses skip Redis instead of each opening
+    // (and failing) a connection of its own.
+    for id in 0..50 {
+        assert_eq!(read(&cache, id, &calls).await, TestLead::new(id, 1));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 50);
+    assert_eq!(
+        next_change(&mut circuit).await,
+        (CircuitState::Closed, CircuitState::Open)
+    );
+    assert!(
+        rec.count("l2_error.connection") >= 1 && rec.count("l2_error.protocol") == 0,
+        "L2 errors: connection {}, timeout {}, protocol {}, last {:?}",
+        rec.count("l2_error.connection"),
+        rec.count("l2_error.timeout"),
+        rec.count("l2_error.protocol"),
+        cache.last_l2_error(),
+    );
+    assert!(rec.count("l2_error.circuit_open") >= 1);
+    let error = cache.last_l2_error().expect("the refusal is on record");
+    assert!(
+        error.message.to_lowercase().contains("pass"),
+        "says why: {}",
+        error.message
+    );
+    let attempts = connections(&mut admin).await - before;
+    assert!(
+        attempts < 25,
+        "{attempts} connections for 50 misses: the open breaker should have spared most"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_l2_hit_is_one_command_and_an_l1_hit_is_none() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("cmds");

@@ -28,7 +28,7 @@ use crate::observer::{CacheObserver, CircuitState};
 use crate::write_behind::QueuedSet;
 
 pub use error::{L2Error, L2ErrorKind};
-use manager::Manager;
+use manager::{ConnectErrors, Manager};
 
 /// The pool's size right now, for health checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +93,8 @@ impl RedisInfo {
 pub(crate) struct L2 {
     client: redis::Client,
     pool: bb8::Pool<Manager>,
+    /// Why the pool last failed to open a connection.
+    connect_errors: ConnectErrors,
     timeout: Duration,
     breaker: CircuitBreaker,
     observer: Arc<dyn CacheObserver>,
@@ -112,15 +114,18 @@ impl L2 {
             config.connect_timeout,
             config.command_timeout,
         );
+        let connect_errors = ConnectErrors::default();
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
             .test_on_check_out(false)
             .connection_timeout(config.command_timeout)
             .retry_connection(false)
+            .error_sink(Box::new(connect_errors.clone()))
             .build_unchecked(manager);
         Ok(L2 {
             client,
             pool,
+            connect_errors,
             timeout: config.command_timeout,
             breaker: CircuitBreaker::new(breaker),
             observer,
@@ -437,10 +442,17 @@ impl L2 {
             // multiplexed connection, whose writes and replies go out and come back together
             // (fewer syscalls on both ends), instead of holding one connection each. One
             // flagged broken is dropped by the pool when next checked out here.
+            // A checkout that found no connection because none could be opened (refused,
+            // the password wrong, the server too old) is a connection failure, with the
+            // pool's own reason, not a bare timeout; either way the breaker counts it.
             let checkout = async || {
+                let asked = Instant::now();
                 self.pool.get().await.map_err(|e| match e {
-                    bb8::RunError::User(e) => (L2ErrorKind::of(&e), Some(e)),
-                    bb8::RunError::TimedOut => (L2ErrorKind::Timeout, None),
+                    bb8::RunError::User(e) => (L2ErrorKind::Connection, Some(e)),
+                    bb8::RunError::TimedOut => match self.connect_errors.take_since(asked) {
+                        Some(e) => (L2ErrorKind::Connection, Some(e)),
+                        None => (L2ErrorKind::Timeout, None),
+                    },
                 })
             };
             let mut pooled = checkout().await?;
