@@ -1,8 +1,10 @@
 //! Write-behind of loaded values: a miss hands its lease-guarded `SET` to one task and
 //! returns with its value; the task sends whatever has queued meanwhile in one script call.
 //!
-//! Under load many misses share a round trip (and the syscalls on both ends); when idle a
-//! value is sent at once, one round trip after its load. The lease guard holds as before:
+//! Under load many misses share a round trip (and the syscalls on both ends): while values
+//! keep coming (the last call went out less than [`BUSY`] ago) the task lingers [`LINGER`]
+//! before each call to gather the misses finishing meanwhile. When idle a value is sent at
+//! once, one round trip after its load. The lease guard holds as before:
 //! until the write lands, the load's lease marker stays at the key, so another instance's
 //! miss waits for the value instead of loading it, and an invalidation in between deletes
 //! the key, marker included, so the write does not land. A full queue does not drop a
@@ -10,7 +12,7 @@
 
 use std::sync::Weak;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -21,6 +23,12 @@ use crate::key::CacheKey;
 const QUEUE: usize = 4096;
 /// Writes sent in one script call at most.
 const MAX_BATCH: usize = 128;
+/// How long a busy task waits for more values before a call: a value reaches Redis this
+/// much later (its load's lease marker holds the key meanwhile), for a fraction of the
+/// calls.
+const LINGER: Duration = Duration::from_millis(1);
+/// Values arriving within this of the last call mean the task is busy, and lingers.
+const BUSY: Duration = Duration::from_millis(5);
 
 /// One loaded value for Redis, under its load's lease.
 pub(crate) struct QueuedSet {
@@ -87,14 +95,24 @@ impl WriteBehind {
     }
 }
 
-/// The task: takes what has queued (up to [`MAX_BATCH`]), sends it in one script call, and
-/// again. It holds only a `Weak`, and the cache aborts it on drop.
+/// The task: takes what has queued (up to [`MAX_BATCH`], after [`LINGER`] when busy),
+/// sends it in one script call, and again. It holds only a `Weak`, and the cache aborts it
+/// on drop.
 pub(crate) async fn run(cache: Weak<Inner>, mut rx: mpsc::Receiver<QueuedSet>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_call: Option<Instant> = None;
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
+        if batch.len() < MAX_BATCH && last_call.is_some_and(|at| at.elapsed() < BUSY) {
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < MAX_BATCH {
+                let Ok(set) = rx.try_recv() else { break };
+                batch.push(set);
+            }
+        }
+        last_call = Some(Instant::now());
         let Some(inner) = cache.upgrade() else {
             return;
         };
