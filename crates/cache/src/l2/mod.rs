@@ -438,10 +438,12 @@ impl L2 {
             return Err(self.fail(op, L2ErrorKind::CircuitOpen, None));
         }
         let attempt = async {
-            // The checkout lasts as long as a clone: concurrent commands then share one
-            // multiplexed connection, whose writes and replies go out and come back together
-            // (fewer syscalls on both ends), instead of holding one connection each. One
-            // flagged broken is dropped by the pool when next checked out here.
+            // The checkout lasts as long as a clone, so a connection is never held by one
+            // caller: bb8 hands them out in turn (FIFO) and each multiplexes the commands
+            // that land on it. (Reusing the last one, LIFO, pipelines more but measured
+            // slower: 17.8-19.3k against 22.2-22.9k ops/s in the comparison, more CPU per
+            // operation in every process.) One flagged broken is dropped by the pool when
+            // next checked out here.
             // A checkout that found no connection because none could be opened (refused,
             // the password wrong, the server too old) is a connection failure, with the
             // pool's own reason, not a bare timeout; either way the breaker counts it.
