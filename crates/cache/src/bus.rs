@@ -88,6 +88,13 @@ impl BusMessage {
         format!("{:x} {} {groups} {keys}", self.instance, self.sent_ms)
     }
 
+    /// The instance that sent `text`, read without decoding the rest (an instance skips
+    /// its own messages, every one it publishes, before paying for their keys).
+    pub fn sender(text: &str) -> Option<u64> {
+        u64::from_str_radix(text.split(' ').next()?, 16).ok()
+    }
+
+    /// Parses what [`encode`](Self::encode) wrote; `None` for anything else.
     pub fn decode(text: &str) -> Option<Self> {
         let mut parts = text.splitn(4, ' ');
         let instance = u64::from_str_radix(parts.next()?, 16).ok()?;
@@ -160,6 +167,8 @@ mod tests {
         };
         let decoded = BusMessage::decode(&message.encode()).unwrap();
         assert_eq!(decoded, message);
+        assert_eq!(BusMessage::sender(&message.encode()), Some(0xdead_beef));
+        assert_eq!(BusMessage::sender("garbage"), None);
         assert_eq!(
             decoded.cache_keys(&schema),
             [

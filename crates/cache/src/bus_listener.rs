@@ -233,12 +233,12 @@ impl Inner {
         if id.is_some() {
             *last = id;
         }
+        if BusMessage::sender(payload) == Some(self.instance) {
+            return;
+        }
         let Some(message) = BusMessage::decode(payload) else {
             return;
         };
-        if message.instance == self.instance {
-            return;
-        }
         self.observer.bus_received(age_since(message.sent_ms));
         if message.all {
             self.epochs.bump(None);

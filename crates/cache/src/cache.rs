@@ -20,6 +20,7 @@ use crate::config::CacheConfig;
 use crate::envelope;
 use crate::epoch::Epochs;
 use crate::error::{BoxError, Error};
+use crate::failures::Failures;
 use crate::history_index::HistoryIndex;
 use crate::invalidation::Invalidation;
 use crate::key::{CacheKey, KeySchema};
@@ -36,9 +37,6 @@ use crate::write_behind::{QueuedSet, WriteBehind};
 
 /// Bytes charged to every L1 entry on top of its encoded size (key, entry, moka's own node).
 const ENTRY_OVERHEAD: u32 = 160;
-
-/// How long a failed load is shared with the callers that were queued behind it.
-const FAILURE_SHARING: Duration = Duration::from_secs(1);
 
 /// Backoff between replays of invalidations owed to Redis.
 const REPLAY_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -134,7 +132,7 @@ pub(crate) struct Inner {
     /// The bus's place among the invalidation feeds (with L2).
     pub(crate) bus_feed: Option<Feed>,
     history: HistoryIndex,
-    failures: moka::sync::Cache<CacheKey, Arc<FailedLoad>>,
+    failures: Failures,
     pub(crate) pending: PendingDeletes,
     pub(crate) epochs: Epochs,
     replay_wake: Arc<Notify>,
@@ -224,12 +222,6 @@ impl L1Entry {
             Some(value) => value.downcast::<T>().map(Some).map_err(|_| ()),
         }
     }
-}
-
-/// A load that failed, kept briefly so the callers queued behind it share its error.
-struct FailedLoad {
-    at: Instant,
-    error: Error,
 }
 
 /// How a miss left the compute closure without installing anything.
@@ -359,10 +351,7 @@ impl TwoTierCache {
             bus_feed: if has_l2 { coherence.claim() } else { None },
             coherence,
             history: HistoryIndex::new(history_idle),
-            failures: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(FAILURE_SHARING)
-                .build(),
+            failures: Failures::new(),
             pending: PendingDeletes::new(longest_l2_ttl),
             epochs: Epochs::new(),
             replay_wake: Arc::new(Notify::new()),
@@ -735,11 +724,9 @@ impl Inner {
                             return Ok(Op::Nop);
                         }
                     }
-                    if let Some(failed) = self.failures.get(&key)
-                        && failed.at >= requested_at
-                    {
+                    if let Some(error) = self.failures.since(&key, requested_at) {
                         self.observer.coalesced(entity);
-                        return Err(Exit::Failed(failed.error.clone()));
+                        return Err(Exit::Failed(error));
                     }
                     self.fill::<T, E, F, Fut>(key, loader).await.map(Op::Put)
                 })
@@ -755,13 +742,7 @@ impl Inner {
                 Err(Exit::Uncached(entry)) => entry,
                 Err(Exit::Failed(error)) => {
                     if !matches!(error, Error::Encode { .. }) {
-                        self.failures.insert(
-                            key,
-                            Arc::new(FailedLoad {
-                                at: Instant::now(),
-                                error: error.clone(),
-                            }),
-                        );
+                        self.failures.record(key, error.clone());
                     }
                     return Err(error);
                 }

@@ -16,6 +16,7 @@ mod config;
 pub mod envelope;
 mod epoch;
 mod error;
+mod failures;
 mod history_index;
 mod invalidation;
 mod key;
