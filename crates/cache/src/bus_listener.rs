@@ -10,7 +10,6 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use moka::ops::compute::Op;
 use redis::streams::StreamRangeReply;
 
 use crate::bus::{BusMessage, RECONNECT_MAX, RECONNECT_MIN, StreamId};
@@ -249,21 +248,8 @@ impl Inner {
             return;
         }
         let keys = message.cache_keys(&self.keys);
-        for key in &keys {
-            // Under the key's lock, as a local invalidation: a load in flight finishes first.
-            self.l1
-                .entry(*key)
-                .and_compute_with(|_| async {
-                    if message.groups.is_empty() {
-                        self.epochs.bump(None);
-                    }
-                    for group in &message.groups {
-                        self.epochs.bump(Some(group));
-                    }
-                    Op::Remove
-                })
-                .await;
-        }
+        // As a local invalidation: a load in flight finishes first.
+        self.drop_from_l1(&keys, &message.groups).await;
         if let Some(first) = keys.first() {
             self.observer
                 .invalidated(first.entity(), InvalidationSource::Bus);

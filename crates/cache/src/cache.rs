@@ -23,7 +23,7 @@ use crate::error::{BoxError, Error};
 use crate::failures::Failures;
 use crate::history_index::HistoryIndex;
 use crate::invalidation::Invalidation;
-use crate::key::{CacheKey, KeySchema};
+use crate::key::{CacheKey, KeySchema, PhoneDigest};
 use crate::l2::{
     GetOrLease, HistoryPages, IndexEntry, L2, L2ErrorKind, LEASE_MARKER_PREFIX, PoolState, Publish,
 };
@@ -33,6 +33,7 @@ use crate::observer::{
 };
 use crate::pending::PendingDeletes;
 use crate::policy::Policies;
+use crate::stripes::Stripes;
 use crate::write_behind::{QueuedSet, WriteBehind};
 
 /// Bytes charged to every L1 entry on top of its encoded size (key, entry, moka's own node).
@@ -135,6 +136,10 @@ pub(crate) struct Inner {
     failures: Failures,
     pub(crate) pending: PendingDeletes,
     pub(crate) epochs: Epochs,
+    /// Keys an L1 install may be under way for (a load, from before it reads anything to
+    /// after it installs; a batched install, around its epoch check and insert): an
+    /// invalidation takes the compute lock only of keys L1 holds or that are held here.
+    pub(crate) installing: Stripes,
     replay_wake: Arc<Notify>,
     // The replay task holds only a `Weak` to this, so it never keeps the cache alive; the
     // cache aborts it when dropped.
@@ -354,6 +359,7 @@ impl TwoTierCache {
             failures: Failures::new(),
             pending: PendingDeletes::new(longest_l2_ttl),
             epochs: Epochs::new(),
+            installing: Stripes::new(),
             replay_wake: Arc::new(Notify::new()),
             replay_task: Mutex::new(None),
             instance,
@@ -423,6 +429,10 @@ impl TwoTierCache {
 
     pub(crate) fn epochs(&self) -> &Epochs {
         &self.inner.epochs
+    }
+
+    pub(crate) fn installing(&self) -> &Stripes {
+        &self.inner.installing
     }
 
     pub(crate) fn l1(&self) -> &moka::future::Cache<CacheKey, L1Entry> {
@@ -710,6 +720,9 @@ impl Inner {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
+        // Before anything is read, so an invalidation that misses this hold began after it
+        // (see `drop_from_l1`).
+        let _installing = self.installing.hold(&key);
         let load = async {
             let entity = key.entity();
             let computed = self
@@ -1020,6 +1033,35 @@ impl Inner {
         }
     }
 
+    /// Drops `keys` from L1 for an invalidation of `groups` (none: every phone number).
+    ///
+    /// The local epochs move first (see `epoch.rs`), so a batched install that checks them
+    /// after this skips its value. Then a key is removed under its compute lock, which
+    /// waits for a load or install of it in flight, only if L1 holds it or an install may
+    /// be under way (`installing`). Any other install is safe without the lock: it took its
+    /// hold after the epochs moved (the holds and this check are fenced), so a load's reads
+    /// come after the write committed and its keys were marked in flight to Redis, and a
+    /// batched install finds the epochs moved.
+    pub(crate) async fn drop_from_l1(&self, keys: &[CacheKey], groups: &[PhoneDigest]) {
+        if groups.is_empty() {
+            self.epochs.bump(None);
+        }
+        for group in groups {
+            self.epochs.bump(Some(group));
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let locked = keys
+            .iter()
+            .filter(|key| self.l1.contains_key(*key) || self.installing.busy(*key))
+            .map(|key| async move {
+                self.l1
+                    .entry(*key)
+                    .and_compute_with(|_| async { Op::Remove })
+                    .await;
+            });
+        futures_util::future::join_all(locked).await;
+    }
+
     async fn invalidate(
         &self,
         invalidation: Invalidation,
@@ -1120,25 +1162,8 @@ impl Inner {
             }
         };
 
-        // Each key is removed from L1 under its compute lock, so this waits for a load of it
-        // in flight (whose value then goes), and bumps the local epochs inside that lock
-        // (see `epoch.rs`).
-        let removals = keys.iter().map(|key| async move {
-            self.l1
-                .entry(*key)
-                .and_compute_with(|_| async {
-                    if groups.is_empty() {
-                        self.epochs.bump(None);
-                    }
-                    for group in groups {
-                        self.epochs.bump(Some(group));
-                    }
-                    Op::Remove
-                })
-                .await;
-        });
-        let ((pages_found, l2_failure), _) =
-            tokio::join!(l2_part, futures_util::future::join_all(removals));
+        let ((pages_found, l2_failure), ()) =
+            tokio::join!(l2_part, self.drop_from_l1(&keys, groups));
         drop(in_flight);
         let report_keys = keys.len() + pages_found;
         if let Some(kind) = l2_failure {
@@ -1296,4 +1321,63 @@ pub(crate) fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future as _;
+    use std::task::Poll;
+
+    use super::*;
+
+    fn entry(version: u32) -> L1Entry {
+        let ttl = (Duration::from_secs(60), Duration::from_secs(60));
+        L1Entry::new(Some(Arc::new(version)), 4, ttl, unix_millis())
+    }
+
+    /// An install that checked the epochs before an invalidation bumped them, and inserts
+    /// after the invalidation looked at L1: the invalidation must wait for it and remove
+    /// its value, though the key was not in L1 when it looked.
+    #[tokio::test]
+    async fn an_invalidation_waits_for_an_install_under_way_and_removes_its_value() {
+        let cache = TwoTierCache::new(CacheConfig::builder().build().unwrap(), crate::NoopObserver)
+            .unwrap();
+        let inner = Arc::clone(&cache.inner);
+        let key = cache.keys().lead_by_id(7);
+        let (checked_tx, checked_rx) = tokio::sync::oneshot::channel();
+        let (insert_tx, insert_rx) = tokio::sync::oneshot::channel::<()>();
+        let installer = {
+            let inner = Arc::clone(&inner);
+            tokio::spawn(async move {
+                let _installing = inner.installing.hold(&key);
+                inner
+                    .l1
+                    .entry(key)
+                    .and_compute_with(|_| async {
+                        // The epoch check passed here; the insert waits for the test.
+                        let _ = checked_tx.send(());
+                        let _ = insert_rx.await;
+                        Op::Put(entry(1))
+                    })
+                    .await;
+            })
+        };
+        checked_rx.await.unwrap();
+        assert!(!inner.l1.contains_key(&key), "not installed yet");
+
+        let keys = [key];
+        let mut removal = std::pin::pin!(inner.drop_from_l1(&keys, &[]));
+        let first = std::future::poll_fn(|cx| Poll::Ready(removal.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the removal waits for the key's lock");
+        insert_tx.send(()).unwrap();
+        removal.await;
+        installer.await.unwrap();
+        assert!(!inner.l1.contains_key(&key), "the install's value went");
+
+        // A key neither in L1 nor held costs no lock: the removal is done at once.
+        let idle = [cache.keys().lead_by_id(8)];
+        let mut removal = std::pin::pin!(inner.drop_from_l1(&idle, &[]));
+        let first = std::future::poll_fn(|cx| Poll::Ready(removal.as_mut().poll(cx))).await;
+        assert!(first.is_ready());
+    }
 }

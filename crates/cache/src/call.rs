@@ -541,6 +541,8 @@ impl TwoTierCache {
         );
         let l2_ttl = self.l2_ttl_for(entity, negative);
         let snapshot = slots.snapshot;
+        // Held around the epoch check and the insert (see `Inner::drop_from_l1`).
+        let _installing = self.installing().hold(&key);
         self.l1()
             .entry(key)
             .and_compute_with(|_| async {
@@ -565,6 +567,7 @@ impl TwoTierCache {
 
     async fn install_l1(&self, key: CacheKey, entry: L1Entry, snapshot: &Snapshot) {
         let snapshot = *snapshot;
+        let _installing = self.installing().hold(&key);
         self.l1()
             .entry(key)
             .and_compute_with(|existing| async move {

@@ -2,11 +2,12 @@
 //! call lookup) tells whether an invalidation may have passed it by.
 //!
 //! Each invalidation bumps the epoch of the phone numbers it concerns (a lead's, an
-//! organization's) inside each key's lock, right after deleting the key from Redis. A
-//! batched read notes the epochs of the phones it is about before it reads anything, and
-//! installs a value only if, under that key's lock, the epoch has not moved. Either the
-//! install comes first (and the invalidation then deletes it), or the epoch has moved (and
-//! nothing stale is installed). Epochs are striped: another phone on the same stripe only
+//! organization's) before it removes any key from L1 (`Inner::drop_from_l1`). A batched
+//! read notes the epochs of the phones it is about before it reads anything, and installs a
+//! value only if, under that key's lock, the epoch has not moved; it holds the key in
+//! `installing` from before that check to after the insert. Either the install comes first
+//! (the invalidation then finds the key in L1 or held, and removes it under its lock), or
+//! the epoch has moved (and nothing stale is installed). Epochs are striped: another phone on the same stripe only
 //! costs an install that is skipped, never a wrong answer. Invalidations that name no phone
 //! (one exact key) bump a global epoch that every batched read checks too.
 

@@ -46,9 +46,36 @@ impl Stripes {
         self.counts[i].fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Counts `value`'s stripe busy until the guard drops. A full fence follows the count,
+    /// so whatever the holder reads next is ordered after it (and a checker that moves
+    /// something, fences, then asks [`busy`](Self::busy) either sees the count or is seen).
+    pub fn hold(&self, value: &impl Hash) -> Hold<'_> {
+        let i = self.of(value);
+        self.add(i);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Hold { stripes: self, i }
+    }
+
+    /// Whether `value`'s stripe is held (by it, or by another value on the stripe).
+    pub fn busy(&self, value: &impl Hash) -> bool {
+        self.get(self.of(value)) > 0
+    }
+
     /// Whether every stripe is at zero.
     #[cfg(test)]
     pub fn all_zero(&self) -> bool {
         self.counts.iter().all(|c| c.load(Ordering::Acquire) == 0)
+    }
+}
+
+/// A stripe held busy by [`Stripes::hold`]; released on drop.
+pub(crate) struct Hold<'a> {
+    stripes: &'a Stripes,
+    i: usize,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.stripes.sub(self.i);
     }
 }
