@@ -2,9 +2,12 @@
 //! returns with its value; the task sends whatever has queued meanwhile in one script call.
 //!
 //! Under load many misses share a round trip (and the syscalls on both ends): while values
-//! keep coming (the last call went out less than [`BUSY`] ago) the task lingers [`LINGER`]
-//! before each call to gather the misses finishing meanwhile. When idle a value is sent at
-//! once, one round trip after its load. The lease guard holds as before:
+//! keep coming (the last call went out less than [`BUSY`] ago) the task yields to the
+//! runtime [`GATHER_YIELDS`] times before each call, so misses finishing on the other
+//! workers meanwhile join it. It never waits on a timer: another instance waiting for one of
+//! these values polls for it from 1 ms on, and a 1 ms linger measured as 0.64-0.65× the
+//! ops/s of one instance for two (`tiercache-x2` in the comparison), against 0.83-0.86×
+//! without. When idle a value is sent at once, one round trip after its load. The lease guard holds as before:
 //! until the write lands, the load's lease marker stays at the key, so another instance's
 //! miss waits for the value instead of loading it, and an invalidation in between deletes
 //! the key, marker included, so the write does not land. A full queue does not drop a
@@ -23,11 +26,9 @@ use crate::key::CacheKey;
 const QUEUE: usize = 4096;
 /// Writes sent in one script call at most.
 const MAX_BATCH: usize = 128;
-/// How long a busy task waits for more values before a call: a value reaches Redis this
-/// much later (its load's lease marker holds the key meanwhile), for a fraction of the
-/// calls.
-const LINGER: Duration = Duration::from_millis(1);
-/// Values arriving within this of the last call mean the task is busy, and lingers.
+/// How many times a busy task yields to the runtime, gathering values, before a call.
+const GATHER_YIELDS: usize = 4;
+/// Values arriving within this of the last call mean the task is busy, and gathers.
 const BUSY: Duration = Duration::from_millis(5);
 
 /// One loaded value for Redis, under its load's lease.
@@ -95,7 +96,7 @@ impl WriteBehind {
     }
 }
 
-/// The task: takes what has queued (up to [`MAX_BATCH`], after [`LINGER`] when busy),
+/// The task: takes what has queued (up to [`MAX_BATCH`], gathering more when busy),
 /// sends it in one script call, and again. It holds only a `Weak`, and the cache aborts it
 /// on drop.
 pub(crate) async fn run(cache: Weak<Inner>, mut rx: mpsc::Receiver<QueuedSet>) {
@@ -106,10 +107,12 @@ pub(crate) async fn run(cache: Weak<Inner>, mut rx: mpsc::Receiver<QueuedSet>) {
             return;
         }
         if batch.len() < MAX_BATCH && last_call.is_some_and(|at| at.elapsed() < BUSY) {
-            tokio::time::sleep(LINGER).await;
-            while batch.len() < MAX_BATCH {
-                let Ok(set) = rx.try_recv() else { break };
-                batch.push(set);
+            for _ in 0..GATHER_YIELDS {
+                tokio::task::yield_now().await;
+                while batch.len() < MAX_BATCH {
+                    let Ok(set) = rx.try_recv() else { break };
+                    batch.push(set);
+                }
             }
         }
         last_call = Some(Instant::now());
