@@ -5,10 +5,12 @@
 //! keep coming (the last call went out less than [`BUSY`] ago) the task yields to the
 //! runtime [`GATHER_YIELDS`] times before each call, so misses finishing on the other
 //! workers meanwhile join it. It never waits on a timer: another instance waiting for one of
-//! these values polls for it from 1 ms on, and a 1 ms linger measured as 0.64-0.65× the
-//! ops/s of one instance for two (`tiercache-x2` in the comparison), against 0.83-0.86×
-//! without. When idle a value is sent at once, one round trip after its load. The lease guard holds as before:
-//! until the write lands, the load's lease marker stays at the key, so another instance's
+//! these values polls for it from 1 ms on, doubling, and with a 1 ms linger two instances
+//! ran at 0.66× the ops/s of one in the comparison (`tiercache-x2`; 0.81× with the yields,
+//! medians of three alternating runs). When idle a value is sent at once, one round trip
+//! after its load.
+//!
+//! Until the write lands, the load's lease marker stays at the key, so another instance's
 //! miss waits for the value instead of loading it, and an invalidation in between deletes
 //! the key, marker included, so the write does not land. A full queue does not drop a
 //! value: its miss writes it itself.

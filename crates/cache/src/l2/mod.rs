@@ -444,6 +444,7 @@ impl L2 {
             // slower: 17.8-19.3k against 22.2-22.9k ops/s in the comparison, more CPU per
             // operation in every process.) One flagged broken is dropped by the pool when
             // next checked out here.
+            //
             // A checkout that found no connection because none could be opened (refused,
             // the password wrong, the server too old) is a connection failure, with the
             // pool's own reason, not a bare timeout; either way the breaker counts it.
