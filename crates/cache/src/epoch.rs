@@ -7,9 +7,10 @@
 //! value only if, under that key's lock, the epoch has not moved; it holds the key in
 //! `installing` from before that check to after the insert. Either the install comes first
 //! (the invalidation then finds the key in L1 or held, and removes it under its lock), or
-//! the epoch has moved (and nothing stale is installed). Epochs are striped: another phone on the same stripe only
-//! costs an install that is skipped, never a wrong answer. Invalidations that name no phone
-//! (one exact key) bump a global epoch that every batched read checks too.
+//! the epoch has moved (and nothing stale is installed). Epochs are striped: another phone
+//! on the same stripe only costs an install that is skipped, never a wrong answer.
+//! Invalidations that name no phone (one exact key) bump a global epoch that every batched
+//! read checks too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
