@@ -81,6 +81,26 @@ pub async fn command_count<C: ConnectionLike + Send>(conn: &mut C, cmd: &str) ->
     parse_command_calls(&info, cmd)
 }
 
+/// How many connections the server has accepted since it started
+/// (`total_connections_received` in `INFO stats`).
+pub async fn connections_received<C: ConnectionLike + Send>(conn: &mut C) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .expect("INFO stats");
+    info_field(&info, "total_connections_received")
+        .and_then(|n| n.parse().ok())
+        .expect("INFO stats names total_connections_received")
+}
+
+/// The value of `field:value` in an INFO reply.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// Extracts `calls` for `cmd` from an `INFO commandstats` reply, 0 if the command never ran.
 fn parse_command_calls(info: &str, cmd: &str) -> u64 {
     let prefix = format!("cmdstat_{}:", cmd.to_ascii_lowercase());

@@ -254,7 +254,7 @@ async fn wait_ready(process: &mut Process, port: u16) -> Result<(), NotReady> {
                 .query_async(&mut conn)
                 .await;
             if let Ok(info) = info
-                && info_field(&info, "process_id").and_then(|p| p.parse().ok()) == pid
+                && crate::info_field(&info, "process_id").and_then(|p| p.parse().ok()) == pid
             {
                 return Ok(());
             }
@@ -264,11 +264,4 @@ async fn wait_ready(process: &mut Process, port: u16) -> Result<(), NotReady> {
         }
         tokio::time::sleep(READY_POLL).await;
     }
-}
-
-/// The value of `field:value` in an INFO reply.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .map(str::trim)
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tiercache::{CircuitState, TwoTierCache};
 use tiercache_tests::cache::{TestLead, config};
-use tiercache_tests::{Recorder, RedisServer, command_count, unique_namespace};
+use tiercache_tests::{
+    Recorder, RedisServer, command_count, connections_received, unique_namespace,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{Notify, oneshot};
 
@@ -154,18 +156,7 @@ async fn a_redis_that_refuses_the_connection_opens_the_breaker() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    let connections = async |admin: &mut redis::aio::MultiplexedConnection| {
-        let info: String = redis::cmd("INFO")
-            .arg("stats")
-            .query_async(admin)
-            .await
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_connections_received:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .expect("INFO stats names total_connections_received")
-    };
-    let before = connections(&mut admin).await;
+    let before = connections_received(&mut admin).await;
     let url = format!("redis://:a-wrong-one@127.0.0.1:{}/", server.port());
     let (recorder, mut circuit) = Recorder::new();
     let rec = Arc::new(recorder);
@@ -204,7 +195,7 @@ async fn a_redis_that_refuses_the_connection_opens_the_breaker() {
         "says why: {}",
         error.message
     );
-    let attempts = connections(&mut admin).await - before;
+    let attempts = connections_received(&mut admin).await - before;
     assert!(
         attempts < 25,
         "{attempts} connections for 50 misses: the open breaker should have spared most"

@@ -11,8 +11,7 @@
 //! to the database) instead of failing every miss with a syntax error.
 //!
 //! A checkout is held only long enough to clone the multiplexed connection (see `L2::run`),
-//! so concurrent commands share a connection and go out together, and the flag is shared
-//! with those clones.
+//! and the flag is shared with those clones.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -113,16 +112,12 @@ impl bb8::ErrorSink<redis::RedisError> for ConnectErrors {
 }
 
 /// The oldest Redis (major, minor) whose `SET` takes `NX` and `GET` together.
-pub(crate) const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
+const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
 
 /// Refuses a server older than [`MIN_REDIS_VERSION`], given its `INFO server` text; one
 /// that does not say its version is taken on trust.
 fn check_version(info: &str) -> Result<(), redis::RedisError> {
-    let Some(version) = info
-        .lines()
-        .find_map(|line| line.strip_prefix("redis_version:"))
-        .map(str::trim)
-    else {
+    let Some(version) = super::info_field(info, "redis_version") else {
         return Ok(());
     };
     let mut parts = version.split('.').map(|p| p.parse::<u32>());
