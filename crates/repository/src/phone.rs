@@ -1,6 +1,7 @@
 //! Phone numbers, normalized to E.164 by libphonenumber's rules (the `phonenumber` crate).
 
 use std::fmt;
+use std::sync::Arc;
 
 use phonenumber::{Mode, country};
 use sha2::{Digest, Sha256};
@@ -19,9 +20,10 @@ pub enum PhoneError {
 /// A phone number in E.164 (`+16462000042`), checked when built.
 ///
 /// `Debug` and `Display` print a short hash, not the number, so a stray `?phone` in a log
-/// line leaks nothing; [`Phone::as_str`] gives the number itself.
+/// line leaks nothing; [`Phone::as_str`] gives the number itself. Cloning it does not
+/// allocate (a read's loader takes a clone, even when the read is an L1 hit).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Phone(String);
+pub struct Phone(Arc<str>);
 
 impl Phone {
     /// Default region for numbers written without a country code.
@@ -34,7 +36,7 @@ impl Phone {
         if !phonenumber::is_valid(&number) {
             return Err(PhoneError::Invalid);
         }
-        Ok(Phone(number.format().mode(Mode::E164).to_string()))
+        Ok(Phone(number.format().mode(Mode::E164).to_string().into()))
     }
 
     /// The number in E.164.
