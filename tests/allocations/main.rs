@@ -12,12 +12,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use tiercache::{CacheObserver, Fanout, NoopObserver, TwoTierCache};
-use tiercache_monitoring::Metrics;
-use tiercache_repository::{Phone, Repository};
-use tiercache_server::Config;
-use tiercache_tests::cache::{TEST_SECRET, TestLead, config};
+use tiercache::{NoopObserver, TwoTierCache};
+use tiercache_repository::Phone;
+use tiercache_tests::cache::{TestLead, config};
 use tiercache_tests::db::TestDb;
+use tiercache_tests::server::{Options, TestServer};
 use tiercache_tests::{SHARED_REDIS_URL, unique_namespace};
 
 #[global_allocator]
@@ -61,9 +60,11 @@ async fn an_l1_hit_allocates_nothing() {
     })
     .await;
 
-    // The repository, wired as the service wires it.
+    // The repository of a running server, wired as the service wires it.
     let db = TestDb::seeded("allocs", 1, 10).await;
-    let repo = repository(&db, &unique_namespace("allocsrepo")).await;
+    let prefix = unique_namespace("allocsrepo");
+    let server = TestServer::start(&db, Options::new(&prefix, Some(SHARED_REDIS_URL))).await;
+    let repo = &server.state.repo;
     let (phone, org_id, called): (String, i64, String) = sqlx::query_as(
         "SELECT l.phone, l.org_id, o.phone FROM leads l JOIN organizations o ON o.id = l.org_id
          ORDER BY l.id LIMIT 1",
@@ -128,27 +129,4 @@ where
         }
     }
     (allocating, allocations)
-}
-
-/// A repository on `db` and the shared Redis under `prefix`, with the metrics observer.
-async fn repository(db: &TestDb, prefix: &str) -> Repository {
-    let vars = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("REDIS_URL", SHARED_REDIS_URL),
-        ("REDIS_ENABLED", "true"),
-        ("CACHE_PREFIX", prefix),
-        ("APP_ENV", "test"),
-        (
-            "CACHE_KEY_SECRET",
-            std::str::from_utf8(TEST_SECRET).unwrap(),
-        ),
-    ];
-    let config = Config::from_vars(vars.map(|(k, v)| (k.to_owned(), v.to_owned()))).unwrap();
-    let pool = tiercache_server::startup::connect(&config.database)
-        .await
-        .unwrap();
-    let observers: Vec<Arc<dyn CacheObserver>> = vec![Arc::new(Metrics::new())];
-    let cache =
-        TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers))).unwrap();
-    Repository::new(pool, cache)
 }
