@@ -130,8 +130,10 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Default pool size.
-    pub const DEFAULT_POOL_SIZE: u32 = 8;
+    /// Default pool size: one connection, which multiplexes every command (Redis runs them
+    /// one at a time anyway); more connections spread the commands thinner and cost Redis
+    /// more reads and writes for the same work (see `benches/README.md`).
+    pub const DEFAULT_POOL_SIZE: u32 = 1;
     /// Default per-command timeout: tens of milliseconds, well inside a 100 ms budget.
     pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
     /// Default connect timeout.

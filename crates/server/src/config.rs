@@ -794,7 +794,7 @@ mod tests {
         assert!(*notify_enabled);
         let redis = config.cache.redis().unwrap();
         assert_eq!(redis.url, "redis://127.0.0.1:6379/");
-        assert_eq!(redis.pool_size, 8);
+        assert_eq!(redis.pool_size, 1);
         assert_eq!(redis.command_timeout, Duration::from_millis(50));
         assert_eq!(redis.connect_timeout, Duration::from_millis(250));
         assert!(config.cache.l1_enabled());

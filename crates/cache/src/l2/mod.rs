@@ -447,10 +447,10 @@ impl L2 {
         let attempt = async {
             // The checkout lasts as long as a clone, so a connection is never held by one
             // caller: bb8 hands them out in turn (FIFO) and each multiplexes the commands
-            // that land on it. (Reusing the last one, LIFO, pipelines more but measured
-            // slower: 17.8-19.3k against 22.2-22.9k ops/s in the comparison, more CPU per
-            // operation in every process.) One flagged broken is dropped by the pool when
-            // next checked out here.
+            // that land on it. The default pool is one connection: against eight it cost
+            // Redis about a tenth less CPU per operation in the comparison, for the same
+            // process CPU (benches/README.md). One flagged broken is dropped by the pool
+            // when next checked out here.
             let checkout = async || {
                 self.pool.get().await.map_err(|e| match e {
                     bb8::RunError::User(e) => (L2ErrorKind::Connection, Some(e)),
