@@ -36,6 +36,28 @@ pub async fn shared_redis() -> MultiplexedConnection {
         .unwrap_or_else(|e| panic!("cannot connect to the shared Redis at {SHARED_REDIS_URL}: {e}"))
 }
 
+/// Waits (bounded) until `n` caches of namespace `ns` (environment `test`) are subscribed
+/// to its bus channel. No event tells a test that a subscriber connected: bounded polling.
+pub async fn bus_subscribers(conn: &mut MultiplexedConnection, ns: &str, n: i64) {
+    let channel = format!("{ns}:test:v1:bus");
+    let ok = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(conn)
+                .await
+                .unwrap();
+            if counts.first().is_some_and(|(_, c)| *c >= n) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "{n} subscribers on {channel}");
+}
+
 /// A short `[a-z0-9]` prefix unique per call and per process: `t`, the tag, pid, counter, salt.
 ///
 /// Tests on the shared Redis put every key and bus channel under one, so they run in parallel

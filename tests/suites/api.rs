@@ -752,3 +752,24 @@ async fn shutdown_lets_a_request_in_flight_finish() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updated_lead_is_read_back_on_the_same_instance_without_a_query() {
+    let db = TestDb::seeded("readback", 1, 10).await;
+    let ns = unique_namespace("readback");
+    let server = TestServer::start(&db, Options::new(&ns, Some(SHARED_REDIS_URL))).await;
+    let (status, before) = server.get("/api/leads/5").await;
+    assert_eq!(status, 200, "{before}");
+    let (status, updated) = server
+        .send(Method::PATCH, "/api/leads/5", r#"{"notes":"called back"}"#)
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    // The write cached the row it returned: this read runs no statement.
+    let sql = tiercache_tests::sql_counter::statements();
+    let (status, after) = server.get("/api/leads/5").await;
+    assert_eq!(status, 200);
+    assert_eq!(tiercache_tests::sql_counter::statements(), sql, "no SQL");
+    assert_eq!(json(&after), json(&updated));
+    assert_eq!(json(&after)["notes"], "called back");
+    assert_ne!(json(&after), json(&before));
+}

@@ -40,24 +40,7 @@ async fn read(cache: &TwoTierCache, key: CacheKey, version: u32) -> (u32, bool) 
 
 /// Waits (bounded) until `n` instances are subscribed to the namespace's bus channel.
 async fn subscribed(server: &RedisServer, ns: &str, n: i64) {
-    let mut conn = server.client().await;
-    let channel = format!("{ns}:test:v1:bus");
-    let ok = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&channel)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            if counts.first().is_some_and(|(_, c)| *c >= n) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(ok.is_ok(), "{n} subscribers on {channel}");
+    tiercache_tests::bus_subscribers(&mut server.client().await, ns, n).await;
 }
 
 async fn heard(recorder: &Recorder) {

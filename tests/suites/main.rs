@@ -21,3 +21,4 @@ mod queries;
 mod redis_faults;
 mod stale_values;
 mod staleness_bound;
+mod write_through;

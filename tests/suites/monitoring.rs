@@ -55,7 +55,7 @@ async fn metrics_move_exactly_as_a_scripted_sequence_says() {
     assert_eq!(delta(&s1, &s2, age_l1), 2.0);
     assert_eq!(delta(&s1, &s2, loads), 0.0);
 
-    // A write invalidates; the next read misses both tiers and loads again.
+    // A write invalidates, then caches the row it wrote here: the next read is a hit.
     server
         .send(Method::PATCH, "/api/leads/3", r#"{"status":"customer"}"#)
         .await;
@@ -69,9 +69,9 @@ async fn metrics_move_exactly_as_a_scripted_sequence_says() {
         ),
         1.0
     );
-    assert_eq!(delta(&s2, &s3, &lead("miss", "l1")), 1.0);
-    assert_eq!(delta(&s2, &s3, &lead("miss", "l2")), 1.0);
-    assert_eq!(delta(&s2, &s3, loads), 1.0);
+    assert_eq!(delta(&s2, &s3, &lead("hit", "l1")), 1.0);
+    assert_eq!(delta(&s2, &s3, &lead("miss", "l1")), 0.0);
+    assert_eq!(delta(&s2, &s3, loads), 0.0);
     // An unknown lead is a load that finds nothing, then a cached "not found".
     server.get("/api/leads/999").await;
     server.get("/api/leads/999").await;

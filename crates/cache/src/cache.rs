@@ -35,6 +35,7 @@ use crate::pending::PendingDeletes;
 use crate::policy::Policies;
 use crate::stripes::Stripes;
 use crate::write_behind::{QueuedSet, WriteBehind};
+use crate::write_through::Written;
 
 /// Bytes charged to every L1 entry on top of its encoded size (key, entry, moka's own node).
 const ENTRY_OVERHEAD: u32 = 160;
@@ -140,6 +141,9 @@ pub(crate) struct Inner {
     /// after it installs; a batched install, around its epoch check and insert): an
     /// invalidation takes the compute lock only of keys L1 holds or that are held here.
     pub(crate) installing: Stripes,
+    /// How often invalidations removed a key from L1, per key stripe: what a write-through
+    /// checks (see `write_through.rs`).
+    pub(crate) dropped: Stripes,
     replay_wake: Arc<Notify>,
     // The replay task holds only a `Weak` to this, so it never keeps the cache alive; the
     // cache aborts it when dropped.
@@ -360,6 +364,7 @@ impl TwoTierCache {
             pending: PendingDeletes::new(longest_l2_ttl),
             epochs: Epochs::new(),
             installing: Stripes::new(),
+            dropped: Stripes::new(),
             replay_wake: Arc::new(Notify::new()),
             replay_task: Mutex::new(None),
             instance,
@@ -425,6 +430,10 @@ impl TwoTierCache {
             Some(l2) => Some(l2.ping().await),
             None => None,
         }
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     pub(crate) fn epochs(&self) -> &Epochs {
@@ -689,8 +698,19 @@ impl TwoTierCache {
         invalidation: Invalidation,
         source: InvalidationSource,
     ) -> InvalidationReport {
+        self.invalidate_then(invalidation, source, None).await
+    }
+
+    /// [`invalidate`](Self::invalidate), then, in the same task, installs `written`.
+    pub(crate) async fn invalidate_then(
+        &self,
+        invalidation: Invalidation,
+        source: InvalidationSource,
+        written: Option<Written>,
+    ) -> InvalidationReport {
         let inner = Arc::clone(&self.inner);
-        let task = tokio::spawn(async move { inner.invalidate(invalidation, source).await });
+        let task =
+            tokio::spawn(async move { inner.invalidate(invalidation, source, written).await });
         match task.await {
             Ok(report) => report,
             // Only a panic inside the task, or a runtime shutting down, gets here.
@@ -1049,6 +1069,9 @@ impl Inner {
         for group in groups {
             self.epochs.bump(Some(group));
         }
+        for key in keys {
+            self.dropped.add(self.dropped.of(key));
+        }
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         let locked = keys
             .iter()
@@ -1066,6 +1089,7 @@ impl Inner {
         &self,
         invalidation: Invalidation,
         source: InvalidationSource,
+        written: Option<Written>,
     ) -> InvalidationReport {
         let mut keys = invalidation.keys;
         let groups = &invalidation.groups;
@@ -1165,6 +1189,9 @@ impl Inner {
         let ((pages_found, l2_failure), ()) =
             tokio::join!(l2_part, self.drop_from_l1(&keys, groups));
         drop(in_flight);
+        if let Some(written) = written {
+            self.cache_written(written, &keys).await;
+        }
         let report_keys = keys.len() + pages_found;
         if let Some(kind) = l2_failure {
             tracing::warn!(

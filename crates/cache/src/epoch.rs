@@ -50,6 +50,11 @@ impl Epochs {
         }
     }
 
+    /// The global epoch: it moves when everything is invalidated (or L1 flushed).
+    pub fn global(&self) -> u64 {
+        self.global.load(Ordering::Acquire)
+    }
+
     /// The epochs of two groups (and the global one), before a read.
     pub fn snapshot(&self, a: &PhoneDigest, b: &PhoneDigest) -> Snapshot {
         let (sa, sb) = (self.stripes.of(a), self.stripes.of(b));

@@ -27,6 +27,7 @@ mod policy;
 pub mod stale;
 mod stripes;
 mod write_behind;
+mod write_through;
 
 pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
 pub use call::{CallSlots, Identified, Slot};
@@ -43,3 +44,4 @@ pub use observer::{
 };
 pub use pending::MAX_PENDING_KEYS;
 pub use policy::{EntityPolicy, Policies};
+pub use write_through::WriteTicket;

@@ -397,7 +397,8 @@ impl Repository {
             .await?)
     }
 
-    /// Updates a lead, then invalidates it and its derived views; `None` if there is no such lead.
+    /// Updates a lead, then invalidates it and its derived views and caches the updated lead
+    /// in this instance's L1; `None` if there is no such lead.
     pub async fn update_lead(&self, id: i64, patch: &LeadPatch) -> Result<Option<Lead>, Error> {
         if let Some(name) = &patch.name {
             check_text("name", name, true)?;
@@ -413,15 +414,24 @@ impl Repository {
         if let Some(Some(notes)) = &patch.notes {
             check_text("notes", notes, false)?;
         }
+        let keys = self.cache.keys();
+        let by_id = keys.lead_by_id(id);
+        // Before the write: the written row is cached only if no other invalidation of the
+        // lead comes between (see `TwoTierCache::invalidate_and_cache`).
+        let ticket = self.cache.write_ticket(&by_id);
         // One statement, committed on its own (it marks itself as the service's write).
         let Some(lead) = queries::update_lead(&self.pool, id, patch, (self.clock)()).await? else {
             return Ok(None);
         };
-        let keys = self.cache.keys();
+        // The next read of the lead on this instance is a hit, not a load.
+        let cached = [by_id, keys.lead_by_phone(&lead.phone, lead.org_id)];
         self.cache
-            .invalidate(
+            .invalidate_and_cache(
                 Invalidation::lead(keys, lead.id, lead.org_id, &lead.phone),
                 InvalidationSource::Write,
+                ticket,
+                lead.clone(),
+                &cached,
             )
             .await;
         Ok(Some(lead))

@@ -1,0 +1,127 @@
+//! Write-through of a written row: after a write's invalidation, the row the write returned
+//! goes into this instance's L1, so the next read of it here is a hit instead of a load.
+//!
+//! The row was read before the invalidation ran, so it must not land over a newer write's
+//! invalidation. Every L1 removal by an invalidation (`Inner::drop_from_l1`: a local write,
+//! the bus, the database feed) counts on the removed key's stripe (`Inner::dropped`), and
+//! a flush moves the global epoch. A [`WriteTicket`], taken before the write, notes both for
+//! the key that names the row. After the write's own invalidation the row is installed only
+//! if they moved by exactly that invalidation's own removals: any other invalidation of the
+//! row since the ticket (or of a key on the same stripe, or a flush) skips the install, and
+//! the next read loads as before. The install holds its key in `installing` around that
+//! check and its insert, as a batched install does (see `epoch.rs`), so an invalidation
+//! that comes after the check finds it and removes it under the key's lock.
+//!
+//! Only L1: Redis keeps the deletion, and other instances load the row on their next miss.
+
+use serde::Serialize;
+
+use crate::cache::{Inner, InvalidationReport, L1Entry, TwoTierCache};
+use crate::envelope;
+use crate::invalidation::Invalidation;
+use crate::key::CacheKey;
+use crate::observer::InvalidationSource;
+
+use moka::ops::compute::Op;
+
+/// Taken before a write to the row a key caches: how often invalidations had removed that
+/// key (its stripe) and flushed L1, for
+/// [`invalidate_and_cache`](TwoTierCache::invalidate_and_cache) to check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteTicket {
+    global: u64,
+    stripe: usize,
+    seen: u64,
+}
+
+/// A written row on its way into L1, behind its write's invalidation.
+pub(crate) struct Written {
+    ticket: WriteTicket,
+    keys: Vec<CacheKey>,
+    entry: L1Entry,
+}
+
+impl TwoTierCache {
+    /// Before a write to the row `key` caches (its id key: known before the write returns
+    /// the row): the ticket [`invalidate_and_cache`](Self::invalidate_and_cache) checks.
+    pub fn write_ticket(&self, key: &CacheKey) -> WriteTicket {
+        let inner = self.inner();
+        let stripe = inner.dropped.of(key);
+        WriteTicket {
+            global: inner.epochs.global(),
+            stripe,
+            seen: inner.dropped.get(stripe),
+        }
+    }
+
+    /// [`invalidate`](Self::invalidate), then caches `row` (what the write returned) in this
+    /// instance's L1 under each of `keys`, unless an invalidation other than this one
+    /// removed the ticket's key, or L1 was flushed, since `ticket` was taken. A row that
+    /// cannot be encoded (to weigh it) is not cached; the invalidation stands either way.
+    pub async fn invalidate_and_cache<T>(
+        &self,
+        invalidation: Invalidation,
+        source: InvalidationSource,
+        ticket: WriteTicket,
+        row: T,
+        keys: &[CacheKey],
+    ) -> InvalidationReport
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        let written = keys.first().and_then(|first| {
+            let loaded_at_ms = crate::cache::unix_millis();
+            let encoded_len = envelope::encode(Some(&row), loaded_at_ms).ok()?.len();
+            let life = self.l1_life_for(first.entity(), false);
+            (self.has_l1() && !life.0.is_zero()).then(|| Written {
+                ticket,
+                keys: keys.to_vec(),
+                entry: L1Entry::new(
+                    Some(std::sync::Arc::new(row)),
+                    encoded_len,
+                    life,
+                    loaded_at_ms,
+                ),
+            })
+        });
+        self.invalidate_then(invalidation, source, written).await
+    }
+}
+
+impl Inner {
+    /// Installs `written` after its write's invalidation, which removed `own` from L1.
+    pub(crate) async fn cache_written(&self, written: Written, own: &[CacheKey]) {
+        let Written {
+            ticket,
+            keys,
+            entry,
+        } = written;
+        let own_removals = own
+            .iter()
+            .filter(|key| self.dropped.of(*key) == ticket.stripe)
+            .count() as u64;
+        let unmoved = || {
+            self.epochs.global() == ticket.global
+                && self.dropped.get(ticket.stripe) == ticket.seen + own_removals
+        };
+        for key in keys {
+            // Held around the check and the insert (see `drop_from_l1`).
+            let _installing = self.installing.hold(&key);
+            let entry = entry.clone();
+            self.l1
+                .entry(key)
+                .and_compute_with(|existing| async move {
+                    let now = std::time::Instant::now();
+                    // A load that began after this write's invalidation read this row or
+                    // a newer one: it stays.
+                    let fresh = existing.is_some_and(|e| e.value().fresh(now, &self.coherence));
+                    if fresh || !unmoved() {
+                        Op::Nop
+                    } else {
+                        Op::Put(entry)
+                    }
+                })
+                .await;
+        }
+    }
+}
