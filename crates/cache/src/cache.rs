@@ -101,7 +101,10 @@ const REPLAY_BATCH: usize = 256;
 /// value): a stale value is never installed after the invalidation returns. The Redis
 /// delete and the L1 removals run side by side, one Redis round trip in all; until Redis
 /// has answered, this instance reads none of the keys from Redis (they are in flight, see
-/// `pending.rs`), so the old value cannot come back from there either.
+/// `pending.rs`), so the old value cannot come back from there either. When the write
+/// returned the new row, [`invalidate_and_cache`](Self::invalidate_and_cache) also puts it
+/// in this instance's L1, unless another invalidation of it came first (see
+/// [`WriteTicket`](crate::WriteTicket)).
 ///
 /// # When Redis fails
 ///
@@ -1190,7 +1193,9 @@ impl Inner {
             tokio::join!(l2_part, self.drop_from_l1(&keys, groups));
         drop(in_flight);
         if let Some(written) = written {
-            self.cache_written(written, &keys).await;
+            // An invalidation that names no phone moved the global epoch itself.
+            self.cache_written(written, &keys, u64::from(groups.is_empty()))
+                .await;
         }
         let report_keys = keys.len() + pages_found;
         if let Some(kind) = l2_failure {

@@ -58,6 +58,24 @@ impl TwoTierCache {
     /// instance's L1 under each of `keys`, unless an invalidation other than this one
     /// removed the ticket's key, or L1 was flushed, since `ticket` was taken. A row that
     /// cannot be encoded (to weigh it) is not cached; the invalidation stands either way.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tiercache::{CacheConfig, Invalidation, InvalidationSource, NoopObserver, TwoTierCache};
+    ///
+    /// let cache = TwoTierCache::new(CacheConfig::builder().build()?, NoopObserver)?;
+    /// let key = cache.keys().lead_by_id(42);
+    /// let ticket = cache.write_ticket(&key);
+    /// // … the write commits and returns the new row …
+    /// let row = "Ada Lovelace".to_owned();
+    /// cache
+    ///     .invalidate_and_cache(Invalidation::key(key), InvalidationSource::Write, ticket, row, &[key])
+    ///     .await;
+    /// // The next read is a hit: the loader is not called.
+    /// let name = cache.get_or_load(key, || async { Ok::<Option<String>, std::io::Error>(None) }).await?;
+    /// assert_eq!(name.as_deref().map(String::as_str), Some("Ada Lovelace"));
+    /// # Ok::<(), tiercache::Error>(()) }).unwrap();
+    /// ```
     pub async fn invalidate_and_cache<T>(
         &self,
         invalidation: Invalidation,
@@ -89,8 +107,9 @@ impl TwoTierCache {
 }
 
 impl Inner {
-    /// Installs `written` after its write's invalidation, which removed `own` from L1.
-    pub(crate) async fn cache_written(&self, written: Written, own: &[CacheKey]) {
+    /// Installs `written` after its write's invalidation, which removed `own` from L1 and
+    /// moved the global epoch `own_global` times.
+    pub(crate) async fn cache_written(&self, written: Written, own: &[CacheKey], own_global: u64) {
         let Written {
             ticket,
             keys,
@@ -101,7 +120,7 @@ impl Inner {
             .filter(|key| self.dropped.of(*key) == ticket.stripe)
             .count() as u64;
         let unmoved = || {
-            self.epochs.global() == ticket.global
+            self.epochs.global() == ticket.global + own_global
                 && self.dropped.get(ticket.stripe) == ticket.seen + own_removals
         };
         for key in keys {

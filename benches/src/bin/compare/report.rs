@@ -102,8 +102,9 @@ pub fn print_table(summaries: &[Summary], rounds: usize) {
     println!(
         "p50/p99/p999: reads; w p50/p99: writes (write + invalidation), µs. queries: \
          statements in the measured window (read loads + updates). hit: 1 − read loads / \
-         reads; best: the trace's own limit (a read misses only if its lead was never read \
-         or was written since). redis/op: every client's commands, heartbeats included. \
+         reads; best: the limit for a cache that deletes on write (a read misses only if its \
+         lead was never read or was written since; Tiercache, which caches the row its \
+         write returned on the writing instance, can pass it). redis/op: every client's commands, heartbeats included. \
          CPU µs: this process's, PostgreSQL's and Redis's CPU time per operation; busy: \
          the machine's busy share; steal: of it, the share the hypervisor gave to other \
          tenants (a window with much of it measured the neighbours too). stale: reads older \
