@@ -29,6 +29,8 @@ use moka::ops::compute::Op;
 /// [`invalidate_and_cache`](TwoTierCache::invalidate_and_cache) to check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteTicket {
+    /// When it was taken (Unix ms): the row the write returns left the database after it.
+    at_ms: u64,
     global: u64,
     stripe: usize,
     seen: u64,
@@ -48,6 +50,7 @@ impl TwoTierCache {
         let inner = self.inner();
         let stripe = inner.dropped.of(key);
         WriteTicket {
+            at_ms: crate::cache::unix_millis(),
             global: inner.epochs.global(),
             stripe,
             seen: inner.dropped.get(stripe),
@@ -55,7 +58,8 @@ impl TwoTierCache {
     }
 
     /// [`invalidate`](Self::invalidate), then caches `row` (what the write returned) in this
-    /// instance's L1 under each of `keys`, unless an invalidation other than this one
+    /// instance's L1 under each of `keys` (of one entity, whose L1 TTL applies; its age
+    /// counts from the ticket), unless an invalidation other than this one
     /// removed the ticket's key, or L1 was flushed, since `ticket` was taken. A row that
     /// cannot be encoded (to weigh it) is not cached; the invalidation stands either way.
     ///
@@ -88,7 +92,8 @@ impl TwoTierCache {
         T: Serialize + Send + Sync + 'static,
     {
         let written = keys.first().and_then(|first| {
-            let loaded_at_ms = crate::cache::unix_millis();
+            // No later than the row left the database, as a loaded value's time is.
+            let loaded_at_ms = ticket.at_ms;
             let encoded_len = envelope::encode(Some(&row), loaded_at_ms).ok()?.len();
             let life = self.l1_life_for(first.entity(), false);
             (self.has_l1() && !life.0.is_zero()).then(|| Written {
