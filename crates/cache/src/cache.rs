@@ -1088,6 +1088,33 @@ impl Inner {
         futures_util::future::join_all(locked).await;
     }
 
+    /// Puts `entry` in L1 at `key`, from outside a load, unless L1 holds a fresh entry
+    /// there (a load that began later read the same or newer) or `unmoved` finds that an
+    /// invalidation came since the value was read. `unmoved` is asked under the key's lock
+    /// while the key is held in `installing`, so an invalidation either moved what it
+    /// checks first or finds the key held and removes the entry after (see
+    /// [`drop_from_l1`](Self::drop_from_l1)).
+    pub(crate) async fn install_unless_moved(
+        &self,
+        key: CacheKey,
+        entry: L1Entry,
+        unmoved: impl Fn() -> bool,
+    ) {
+        let _installing = self.installing.hold(&key);
+        self.l1
+            .entry(key)
+            .and_compute_with(|existing| async {
+                let fresh =
+                    existing.is_some_and(|e| e.value().fresh(Instant::now(), &self.coherence));
+                if fresh || !unmoved() {
+                    Op::Nop
+                } else {
+                    Op::Put(entry)
+                }
+            })
+            .await;
+    }
+
     async fn invalidate(
         &self,
         invalidation: Invalidation,

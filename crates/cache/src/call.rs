@@ -566,19 +566,8 @@ impl TwoTierCache {
     }
 
     async fn install_l1(&self, key: CacheKey, entry: L1Entry, snapshot: &Snapshot) {
-        let snapshot = *snapshot;
-        let _installing = self.installing().hold(&key);
-        self.l1()
-            .entry(key)
-            .and_compute_with(|existing| async move {
-                let now = std::time::Instant::now();
-                let fresh = existing.is_some_and(|e| e.value().fresh(now, self.coherence()));
-                if fresh || !self.epochs().unchanged(&snapshot) {
-                    Op::Nop
-                } else {
-                    Op::Put(entry)
-                }
-            })
+        self.inner()
+            .install_unless_moved(key, entry, || self.epochs().unchanged(snapshot))
             .await;
     }
 }

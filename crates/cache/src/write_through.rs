@@ -22,8 +22,6 @@ use crate::invalidation::Invalidation;
 use crate::key::CacheKey;
 use crate::observer::InvalidationSource;
 
-use moka::ops::compute::Op;
-
 /// Taken before a write to the row a key caches: how often invalidations had removed that
 /// key (its stripe) and flushed L1, for
 /// [`invalidate_and_cache`](TwoTierCache::invalidate_and_cache) to check.
@@ -129,23 +127,7 @@ impl Inner {
                 && self.dropped.get(ticket.stripe) == ticket.seen + own_removals
         };
         for key in keys {
-            // Held around the check and the insert (see `drop_from_l1`).
-            let _installing = self.installing.hold(&key);
-            let entry = entry.clone();
-            self.l1
-                .entry(key)
-                .and_compute_with(|existing| async move {
-                    let now = std::time::Instant::now();
-                    // A load that began after this write's invalidation read this row or
-                    // a newer one: it stays.
-                    let fresh = existing.is_some_and(|e| e.value().fresh(now, &self.coherence));
-                    if fresh || !unmoved() {
-                        Op::Nop
-                    } else {
-                        Op::Put(entry)
-                    }
-                })
-                .await;
+            self.install_unless_moved(key, entry.clone(), unmoved).await;
         }
     }
 }
