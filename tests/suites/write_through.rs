@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use tiercache::{CacheKey, Invalidation, InvalidationSource, TwoTierCache};
 use tiercache_tests::cache::{TestLead, build, config};
-use tiercache_tests::{SHARED_REDIS_URL, shared_redis, unique_namespace};
+use tiercache_tests::{RedisServer, SHARED_REDIS_URL, shared_redis, unique_namespace};
 
 const PHONE: &str = "+16462000007";
 const ORG: i64 = 9;
@@ -50,7 +50,7 @@ async fn write_through<F: AsyncFnOnce()>(cache: &TwoTierCache, between: F) {
     }
     let ticket = cache.write_ticket(&cache.keys().lead_by_id(LEAD));
     between().await;
-    let report = cache
+    cache
         .invalidate_and_cache(
             Invalidation::lead(cache.keys(), LEAD, ORG, PHONE),
             InvalidationSource::Write,
@@ -59,7 +59,8 @@ async fn write_through<F: AsyncFnOnce()>(cache: &TwoTierCache, between: F) {
             &lead_keys(cache),
         )
         .await;
-    assert_eq!(report.l2_failure, None);
+    cache.flush_l2_writes().await;
+    assert_eq!(cache.owed_invalidations(), 0, "Redis took the invalidation");
 }
 
 /// What each of the lead's keys reads after the write (the loader has version 3), and the
@@ -157,4 +158,72 @@ async fn a_flush_after_the_ticket_keeps_the_row_out() {
     let (cache, _) = build(config(&ns, None));
     write_through(&cache, async || cache.flush_l1()).await;
     assert_eq!(after(&cache).await, (vec![3, 3], 2));
+}
+
+/// The writer waits for its L1 only: with Redis frozen (and a command timeout far past the
+/// test's bounds), the write returns and the row is read back without a load; a derived
+/// view the invalidation named, read meanwhile, comes from the loader, not from Redis,
+/// which held the old one; once Redis answers again the deletes land there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_returns_before_redis_answers_and_this_instance_serves_only_the_new_row() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("wt-early");
+    let (cache, _) = build(
+        config(&ns, Some(&server.url()))
+            .l2_timeout(Duration::from_secs(30))
+            .load_timeout(Duration::from_secs(60))
+            // No feed goes silent long enough in this test to make L1 untrusted.
+            .staleness_bound(Duration::from_secs(120)),
+    );
+    let bound = Duration::from_secs(10);
+    let loads = Arc::new(AtomicU32::new(0));
+    for key in lead_keys(&cache) {
+        read(&cache, key, TestLead::new(LEAD, 1), &loads).await;
+    }
+    let context = cache.keys().context(LEAD);
+    read(&cache, context, TestLead::new(LEAD, 1), &loads).await;
+    cache.flush_l2_writes().await;
+    let mut redis = server.client().await;
+    let held: Option<Vec<u8>> = redis.get(cache.keys().render(&context)).await.unwrap();
+    assert!(held.is_some(), "Redis holds the old context");
+
+    server.pause();
+    let ticket = cache.write_ticket(&cache.keys().lead_by_id(LEAD));
+    tokio::time::timeout(
+        bound,
+        cache.invalidate_and_cache(
+            Invalidation::lead(cache.keys(), LEAD, ORG, PHONE),
+            InvalidationSource::Write,
+            ticket,
+            TestLead::new(LEAD, 2),
+            &lead_keys(&cache),
+        ),
+    )
+    .await
+    .expect("the write returns without waiting for Redis");
+    let (versions, loaded) = tokio::time::timeout(bound, after(&cache))
+        .await
+        .expect("reading the written row needs no Redis");
+    assert_eq!((versions, loaded), (vec![2, 2], 0));
+    // The view's read needs Redis (its lease), so it waits for the thaw.
+    let fresh = Arc::new(AtomicU32::new(0));
+    let reading = {
+        let (cache, fresh) = (cache.clone(), Arc::clone(&fresh));
+        tokio::spawn(async move { read(&cache, context, TestLead::new(LEAD, 3), &fresh).await })
+    };
+
+    server.resume();
+    let view = tokio::time::timeout(bound, reading)
+        .await
+        .expect("the view's read ends once Redis is back")
+        .unwrap();
+    assert_eq!((view.version, fresh.load(Ordering::SeqCst)), (3, 1));
+    tokio::time::timeout(bound, cache.flush_l2_writes())
+        .await
+        .expect("the invalidation is answered once Redis is back");
+    assert_eq!(cache.owed_invalidations(), 0, "Redis took the invalidation");
+    for key in lead_keys(&cache) {
+        let held: Option<Vec<u8>> = redis.get(cache.keys().render(&key)).await.unwrap();
+        assert_eq!(held, None, "the delete landed in Redis");
+    }
 }

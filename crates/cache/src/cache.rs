@@ -104,7 +104,9 @@ const REPLAY_BATCH: usize = 256;
 /// `pending.rs`), so the old value cannot come back from there either. When the write
 /// returned the new row, [`invalidate_and_cache`](Self::invalidate_and_cache) also puts it
 /// in this instance's L1, unless another invalidation of it came first (see
-/// [`WriteTicket`](crate::WriteTicket)).
+/// [`WriteTicket`](crate::WriteTicket)), and returns as soon as this instance serves the
+/// new row: Redis's part (the deletes, the epochs, the bus message) goes on behind it, the
+/// keys in flight meanwhile.
 ///
 /// # When Redis fails
 ///
@@ -469,8 +471,10 @@ impl TwoTierCache {
     }
 
     /// Waits until every loaded value queued for Redis so far has been sent (see
-    /// `# Reading`): for a graceful shutdown, and for tests that look into Redis.
+    /// `# Reading`) and no invalidation is on its way to Redis (answered, or owed when
+    /// Redis failed): for a graceful shutdown, and for tests that look into Redis.
     pub async fn flush_l2_writes(&self) {
+        self.inner.pending.settled().await;
         self.inner.write_behind.flushed().await;
     }
 
@@ -701,19 +705,9 @@ impl TwoTierCache {
         invalidation: Invalidation,
         source: InvalidationSource,
     ) -> InvalidationReport {
-        self.invalidate_then(invalidation, source, None).await
-    }
-
-    /// [`invalidate`](Self::invalidate), then, in the same task, installs `written`.
-    pub(crate) async fn invalidate_then(
-        &self,
-        invalidation: Invalidation,
-        source: InvalidationSource,
-        written: Option<Written>,
-    ) -> InvalidationReport {
         let inner = Arc::clone(&self.inner);
         let task =
-            tokio::spawn(async move { inner.invalidate(invalidation, source, written).await });
+            tokio::spawn(async move { inner.invalidate(invalidation, source, None, None).await });
         match task.await {
             Ok(report) => report,
             // Only a panic inside the task, or a runtime shutting down, gets here.
@@ -724,6 +718,28 @@ impl TwoTierCache {
                     l2_failure: None,
                 }
             }
+        }
+    }
+
+    /// [`invalidate`](Self::invalidate), installing `written` once L1 is clear, in a task
+    /// of its own; returns when this instance no longer serves anything older than
+    /// `written` (L1 cleared, `written` installed or kept out), while Redis's part goes on.
+    pub(crate) async fn invalidate_here_first(
+        &self,
+        invalidation: Invalidation,
+        source: InvalidationSource,
+        written: Option<Written>,
+    ) {
+        let inner = Arc::clone(&self.inner);
+        let (here, done_here) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            inner
+                .invalidate(invalidation, source, written, Some(here))
+                .await
+        });
+        // The task drops the sender unsent only when it panics or the runtime shuts down.
+        if done_here.await.is_err() {
+            tracing::error!("invalidation task ended before clearing L1");
         }
     }
 }
@@ -1120,6 +1136,7 @@ impl Inner {
         invalidation: Invalidation,
         source: InvalidationSource,
         written: Option<Written>,
+        here: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> InvalidationReport {
         let mut keys = invalidation.keys;
         let groups = &invalidation.groups;
@@ -1216,14 +1233,21 @@ impl Inner {
             }
         };
 
-        let ((pages_found, l2_failure), ()) =
-            tokio::join!(l2_part, self.drop_from_l1(&keys, groups));
-        drop(in_flight);
-        if let Some(written) = written {
-            // An invalidation that names no phone moved the global epoch itself.
-            self.cache_written(written, &keys, u64::from(groups.is_empty()))
-                .await;
-        }
+        // What this instance serves: clear, then the written row (its guard counts only
+        // local removals, so it need not wait for Redis), then `here` hears of it.
+        let l1_part = async {
+            self.drop_from_l1(&keys, groups).await;
+            if let Some(written) = written {
+                // An invalidation that names no phone moved the global epoch itself.
+                self.cache_written(written, &keys, u64::from(groups.is_empty()))
+                    .await;
+            }
+            if let Some(here) = here {
+                // Its receiver may have gone (the caller hung up): nothing to tell then.
+                let _ = here.send(());
+            }
+        };
+        let ((pages_found, l2_failure), ()) = tokio::join!(l2_part, l1_part);
         let report_keys = keys.len() + pages_found;
         if let Some(kind) = l2_failure {
             tracing::warn!(
@@ -1233,7 +1257,10 @@ impl Inner {
             );
             self.replay_wake.notify_one();
         }
+        // Counted once both tiers are done, before the marks go, so whoever waits for them
+        // (`flush_l2_writes`) sees it counted.
         self.observer.invalidated(invalidation.entity, source);
+        drop(in_flight);
         InvalidationReport {
             keys: report_keys,
             l2_failure,

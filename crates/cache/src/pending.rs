@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use crate::key::CacheKey;
 use crate::stripes::Stripes;
 
@@ -57,6 +59,8 @@ pub(crate) struct PendingDeletes {
     overflow_bypass: Duration,
     /// Invalidations on their way to Redis (a cheap check, as `any`).
     in_flight: AtomicUsize,
+    /// Told whenever `in_flight` comes back to zero.
+    settled: Notify,
     /// Their keys' marks, per stripe.
     stripes: Stripes,
 }
@@ -72,7 +76,9 @@ impl Drop for InFlight<'_> {
         for &stripe in &self.stripes {
             self.pending.stripes.sub(stripe);
         }
-        self.pending.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.pending.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.pending.settled.notify_waiters();
+        }
     }
 }
 
@@ -84,7 +90,22 @@ impl PendingDeletes {
             state: Mutex::new(State::default()),
             overflow_bypass,
             in_flight: AtomicUsize::new(0),
+            settled: Notify::new(),
             stripes: Stripes::new(),
+        }
+    }
+
+    /// Waits until no invalidation is on its way to Redis (each answered, or owed).
+    pub async fn settled(&self) {
+        loop {
+            let settled = self.settled.notified();
+            let mut settled = std::pin::pin!(settled);
+            // Registered before the check, so a last mark dropped in between still wakes it.
+            settled.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            settled.await;
         }
     }
 

@@ -13,10 +13,16 @@
 //! that comes after the check finds it and removes it under the key's lock.
 //!
 //! Only L1: Redis keeps the deletion, and other instances load the row on their next miss.
+//!
+//! The writer waits for L1 alone: once the row is installed (or kept out) this instance
+//! serves nothing older, and Redis's part of the invalidation goes on behind it in the same
+//! task. Until Redis has answered, the keys are in flight (`pending.rs`), so no read here
+//! takes them from Redis, and the other instances hear of the write when they would have
+//! anyway: the script leaves as early as before, only the caller no longer waits for it.
 
 use serde::Serialize;
 
-use crate::cache::{Inner, InvalidationReport, L1Entry, TwoTierCache};
+use crate::cache::{Inner, L1Entry, TwoTierCache};
 use crate::envelope;
 use crate::invalidation::Invalidation;
 use crate::key::CacheKey;
@@ -61,6 +67,15 @@ impl TwoTierCache {
     /// removed the ticket's key, or L1 was flushed, since `ticket` was taken. A row that
     /// cannot be encoded (to weigh it) is not cached; the invalidation stands either way.
     ///
+    /// Returns once this instance serves nothing older than `row`; Redis's part (deletes,
+    /// epochs, the bus message) is then still on its way, and a failure there is owed and
+    /// replayed as for [`invalidate`](Self::invalidate).
+    /// [`flush_l2_writes`](Self::flush_l2_writes) waits for it.
+    ///
+    /// # Cancel safety
+    /// The work runs in a task of its own, so a caller that goes away leaves nothing half
+    /// done.
+    ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// use tiercache::{CacheConfig, Invalidation, InvalidationSource, NoopObserver, TwoTierCache};
@@ -85,8 +100,7 @@ impl TwoTierCache {
         ticket: WriteTicket,
         row: T,
         keys: &[CacheKey],
-    ) -> InvalidationReport
-    where
+    ) where
         T: Serialize + Send + Sync + 'static,
     {
         let written = keys.first().and_then(|first| {
@@ -105,7 +119,8 @@ impl TwoTierCache {
                 ),
             })
         });
-        self.invalidate_then(invalidation, source, written).await
+        self.invalidate_here_first(invalidation, source, written)
+            .await;
     }
 }
 

@@ -59,18 +59,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     print_where_to_look(&base, config.redis_enabled, admin);
     let cache = service.state.repo.cache().clone();
     serve(listener, router(service.state), shutdown_signal()).await?;
-    // Values loaded just before the signal still reach Redis (bounded: a hung Redis does
-    // not hold the exit).
+    // Values loaded, and invalidations made, just before the signal still reach Redis
+    // (bounded: a hung Redis does not hold the exit).
     if tokio::time::timeout(SHUTDOWN_FLUSH, cache.flush_l2_writes())
         .await
         .is_err()
     {
-        tracing::warn!("values queued for Redis were not all sent before exit");
+        tracing::warn!(
+            "values and invalidations on their way to Redis were not all sent before exit"
+        );
     }
     Ok(())
 }
 
-/// How long an exit waits for loaded values on their way to Redis.
+/// How long an exit waits for loaded values and invalidations on their way to Redis.
 const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn print_where_to_look(base: &str, redis_enabled: bool, admin: bool) {
