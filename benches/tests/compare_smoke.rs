@@ -79,3 +79,40 @@ fn a_quick_run_reports_every_mode_and_no_stale_read_from_tiercache() {
     assert_eq!(results["tiercache-l1"]["stampede_loader_runs"], 1);
     assert!(std::fs::metadata(out.join("compare.svg")).unwrap().len() > 0);
 }
+
+#[test]
+fn an_open_loop_run_offers_its_rate_and_no_more() {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compare-smoke-rate");
+    let _ = std::fs::remove_dir_all(&out);
+    let rate = 2_000.0;
+    let output = Command::new(env!("CARGO_BIN_EXE_compare"))
+        // Its own data set (a database of its own), as the other test may run meanwhile and
+        // resets the rows it wrote.
+        .args(["--quick", "--leads", "1000", "--rate", "2000"])
+        .args(["--modes", "redis-readthrough,tiercache", "--out"])
+        .arg(&out)
+        .output()
+        .expect("running the compare binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "compare exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("open loop"), "{stdout}");
+    let text = std::fs::read_to_string(out.join("results.jsonl")).expect("results.jsonl");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    for line in text.lines() {
+        let result: Value = serde_json::from_str(line).expect("a JSON line");
+        let ops_per_sec = result["ops_per_sec"].as_f64().unwrap();
+        // Never faster than offered (the window spans every due time); slower only if the
+        // machine could not keep up, which it can at this rate with room to spare.
+        assert!(
+            ops_per_sec <= rate * 1.05 && ops_per_sec >= rate * 0.5,
+            "{result}"
+        );
+        assert_eq!(result["errors"], 0, "{result}");
+        assert!(result["late"].as_u64().is_some(), "{result}");
+    }
+}

@@ -102,6 +102,9 @@ pub struct Args {
     pub rounds: usize,
     /// Worker tasks, each with one operation in flight.
     pub concurrency: usize,
+    /// Operations offered per second (an open loop), or `None`: each worker starts its next
+    /// operation when the last one ends (a closed loop).
+    pub rate: Option<u32>,
     /// Leads in the data set (100 organizations either way).
     pub leads: u32,
     /// Modes to run, in this order.
@@ -120,16 +123,22 @@ pub struct Args {
 
 /// The help text.
 pub const USAGE: &str = "\
-usage: compare [--warmup-ops N] [--ops N] [--rounds N] [--concurrency N] [--leads N]
-               [--modes LIST] [--max-seconds N] [--max-steal F] [--attempts N]
-               [--out DIR] [--quick]
+usage: compare [--warmup-ops N] [--ops N] [--rounds N] [--concurrency N] [--rate N]
+               [--leads N] [--modes LIST] [--max-seconds N] [--max-steal F]
+               [--attempts N] [--out DIR] [--quick]
 
   --warmup-ops N   operations per mode and round before the window, not measured
                    (default 50000)
   --ops N          operations measured per mode and round, the same trace positions in
                    every mode (default 150000)
   --rounds N       runs of every mode, interleaved round-robin; medians reported (default 3)
-  --concurrency N  worker tasks, one operation in flight each (default 4)
+  --concurrency N  worker tasks, one operation in flight each (default 4; 64 with --rate)
+  --rate N         offer N operations per second whatever the mode's latency (an open
+                   loop: operation i is due i/N s after the first, released at the
+                   timer's millisecond ticks), so every mode's latencies are measured at
+                   the same load; not for bentocache and cashews, whose drivers run a
+                   closed loop (default: none, each worker runs its next operation when
+                   its last one ends)
   --leads N        leads in the data set, 100 organizations (default 100000)
   --modes LIST     comma-separated, in this order (default: all) among
                    postgres, redis-readthrough, moka-redis, bound,
@@ -155,6 +164,7 @@ struct Raw {
     ops: Option<u64>,
     rounds: Option<u64>,
     concurrency: Option<u64>,
+    rate: Option<u64>,
     leads: Option<u64>,
     modes: Option<Vec<Mode>>,
     max_seconds: Option<u64>,
@@ -196,6 +206,7 @@ impl Args {
                 "--ops" => raw.ops = number(100, MAX_OPS)?,
                 "--rounds" => raw.rounds = number(1, 100)?,
                 "--concurrency" => raw.concurrency = number(1, 1024)?,
+                "--rate" => raw.rate = number(100, 1_000_000)?,
                 "--leads" => raw.leads = number(100, DEMO_LEADS as u64)?,
                 "--max-seconds" => raw.max_seconds = number(1, 86_400)?,
                 "--attempts" => raw.attempts = number(1, 20)?,
@@ -252,15 +263,32 @@ impl Raw {
             }),
             _ => return Err("--child, --round and --prefix go together".to_owned()),
         };
-        let modes = self.modes.unwrap_or_else(|| Mode::ALL.to_vec());
+        let rate = self.rate.map(|r| r as u32);
+        let modes = match (self.modes, rate) {
+            (Some(modes), _) => modes,
+            (None, None) => Mode::ALL.to_vec(),
+            // The foreign drivers replay in a closed loop only.
+            (None, Some(_)) => Mode::ALL.into_iter().filter(|m| !m.is_foreign()).collect(),
+        };
         if modes.is_empty() {
             return Err("--modes: name at least one mode".to_owned());
+        }
+        if rate.is_some()
+            && let Some(foreign) = modes.iter().find(|m| m.is_foreign())
+        {
+            return Err(format!(
+                "--rate: {} runs a closed loop only; leave it out of --modes",
+                foreign.name()
+            ));
         }
         Ok(Args {
             warmup_ops: self.warmup_ops.unwrap_or(warmup_ops),
             ops: self.ops.unwrap_or(ops),
             rounds: self.rounds.map_or(rounds, |r| r as usize),
-            concurrency: self.concurrency.map_or(4, |c| c as usize),
+            concurrency: self
+                .concurrency
+                .map_or(if rate.is_some() { 64 } else { 4 }, |c| c as usize),
+            rate,
             leads: self.leads.map_or(DEMO_LEADS as u32, |n| n as u32),
             modes,
             max_seconds: self.max_seconds.unwrap_or(300),
@@ -307,6 +335,18 @@ mod tests {
         assert!(parse(&["--leads", "200000"]).is_err());
         assert!(parse(&["--child", "bound"]).is_err());
         assert!(parse(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_rate_takes_the_rust_modes_and_more_workers() {
+        let args = parse(&["--rate", "12000"]).unwrap().unwrap();
+        assert_eq!((args.rate, args.concurrency), (Some(12_000), 64));
+        assert!(args.modes.iter().all(|m| !m.is_foreign()));
+        assert_eq!(args.modes.len(), Mode::ALL.len() - 2);
+        let err = parse(&["--rate", "12000", "--modes", "tiercache,cashews"]).unwrap_err();
+        assert!(err.contains("cashews"), "{err}");
+        assert!(parse(&["--rate", "10"]).is_err());
+        assert_eq!(parse(&[]).unwrap().unwrap().rate, None);
     }
 
     #[test]

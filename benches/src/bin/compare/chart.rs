@@ -145,6 +145,7 @@ mod tests {
             errors: 0,
             first_error: None,
             timed_out: false,
+            late: 0,
         };
         Summary::of(mode, &[run]).unwrap()
     }

@@ -75,6 +75,25 @@ struct Shared {
     measuring: Notify,
     /// When the run stops whether or not its operations are done (`--max-seconds`).
     deadline: Instant,
+    /// With `--rate`: when each position is due.
+    pace: Option<Pace>,
+}
+
+/// An open loop's timetable: position `i` is due `i` intervals after the first.
+struct Pace {
+    first: Instant,
+    interval_ns: f64,
+}
+
+/// A start later than this after its due time means every worker was busy: the mode did
+/// not keep up with the rate (tokio's timer fires on millisecond ticks, so up to 1 ms late
+/// is the timer's own slack).
+const LATE: Duration = Duration::from_millis(2);
+
+impl Pace {
+    fn due(&self, index: u64) -> Instant {
+        self.first + Duration::from_nanos((index as f64 * self.interval_ns) as u64)
+    }
 }
 
 /// What one worker saw.
@@ -92,6 +111,8 @@ struct WorkerOut {
     last_finish: Option<Instant>,
     /// Whether the deadline came before the operations were done.
     timed_out: bool,
+    /// Measured operations that started more than [`LATE`] after they were due.
+    late: u64,
 }
 
 impl WorkerOut {
@@ -138,6 +159,10 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         end: args.warmup_ops + args.ops,
         measuring: Notify::new(),
         deadline,
+        pace: args.rate.map(|rate| Pace {
+            first: Instant::now(),
+            interval_ns: 1e9 / f64::from(rate),
+        }),
     });
     let snapshot = |redis_calls| Snapshot {
         read_queries: counts.reads.load(Ordering::Relaxed),
@@ -169,6 +194,7 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         out.stale_max_ns = out.stale_max_ns.max(w.stale_max_ns);
         out.errors += w.errors;
         out.timed_out |= w.timed_out;
+        out.late += w.late;
         if out.first_error.is_none() {
             out.first_error = w.first_error;
         }
@@ -246,6 +272,7 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
         errors: out.errors,
         first_error: out.first_error,
         timed_out: out.timed_out,
+        late: out.late,
     };
     if let (Some(start), Some(end)) = (cpu_at_start, cpu_at_end) {
         run.set_cpu(start, end);
@@ -254,7 +281,8 @@ async fn run_mode(args: &Args, child: &ChildArgs) -> anyhow::Result<RunResult> {
 }
 
 /// One worker: takes the next position of the replay until the measured window's last
-/// one is taken (or the deadline passes), one operation in flight.
+/// one is taken (or the deadline passes), one operation in flight; with `--rate` it waits
+/// for the position's due time first.
 async fn worker(shared: Arc<Shared>) -> WorkerOut {
     let mut out = WorkerOut::default();
     loop {
@@ -262,12 +290,19 @@ async fn worker(shared: Arc<Shared>) -> WorkerOut {
         if index >= shared.end {
             break;
         }
+        let due = shared.pace.as_ref().map(|pace| pace.due(index));
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.min(shared.deadline).into()).await;
+        }
         let started = Instant::now();
         if started >= shared.deadline {
             out.timed_out = true;
             break;
         }
         let measured = index >= shared.measure_from;
+        if measured && due.is_some_and(|due| started.duration_since(due) > LATE) {
+            out.late += 1;
+        }
         if index == shared.measure_from {
             shared.measuring.notify_one();
         }

@@ -42,13 +42,17 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
     println!(
         "workload: lead by (phone, org), Zipf(n = {}, s = {ZIPF_EXPONENT}), {:.0} % updates, \
          seed {SEED}; {} operations of warm-up, then positions {}..{} measured, per mode; {} \
-         workers, {} round(s)",
+         workers, {}, {} round(s)",
         args.leads,
         WRITE_SHARE * 100.0,
         args.warmup_ops,
         args.warmup_ops,
         args.warmup_ops + args.ops,
         args.concurrency,
+        match args.rate {
+            Some(rate) => format!("{rate} operations offered per second (open loop)"),
+            None => "each running its next operation when its last ends (closed loop)".to_owned(),
+        },
         args.rounds
     );
     let exe = std::env::current_exe().context("finding this program's path")?;
@@ -136,7 +140,7 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
         .collect();
     report::print_table(&summaries, args.rounds);
     report::write_results(&args.out, &summaries)?;
-    report::print_targets(&summaries);
+    report::print_targets(&summaries, args.rate.is_some());
     let stale: Vec<&Summary> = summaries
         .iter()
         .filter(|s| s.violations > 0)
@@ -171,6 +175,12 @@ fn run_child(
         .args(["--warmup-ops", &args.warmup_ops.to_string()])
         .args(["--ops", &args.ops.to_string()])
         .args(["--concurrency", &args.concurrency.to_string()])
+        .args(
+            args.rate
+                .map(|rate| ["--rate".to_owned(), rate.to_string()])
+                .iter()
+                .flatten(),
+        )
         .args(["--leads", &args.leads.to_string()])
         .args(["--max-seconds", &args.max_seconds.to_string()])
         .stdin(Stdio::null())

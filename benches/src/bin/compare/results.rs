@@ -80,6 +80,10 @@ pub struct RunResult {
     pub first_error: Option<String>,
     /// Whether `--max-seconds` passed before the operations were done.
     pub timed_out: bool,
+    /// With `--rate`: measured operations that started over 2 ms after they were due
+    /// (every worker was busy: the mode did not keep up).
+    #[serde(default)]
+    pub late: u64,
 }
 
 /// A mode over its rounds: medians, but sums for violations and errors (one in any round
@@ -140,6 +144,10 @@ pub struct Summary {
     pub errors: u64,
     /// Whether any round's `--max-seconds` passed before its operations were done.
     pub timed_out: bool,
+    /// Operations that started late for `--rate`, all rounds.
+    pub late: u64,
+    /// Operations measured, all rounds.
+    pub ops: u64,
 }
 
 impl RunResult {
@@ -208,6 +216,8 @@ impl Summary {
             stale_max_ms: runs.iter().map(|r| r.stale_max_ms).fold(0.0, f64::max),
             errors: runs.iter().map(|r| r.errors).sum(),
             timed_out: runs.iter().any(|r| r.timed_out),
+            late: runs.iter().map(|r| r.late).sum(),
+            ops: runs.iter().map(|r| r.ops).sum(),
         })
     }
 }
