@@ -17,8 +17,9 @@
 //! The writer waits for L1 alone: once the row is installed (or kept out) this instance
 //! serves nothing older, and Redis's part of the invalidation goes on behind it in the same
 //! task. Until Redis has answered, the keys are in flight (`pending.rs`), so no read here
-//! takes them from Redis, and the other instances hear of the write when they would have
-//! anyway: the script leaves as early as before, only the caller no longer waits for it.
+//! takes their values from Redis (it loads and replaces them), and the other instances hear
+//! of the write when they would have anyway: the script leaves as early as before, only the
+//! caller no longer waits for it.
 
 use serde::Serialize;
 

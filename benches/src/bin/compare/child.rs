@@ -85,9 +85,11 @@ struct Pace {
     interval_ns: f64,
 }
 
-/// A start later than this after its due time means every worker was busy: the mode did
-/// not keep up with the rate (tokio's timer fires on millisecond ticks, so up to 1 ms late
-/// is the timer's own slack).
+/// A start later than this after its due time is counted: every worker was busy (the mode
+/// fell behind), or the host did not run the timer's thread in time. Tokio's timer rounds a
+/// deadline up to its millisecond tick and its poll's timeout up to a millisecond too, so
+/// up to 2 ms late is the timer's own slack; on the 2-core host of `benches/README.md`
+/// 1–2 % of starts were later than that in every mode, the bare map's included.
 const LATE: Duration = Duration::from_millis(2);
 
 impl Pace {

@@ -81,7 +81,7 @@ pub struct RunResult {
     /// Whether `--max-seconds` passed before the operations were done.
     pub timed_out: bool,
     /// With `--rate`: measured operations that started over 2 ms after they were due
-    /// (every worker was busy: the mode did not keep up).
+    /// (every worker busy, or the host late to run the timer).
     #[serde(default)]
     pub late: u64,
 }
