@@ -114,12 +114,9 @@ impl L2 {
         breaker: BreakerConfig,
         observer: Arc<dyn CacheObserver>,
     ) -> Result<Self, redis::RedisError> {
-        // Nagle's algorithm off (redis-rs leaves it on): on a multiplexed connection a
-        // command written while another's reply is outstanding would otherwise wait for
-        // the kernel to see that reply's ACK before it leaves.
-        let info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)?;
+        // redis-rs leaves Nagle's algorithm on. Turning it off (TCP_NODELAY) measured no
+        // better here, and a little more CPU per operation (benches/README.md), so it stays.
+        let client = redis::Client::open(config.url.as_str())?;
         let manager = Manager::new(
             client.clone(),
             config.connect_timeout,
@@ -716,24 +713,6 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn connections_are_opened_with_nagle_off() {
-        let config = RedisConfig {
-            url: "redis://127.0.0.1:6379/".to_owned(),
-            pool_size: RedisConfig::DEFAULT_POOL_SIZE,
-            command_timeout: RedisConfig::DEFAULT_COMMAND_TIMEOUT,
-            connect_timeout: RedisConfig::DEFAULT_CONNECT_TIMEOUT,
-        };
-        let l2 = L2::new(
-            &config,
-            BreakerConfig::default(),
-            Arc::new(crate::observer::NoopObserver),
-        )
-        .unwrap();
-        // The pool's connections and the bus subscriber's both come from this client.
-        assert!(l2.client().get_connection_info().tcp_settings().nodelay());
-    }
 
     #[test]
     fn a_lease_marker_is_never_an_envelope() {
