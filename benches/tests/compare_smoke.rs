@@ -23,24 +23,32 @@ const MODES: [&str; 9] = [
     "cashews",
 ];
 
-#[test]
-fn a_quick_run_reports_every_mode_and_no_stale_read_from_tiercache() {
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compare-smoke");
+/// Runs the binary with `args`, its output under `name` in the target's scratch folder;
+/// asserts it exits 0 and returns its standard output and `results.jsonl`.
+fn run_compare(name: &str, args: &[&str]) -> (String, String) {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&out);
     let output = Command::new(env!("CARGO_BIN_EXE_compare"))
-        .args(["--quick", "--leads", "2000", "--out"])
+        .args(args)
+        .arg("--out")
         .arg(&out)
         .output()
         .expect("running the compare binary");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "compare exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         output.status
     );
-
+    assert!(std::fs::metadata(out.join("compare.svg")).unwrap().len() > 0);
     let text = std::fs::read_to_string(out.join("results.jsonl")).expect("results.jsonl");
+    (stdout, text)
+}
+
+#[test]
+fn a_quick_run_reports_every_mode_and_no_stale_read_from_tiercache() {
+    let (_, text) = run_compare("compare-smoke", &["--quick", "--leads", "2000"]);
     let results: HashMap<String, Value> = text
         .lines()
         .map(|line| {
@@ -77,31 +85,26 @@ fn a_quick_run_reports_every_mode_and_no_stale_read_from_tiercache() {
     // The engine merges concurrent loads of one cold key, across instances too.
     assert_eq!(results["tiercache"]["stampede_loader_runs"], 1);
     assert_eq!(results["tiercache-l1"]["stampede_loader_runs"], 1);
-    assert!(std::fs::metadata(out.join("compare.svg")).unwrap().len() > 0);
 }
 
 #[test]
 fn an_open_loop_run_offers_its_rate_and_no_more() {
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compare-smoke-rate");
-    let _ = std::fs::remove_dir_all(&out);
     let rate = 2_000.0;
-    let output = Command::new(env!("CARGO_BIN_EXE_compare"))
-        // Its own data set (a database of its own), as the other test may run meanwhile and
-        // resets the rows it wrote.
-        .args(["--quick", "--leads", "1000", "--rate", "2000"])
-        .args(["--modes", "redis-readthrough,tiercache", "--out"])
-        .arg(&out)
-        .output()
-        .expect("running the compare binary");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "compare exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
+    // Its own data set (a database of its own), as the other test may run meanwhile and
+    // resets the rows it wrote.
+    let (stdout, text) = run_compare(
+        "compare-smoke-rate",
+        &[
+            "--quick",
+            "--leads",
+            "1000",
+            "--rate",
+            "2000",
+            "--modes",
+            "redis-readthrough,tiercache",
+        ],
     );
     assert!(stdout.contains("open loop"), "{stdout}");
-    let text = std::fs::read_to_string(out.join("results.jsonl")).expect("results.jsonl");
     assert_eq!(text.lines().count(), 2, "{text}");
     for line in text.lines() {
         let result: Value = serde_json::from_str(line).expect("a JSON line");
