@@ -22,6 +22,7 @@ mod invalidation;
 mod key;
 pub mod l2;
 mod observer;
+mod outstanding;
 mod pending;
 mod policy;
 pub mod stale;

@@ -23,13 +23,12 @@
 //! fails owes its keys (above) before its marks go.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-
 use crate::key::CacheKey;
+use crate::outstanding::Outstanding;
 use crate::stripes::Stripes;
 
 /// Keys kept at most; beyond, L2 reads are skipped altogether for a while.
@@ -58,9 +57,7 @@ pub(crate) struct PendingDeletes {
     state: Mutex<State>,
     overflow_bypass: Duration,
     /// Invalidations on their way to Redis (a cheap check, as `any`).
-    in_flight: AtomicUsize,
-    /// Told whenever `in_flight` comes back to zero.
-    settled: Notify,
+    in_flight: Outstanding,
     /// Their keys' marks, per stripe.
     stripes: Stripes,
 }
@@ -76,9 +73,7 @@ impl Drop for InFlight<'_> {
         for &stripe in &self.stripes {
             self.pending.stripes.sub(stripe);
         }
-        if self.pending.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.pending.settled.notify_waiters();
-        }
+        self.pending.in_flight.done(1);
     }
 }
 
@@ -89,24 +84,14 @@ impl PendingDeletes {
             any: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             overflow_bypass,
-            in_flight: AtomicUsize::new(0),
-            settled: Notify::new(),
+            in_flight: Outstanding::new(),
             stripes: Stripes::new(),
         }
     }
 
     /// Waits until no invalidation is on its way to Redis (each answered, or owed).
     pub async fn settled(&self) {
-        loop {
-            let settled = self.settled.notified();
-            let mut settled = std::pin::pin!(settled);
-            // Registered before the check, so a last mark dropped in between still wakes it.
-            settled.as_mut().enable();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            settled.await;
-        }
+        self.in_flight.zero().await;
     }
 
     /// Marks `keys` and `history_of`'s pages in flight until the guard drops.
@@ -123,7 +108,7 @@ impl PendingDeletes {
         stripes.sort_unstable();
         stripes.dedup();
         // The total first, so a reader that sees a stripe's mark also passes the cheap check.
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.add(1);
         for &stripe in &stripes {
             self.stripes.add(stripe);
         }
@@ -135,7 +120,7 @@ impl PendingDeletes {
 
     /// Whether an invalidation of `key` is on its way to Redis.
     fn in_flight(&self, key: &CacheKey) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0 && self.stripes.get(self.stripe(key)) > 0
+        self.in_flight.any() && self.stripes.get(self.stripe(key)) > 0
     }
 
     /// A key's stripe; every history page of a lead shares its lead's.
@@ -324,7 +309,7 @@ mod tests {
         drop(second);
         assert!(!pending.blocks(&a) && !pending.blocks(&b));
         assert_eq!(pending.len(), 0, "in flight is not owed");
-        assert_eq!(pending.in_flight.load(Ordering::Acquire), 0);
+        assert!(!pending.in_flight.any());
         assert!(pending.stripes.all_zero());
     }
 

@@ -16,13 +16,13 @@
 //! value: its miss writes it itself.
 
 use std::sync::Weak;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use crate::cache::Inner;
 use crate::key::CacheKey;
+use crate::outstanding::Outstanding;
 
 /// Values waiting for the task; past this, a miss writes its value itself.
 const QUEUE: usize = 4096;
@@ -52,8 +52,7 @@ pub(crate) struct QueuedSet {
 /// The queue's sending end, and how much in it is not sent yet.
 pub(crate) struct WriteBehind {
     tx: mpsc::Sender<QueuedSet>,
-    unsent: AtomicUsize,
-    drained: Notify,
+    unsent: Outstanding,
 }
 
 impl WriteBehind {
@@ -62,15 +61,14 @@ impl WriteBehind {
         let (tx, rx) = mpsc::channel(QUEUE);
         let queue = WriteBehind {
             tx,
-            unsent: AtomicUsize::new(0),
-            drained: Notify::new(),
+            unsent: Outstanding::new(),
         };
         (queue, rx)
     }
 
     /// Queues `set`; gives it back when the queue is full (or its task has stopped).
     pub fn queue(&self, set: QueuedSet) -> Option<QueuedSet> {
-        self.unsent.fetch_add(1, Ordering::AcqRel);
+        self.unsent.add(1);
         match self.tx.try_send(set) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(set) | mpsc::error::TrySendError::Closed(set)) => {
@@ -82,19 +80,11 @@ impl WriteBehind {
 
     /// Waits until every write queued before the call has been sent (landed or refused).
     pub async fn flushed(&self) {
-        loop {
-            let drained = self.drained.notified();
-            if self.unsent.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            drained.await;
-        }
+        self.unsent.zero().await;
     }
 
     fn sent(&self, n: usize) {
-        if self.unsent.fetch_sub(n, Ordering::AcqRel) == n {
-            self.drained.notify_waiters();
-        }
+        self.unsent.done(n);
     }
 }
 
