@@ -582,3 +582,59 @@ fn call_script() -> &'static redis::Script {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{CacheConfig, Invalidation, InvalidationSource, NoopObserver};
+
+    const ORG: &str = "+18005550001";
+    const CALLER: &str = "+16462000000";
+
+    /// A value the call script read from Redis is served, and installed in L1 only if no
+    /// invalidation of the org's or the caller's phone (or of everything) reached this
+    /// instance since the lookup began: the lookup holds no key lock while Redis answers, so
+    /// the epochs are all that tell it was passed by.
+    #[tokio::test]
+    async fn a_value_read_before_an_invalidation_of_either_phone_is_served_but_not_installed() {
+        let cache =
+            TwoTierCache::new(CacheConfig::builder().build().unwrap(), NoopObserver).unwrap();
+        let keys = cache.keys().clone();
+        let (called, caller) = (keys.phone_digest(ORG), keys.phone_digest(CALLER));
+        let key = keys.context(42);
+        let bytes = envelope::encode(Some(&10u32), crate::cache::unix_millis()).unwrap();
+        let invalidations = [
+            Invalidation::lead_activity(&keys, 42, CALLER),
+            Invalidation::org(&keys, ORG),
+            Invalidation::key(keys.lead_by_id(42)),
+        ];
+        for invalidation in invalidations {
+            let entity = invalidation.entity();
+            let before = cache.epochs().snapshot(&called, &caller);
+            cache
+                .invalidate(invalidation, InvalidationSource::Write)
+                .await;
+            let served: Slot<u32> = cache
+                .adopt(key, Some(bytes.clone()), &before, Duration::ZERO)
+                .await;
+            assert!(
+                matches!(served, Slot::Found(ref v) if **v == 10),
+                "{entity:?}: served"
+            );
+            assert!(
+                !cache.l1().contains_key(&key),
+                "{entity:?}: a value read before the invalidation stays out of L1"
+            );
+
+            // Read after it, the same value is installed.
+            let after = cache.epochs().snapshot(&called, &caller);
+            let _: Slot<u32> = cache
+                .adopt(key, Some(bytes.clone()), &after, Duration::ZERO)
+                .await;
+            assert!(cache.l1().contains_key(&key), "{entity:?}: installed");
+            cache.l1().invalidate(&key).await;
+        }
+    }
+}
