@@ -773,3 +773,44 @@ async fn an_updated_lead_is_read_back_on_the_same_instance_without_a_query() {
     assert_eq!(json(&after)["notes"], "called back");
     assert_ne!(json(&after), json(&before));
 }
+
+/// Adding a message waits for this instance's L1, not for Redis: with Redis frozen (its
+/// command timeout far past the test's bound) the POST answers 201, and once Redis is back
+/// the context this instance serves counts the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_message_is_answered_while_redis_is_frozen() {
+    let redis = RedisServer::start().await;
+    let db = TestDb::seeded("msgearly", 1, 10).await;
+    let ns = unique_namespace("msgearly");
+    let redis_url = redis.url();
+    let server = TestServer::start(
+        &db,
+        Options {
+            vars: vec![("REDIS_COMMAND_TIMEOUT_MS", "30000".to_owned())],
+            ..Options::new(&ns, Some(&redis_url))
+        },
+    )
+    .await;
+    let (status, before) = server.get("/api/leads/3/context").await;
+    assert_eq!(status, 200, "{before}");
+    let count = json(&before)["message_count"].as_i64().unwrap();
+
+    redis.pause();
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.send(
+            Method::POST,
+            "/api/leads/3/messages",
+            r#"{"channel":"sms","direction":"inbound","body":"Is Friday possible?"}"#,
+        ),
+    )
+    .await
+    .expect("the POST answers without waiting for Redis");
+    assert_eq!(status, 201, "{body}");
+
+    redis.resume();
+    let (status, after) = server.get("/api/leads/3/context").await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(json(&after)["message_count"], count + 1);
+    assert_eq!(json(&after)["last_topics"][0], "Is Friday possible?");
+}

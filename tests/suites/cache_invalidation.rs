@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
 use tiercache_tests::cache::{TestLead, build, config};
-use tiercache_tests::{SHARED_REDIS_URL, shared_redis, unique_namespace};
+use tiercache_tests::{RedisServer, SHARED_REDIS_URL, shared_redis, unique_namespace};
 use tokio::sync::{Notify, oneshot};
 
 async fn put(cache: &TwoTierCache, key: tiercache::CacheKey, value: TestLead) {
@@ -130,6 +130,63 @@ async fn a_new_message_drops_the_conversation_views_but_not_the_lead() {
             .await
             .1
     );
+}
+
+/// A write with no row to cache waits for this instance's L1 only: with Redis frozen (and a
+/// command timeout far past the test's bounds), `invalidate_after_write` returns and L1
+/// serves none of the views; a view read meanwhile waits for Redis (its lease) and comes
+/// from the loader; once Redis answers again the deletes land there, and nothing is owed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_a_row_returns_before_redis_answers() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("activity-early");
+    let (cache, _) = build(
+        config(&ns, Some(&server.url()))
+            .l2_timeout(Duration::from_secs(30))
+            .load_timeout(Duration::from_secs(60))
+            // No feed goes silent long enough in this test to make L1 untrusted.
+            .staleness_bound(Duration::from_secs(120)),
+    );
+    let bound = Duration::from_secs(10);
+    let keys = cache.keys().clone();
+    let (context, greeting) = (keys.context(8), keys.greeting(8, Channel::Voice));
+    for key in [context, greeting] {
+        put(&cache, key, TestLead::new(8, 1)).await;
+    }
+    cache.flush_l2_writes().await;
+    let mut redis = server.client().await;
+    for key in [context, greeting] {
+        let held: Option<Vec<u8>> = redis.get(keys.render(&key)).await.unwrap();
+        assert!(held.is_some(), "Redis holds the old {key:?}");
+    }
+
+    server.pause();
+    tokio::time::timeout(
+        bound,
+        cache.invalidate_after_write(
+            Invalidation::lead_activity(&keys, 8, "+16462000008"),
+            InvalidationSource::Write,
+        ),
+    )
+    .await
+    .expect("the write returns without waiting for Redis");
+    let reading = {
+        let cache = cache.clone();
+        tokio::spawn(async move { probe(&cache, context, TestLead::new(8, 2)).await })
+    };
+
+    server.resume();
+    let (view, loaded) = tokio::time::timeout(bound, reading)
+        .await
+        .expect("the view's read ends once Redis is back")
+        .unwrap();
+    assert_eq!((view.version, loaded), (2, true), "the old view was served");
+    tokio::time::timeout(bound, cache.flush_l2_writes())
+        .await
+        .expect("the invalidation is answered once Redis is back");
+    assert_eq!(cache.owed_invalidations(), 0, "Redis took the invalidation");
+    let held: Option<Vec<u8>> = redis.get(keys.render(&greeting)).await.unwrap();
+    assert_eq!(held, None, "the delete landed in Redis");
 }
 
 /// The race, interleaved by hand on one thread: a load reads the old row and stalls; the

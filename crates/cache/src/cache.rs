@@ -106,7 +106,9 @@ const REPLAY_BATCH: usize = 256;
 /// in this instance's L1, unless another invalidation of it came first (see
 /// [`WriteTicket`](crate::WriteTicket)), and returns as soon as this instance serves the
 /// new row: Redis's part (the deletes, the epochs, the bus message) goes on behind it, the
-/// keys in flight meanwhile.
+/// keys in flight meanwhile. A write with no row to cache (a message added to a lead's
+/// conversation, say) returns as early through
+/// [`invalidate_after_write`](Self::invalidate_after_write).
 ///
 /// # When Redis fails
 ///
@@ -719,6 +721,22 @@ impl TwoTierCache {
                 }
             }
         }
+    }
+
+    /// [`invalidate`](Self::invalidate) for a write this instance has just committed:
+    /// returns once this instance's L1 no longer serves the keys, while Redis's part (the
+    /// deletes, the epochs, the bus message) goes on in the same task, the keys in flight
+    /// meanwhile (no read here takes them from Redis; a failure is owed and replayed).
+    /// Other instances hear of it exactly when they would through `invalidate`.
+    ///
+    /// # Cancel safety
+    /// As `invalidate`'s: the work runs in a task of its own.
+    pub async fn invalidate_after_write(
+        &self,
+        invalidation: Invalidation,
+        source: InvalidationSource,
+    ) {
+        self.invalidate_here_first(invalidation, source, None).await;
     }
 
     /// [`invalidate`](Self::invalidate), installing `written` once L1 is clear, in a task

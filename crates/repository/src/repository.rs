@@ -437,8 +437,9 @@ impl Repository {
         Ok(Some(lead))
     }
 
-    /// Adds a message, then invalidates the lead's conversation views; `None` if there is no
-    /// such lead.
+    /// Adds a message, then invalidates the lead's conversation views, returning once this
+    /// instance serves none of the old ones (Redis's part goes on behind it); `None` if there
+    /// is no such lead.
     pub async fn add_message(
         &self,
         lead_id: i64,
@@ -467,7 +468,7 @@ impl Repository {
         tx.commit().await?;
         let keys = self.cache.keys();
         self.cache
-            .invalidate(
+            .invalidate_after_write(
                 Invalidation::lead_activity(keys, lead_id, &phone),
                 InvalidationSource::Write,
             )
