@@ -7,7 +7,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiercache::{CacheKey, Invalidation, InvalidationSource, TwoTierCache};
+use tiercache::{BUS_STREAM_TTL_MS, CacheKey, Invalidation, InvalidationSource, TwoTierCache};
 use tiercache_tests::cache::{TestLead, config};
 use tiercache_tests::{Recorder, RedisServer, command_count, unique_namespace};
 
@@ -174,6 +174,79 @@ async fn a_gap_the_stream_no_longer_covers_flushes_l1() {
     let from_l2 = rec_b.count("lookup.lead.l2.hit");
     assert_eq!(read(&b, k2, 2).await, (1, false));
     assert_eq!(rec_b.count("lookup.lead.l2.hit"), from_l2 + 1);
+}
+
+/// The stream's TTL, in ms (`-1`: none, `-2`: no stream).
+async fn stream_ttl(server: &RedisServer, ns: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(format!("{ns}:test:v1:bus:stream"))
+        .query_async(&mut server.client().await)
+        .await
+        .unwrap()
+}
+
+/// Both ways onto the stream (an invalidation's script, and a plain publish: here the
+/// flush-everything message) renew its TTL, so a namespace no longer used leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_append_renews_the_streams_ttl() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("busttl");
+    let (a, _rec) = instance(&ns, &server.url());
+    let fresh =
+        |ttl: i64| ttl > (BUS_STREAM_TTL_MS as i64) - 60_000 && ttl <= BUS_STREAM_TTL_MS as i64;
+    a.invalidate(
+        Invalidation::key(a.keys().lead_by_id(1)),
+        InvalidationSource::Write,
+    )
+    .await;
+    let ttl = stream_ttl(&server, &ns).await;
+    assert!(fresh(ttl), "after an invalidation: {ttl} ms");
+
+    let _: i64 = redis::cmd("PERSIST")
+        .arg(format!("{ns}:test:v1:bus:stream"))
+        .query_async(&mut server.client().await)
+        .await
+        .unwrap();
+    assert_eq!(stream_ttl(&server, &ns).await, -1);
+    a.invalidate_all(InvalidationSource::Admin)
+        .expect("L2 is configured")
+        .await
+        .unwrap()
+        .unwrap();
+    let ttl = stream_ttl(&server, &ns).await;
+    assert!(fresh(ttl), "after a publish: {ttl} ms");
+}
+
+/// A stream that expired while an instance was away (or a Redis that restarted empty) is a
+/// gap as a trimmed one is: the instance cannot know what it missed, and flushes its L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_gone_while_away_is_a_gap() {
+    let Pair {
+        server,
+        ns,
+        a,
+        b,
+        rec_b,
+        ..
+    } = warm_pair("busgone", &[1, 2]).await;
+    let (k1, k2) = (a.keys().lead_by_id(1), a.keys().lead_by_id(2));
+    let mut admin = server.client().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    a.invalidate(Invalidation::key(k1), InvalidationSource::Write)
+        .await;
+    // As its TTL would: the stream goes before B is back.
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{ns}:test:v1:bus:stream"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    heard(&rec_b).await;
+    assert_eq!(rec_b.count("bus.gap"), 1);
+    assert_eq!(read(&b, k2, 2).await, (1, false), "k2 now comes from Redis");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

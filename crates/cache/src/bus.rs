@@ -1,6 +1,7 @@
 //! The invalidation bus: how instances hear of each other's invalidations.
 //!
-//! Each invalidation is appended to a capped Redis stream (`XADD … MAXLEN ~`) and announced
+//! Each invalidation is appended to a capped Redis stream (`XADD … MAXLEN ~`, which expires
+//! a day after its last entry: [`STREAM_TTL_MS`]) and announced
 //! on a pub/sub channel with its stream id, in one Lua call. Every instance subscribes on a
 //! connection of its own (outside the pool), removes what it hears from its L1 (under each
 //! key's lock, like a local invalidation), and ignores its own messages.
@@ -10,8 +11,8 @@
 //! - A publish that fails is owed (kept, bounded) and published when Redis answers again;
 //!   past the bound, one "flush everything" message is owed instead.
 //! - A subscriber that was disconnected catches up from the stream from the last id it saw.
-//!   When that id has been trimmed away, it cannot know what it missed: it flushes its L1
-//!   and counts it.
+//!   When that id has been trimmed away, or the stream is gone (expired, or a Redis that
+//!   restarted empty), it cannot know what it missed: it flushes its L1 and counts it.
 //! - Until then, an instance's L1 TTL bounds how stale it can be.
 //!
 //! The bus is owned by the cache: the listener task holds only a `Weak` and is aborted when
@@ -23,6 +24,12 @@ use crate::key::{CacheKey, KeySchema, PhoneDigest};
 
 /// Stream entries kept (approximately: Redis trims whole nodes).
 pub const STREAM_MAXLEN: u64 = 10_000;
+
+/// How long, in ms, the stream outlives its last entry (a day): a namespace no longer in use
+/// (an old schema version, a test's) leaves nothing behind, and a subscriber away for longer
+/// finds the stream gone or restarted, which is a gap (it flushes its L1), as after a Redis
+/// restart.
+pub const STREAM_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// A stream entry id (`ms-seq`), ordered as Redis orders them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -134,9 +141,11 @@ impl BusMessage {
     }
 }
 
-/// Appends to the stream and announces `id payload` on the channel, atomically.
+/// Appends to the stream (renewing its TTL, ARGV[3] ms) and announces `id payload` on the
+/// channel, atomically.
 pub(crate) const PUBLISH_SCRIPT: &str = r"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])
 return id
 ";

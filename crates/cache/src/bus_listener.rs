@@ -125,10 +125,12 @@ impl Inner {
             *last = Some(info.last.unwrap_or(StreamId::ZERO));
             return Ok(());
         };
-        // What was missed cannot be known when the stream is gone (a Redis restarted empty)
-        // or trimmed past what this instance last applied.
+        // What was missed cannot be known when the stream is gone (a Redis restarted empty,
+        // or the stream expired) or trimmed past what this instance last applied. Gone is a
+        // gap even when this instance had applied nothing yet: entries added while it was
+        // away may have gone with the stream.
         let gap = if !info.exists {
-            seen > StreamId::ZERO
+            true
         } else if seen == StreamId::ZERO {
             // Nothing applied yet: every entry since this instance started counts.
             info.entries_added > info.length

@@ -1304,7 +1304,8 @@ impl Inner {
             .key(&self.bus_stream)
             .key(&self.bus_channel)
             .arg(crate::bus::STREAM_MAXLEN)
-            .arg(payload);
+            .arg(payload)
+            .arg(crate::bus::STREAM_TTL_MS);
         l2.invoke::<String>("publish", &invocation)
             .await
             .map(|_| ())

@@ -30,6 +30,7 @@ mod stripes;
 mod write_behind;
 mod write_through;
 
+pub use bus::STREAM_TTL_MS as BUS_STREAM_TTL_MS;
 pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
 pub use call::{CallSlots, Identified, Slot};
 pub use coherence::Feed;

@@ -299,8 +299,9 @@ impl L2 {
                 .key(message.channel)
                 .arg(1)
                 .arg(crate::bus::STREAM_MAXLEN)
-                .arg(message.payload),
-            None => invocation.arg(0).arg(0).arg(""),
+                .arg(message.payload)
+                .arg(crate::bus::STREAM_TTL_MS),
+            None => invocation.arg(0).arg(0).arg("").arg(0),
         };
         self.invoke("invalidate", &invocation).await
     }
@@ -666,7 +667,7 @@ return 0
 /// KEYS: the epochs (ARGV[1] of them), the doomed keys (ARGV[2]), the history index when
 /// ARGV[4] is 1, then the bus stream and channel when ARGV[6] is 1.
 /// ARGV: epoch count, doomed count, epoch ttl, index flag, page prefix, publish flag,
-/// stream length, message. The stream append and announcement are those of
+/// stream length, message, stream ttl. The stream append and announcement are those of
 /// [`crate::bus::PUBLISH_SCRIPT`].
 fn invalidate_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
@@ -698,6 +699,7 @@ if ARGV[6] == '1' then
   local message = ARGV[8]
   if #pages > 0 then message = message .. ' ' .. table.concat(pages, ' ') end
   local id = redis.call('XADD', KEYS[at], 'MAXLEN', '~', ARGV[7], '*', 'm', message)
+  redis.call('PEXPIRE', KEYS[at], ARGV[9])
   redis.call('PUBLISH', KEYS[at + 1], id .. ' ' .. message)
 end
 return members
