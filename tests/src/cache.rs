@@ -54,6 +54,16 @@ pub fn config(ns: &str, redis_url: Option<&str>) -> CacheConfigBuilder {
         })
 }
 
+/// [`config`] on a Redis the test will freeze (SIGSTOP): its commands wait far past the
+/// test's own bounds instead of timing out, and no feed goes silent long enough in such a
+/// test to make L1 untrusted.
+pub fn frozen_redis_config(ns: &str, redis_url: &str) -> CacheConfigBuilder {
+    config(ns, Some(redis_url))
+        .l2_timeout(Duration::from_secs(30))
+        .load_timeout(Duration::from_secs(60))
+        .staleness_bound(Duration::from_secs(120))
+}
+
 /// A config with every entity on the same TTLs and no jitter.
 pub fn with_ttls(
     mut builder: CacheConfigBuilder,

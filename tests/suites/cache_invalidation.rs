@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
-use tiercache_tests::cache::{TestLead, build, config};
+use tiercache_tests::cache::{TestLead, build, config, frozen_redis_config};
 use tiercache_tests::{RedisServer, SHARED_REDIS_URL, shared_redis, unique_namespace};
 use tokio::sync::{Notify, oneshot};
 
@@ -140,13 +140,7 @@ async fn a_new_message_drops_the_conversation_views_but_not_the_lead() {
 async fn a_write_without_a_row_returns_before_redis_answers() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("activity-early");
-    let (cache, _) = build(
-        config(&ns, Some(&server.url()))
-            .l2_timeout(Duration::from_secs(30))
-            .load_timeout(Duration::from_secs(60))
-            // No feed goes silent long enough in this test to make L1 untrusted.
-            .staleness_bound(Duration::from_secs(120)),
-    );
+    let (cache, _) = build(frozen_redis_config(&ns, &server.url()));
     let bound = Duration::from_secs(10);
     let keys = cache.keys().clone();
     let (context, greeting) = (keys.context(8), keys.greeting(8, Channel::Voice));

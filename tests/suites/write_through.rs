@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use tiercache::{CacheKey, Invalidation, InvalidationSource, TwoTierCache};
-use tiercache_tests::cache::{TestLead, build, config};
+use tiercache_tests::cache::{TestLead, build, config, frozen_redis_config};
 use tiercache_tests::{RedisServer, SHARED_REDIS_URL, shared_redis, unique_namespace};
 
 const PHONE: &str = "+16462000007";
@@ -168,13 +168,7 @@ async fn a_flush_after_the_ticket_keeps_the_row_out() {
 async fn a_write_returns_before_redis_answers_and_this_instance_serves_only_the_new_row() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("wt-early");
-    let (cache, _) = build(
-        config(&ns, Some(&server.url()))
-            .l2_timeout(Duration::from_secs(30))
-            .load_timeout(Duration::from_secs(60))
-            // No feed goes silent long enough in this test to make L1 untrusted.
-            .staleness_bound(Duration::from_secs(120)),
-    );
+    let (cache, _) = build(frozen_redis_config(&ns, &server.url()));
     let bound = Duration::from_secs(10);
     let loads = Arc::new(AtomicU32::new(0));
     for key in lead_keys(&cache) {
