@@ -19,6 +19,7 @@ mod postgres_down;
 mod prometheus;
 mod queries;
 mod redis_faults;
+mod redis_refusals;
 mod stale_values;
 mod staleness_bound;
 mod write_through;

@@ -42,10 +42,30 @@ impl L2ErrorKind {
             || error.is_connection_dropped()
             || error.is_connection_refusal()
             || error.is_unrecoverable_error()
+            || is_auth_refusal(error)
         {
             L2ErrorKind::Connection
         } else {
             L2ErrorKind::Protocol
+        }
+    }
+}
+
+/// Whether Redis refused this connection its credentials: a wrong password
+/// (`WRONGPASS`, or an `AUTH` that failed while connecting) or none where one is required
+/// (`NOAUTH`, answered to every command). Such a connection is refused as surely as one
+/// whose socket was: it fails every command until it is made again with the right ones.
+pub(crate) fn is_auth_refusal(error: &redis::RedisError) -> bool {
+    let refused = |code: &str| matches!(code, "NOAUTH" | "WRONGPASS");
+    match error.code() {
+        Some(code) => refused(code),
+        // A pipeline's errors are its commands' (each `NOAUTH` when one is).
+        None => {
+            error.kind() == redis::ErrorKind::AuthenticationFailed
+                || error
+                    .clone()
+                    .into_server_errors()
+                    .is_some_and(|errors| errors.iter().any(|(_, e)| refused(e.code())))
         }
     }
 }

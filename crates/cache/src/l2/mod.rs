@@ -469,7 +469,11 @@ impl L2 {
             let (mut conn, broken) = (pooled.inner.clone(), Arc::clone(&pooled.broken));
             drop(pooled);
             command(&mut conn).await.map_err(|e| {
-                if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                // A connection refused its credentials is made again (with AUTH) too.
+                if e.is_unrecoverable_error()
+                    || e.is_connection_dropped()
+                    || error::is_auth_refusal(&e)
+                {
                     broken.store(true, Ordering::Relaxed);
                 }
                 (L2ErrorKind::of(&e), Some(e))
