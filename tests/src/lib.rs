@@ -154,7 +154,7 @@ fn base36(mut n: u64) -> String {
 
 /// Asks the kernel for a free loopback port; the listener is closed before a throwaway
 /// server binds it.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("listener address").port()
 }

@@ -142,8 +142,8 @@ impl BusMessage {
 }
 
 /// Appends to the stream (renewing its TTL, ARGV[3] ms) and announces `id payload` on the
-/// channel, atomically.
-pub(crate) const PUBLISH_SCRIPT: &str = r"
+/// channel, atomically; also when Redis is out of memory, as invalidations do.
+pub(crate) const PUBLISH_SCRIPT: &str = r"#!lua flags=allow-oom
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])

@@ -28,6 +28,12 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
     let mut last: Option<StreamId> = None;
     let mut backoff = RECONNECT_MIN;
     let mut lost_before = false;
+    // Whether the last write probe failed (see `confirm_bus`).
+    let mut refused = false;
+    let probe_key = {
+        let Some(inner) = cache.upgrade() else { return };
+        format!("{}:probe", inner.bus_channel)
+    };
     loop {
         let (client, channel, heartbeat) = {
             let Some(inner) = cache.upgrade() else { return };
@@ -60,14 +66,9 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
                 backoff = (backoff * 2).min(RECONNECT_MAX);
                 continue;
             }
-            if let Some(feed) = &inner.bus_feed {
-                // After an outage, other instances may still owe what they could not send.
-                if lost_before {
-                    feed.recovered();
-                } else {
-                    feed.confirm();
-                }
-            }
+            // After an outage, other instances may still owe what they could not send.
+            let recovered = lost_before || refused;
+            refused = !inner.confirm_bus(&probe_key, recovered).await;
         }
         backoff = RECONNECT_MIN;
         lost_before = true;
@@ -94,9 +95,7 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
                     while let Some(Some(message)) = messages.next().now_or_never() {
                         inner.apply_message(&message, &mut last).await;
                     }
-                    if let Some(feed) = &inner.bus_feed {
-                        feed.confirm();
-                    }
+                    refused = !inner.confirm_bus(&probe_key, refused).await;
                 }
             }
         }
@@ -106,6 +105,31 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
 }
 
 impl Inner {
+    /// Confirms the bus feed (as recovered after an outage when `recovered`) if Redis takes
+    /// a write as an invalidation would: a bus that delivers every message is no use while
+    /// the writers' messages are refused. Returns whether it did.
+    async fn confirm_bus(&self, probe_key: &str, recovered: bool) -> bool {
+        let (Some(l2), Some(feed)) = (&self.l2, &self.bus_feed) else {
+            return true;
+        };
+        if let Err(e) = l2.probe_writes(probe_key).await {
+            if !recovered {
+                tracing::warn!(
+                    error = %e,
+                    "Redis refuses writes: invalidations cannot reach other instances; \
+                     L1 serves only values younger than half the staleness bound"
+                );
+            }
+            return false;
+        }
+        if recovered {
+            feed.recovered();
+        } else {
+            feed.confirm();
+        }
+        true
+    }
+
     /// Applies one message as the subscription delivered it (`{stream id} {payload}`).
     async fn apply_message(&self, message: &redis::Msg, last: &mut Option<StreamId>) {
         let Ok(text) = message.get_payload::<String>() else {

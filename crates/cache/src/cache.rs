@@ -517,6 +517,13 @@ impl TwoTierCache {
         }
     }
 
+    /// Why Redis does not take writes right now, when it does not (out of memory,
+    /// read-only, …): from the bus heartbeat's write probe and from commands refused within
+    /// the last 10 s. While the probe fails, L1 is not trusted (see [`Self::l1_trusted`]).
+    pub fn l2_refusing_writes(&self) -> Option<String> {
+        self.inner.l2.as_ref().and_then(L2::refusing_writes)
+    }
+
     /// The last L2 failure, when L2 is configured and has failed.
     pub fn last_l2_error(&self) -> Option<crate::l2::LastL2Error> {
         self.inner.l2.as_ref().and_then(L2::last_error)

@@ -120,10 +120,18 @@ pub async fn probe_db(db: &dyn DatabaseProbe) -> Dependency {
 async fn probe_redis(cache: &TwoTierCache) -> Option<Dependency> {
     let result = cache.ping_l2().await?;
     Some(match result {
-        Ok(rtt) => Dependency {
-            ok: true,
-            latency_ms: Some(millis(rtt)),
-            error: None,
+        // Answering is not enough: a Redis that refuses writes carries no invalidation.
+        Ok(rtt) => match cache.l2_refusing_writes() {
+            None => Dependency {
+                ok: true,
+                latency_ms: Some(millis(rtt)),
+                error: None,
+            },
+            Some(why) => Dependency {
+                ok: false,
+                latency_ms: Some(millis(rtt)),
+                error: Some(format!("refusing writes: {why}")),
+            },
         },
         Err(e) => Dependency {
             ok: false,
@@ -144,6 +152,10 @@ pub struct RedisHealth {
     pub latency_ms: Option<f64>,
     /// The breaker's state.
     pub circuit: Option<&'static str>,
+    /// Whether Redis takes writes (invalidations, values); `null` when disabled.
+    pub writable: Option<bool>,
+    /// Why it does not, when it does not.
+    pub write_error: Option<String>,
     /// Open pool connections.
     pub pool_connections: Option<u32>,
     /// Idle pool connections.
@@ -181,7 +193,10 @@ pub async fn redis(cache: &TwoTierCache) -> RedisHealth {
         _ => None,
     };
     let pool = cache.pool_state();
+    let write_error = cache.l2_refusing_writes();
     RedisHealth {
+        writable: cache.has_l2().then_some(write_error.is_none()),
+        write_error,
         enabled: cache.has_l2(),
         ok: matches!(ping, Some(Ok(_))),
         latency_ms: match ping {

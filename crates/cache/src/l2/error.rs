@@ -11,16 +11,20 @@ pub enum L2ErrorKind {
     Connection,
     /// Redis answered with an error, or with something we could not parse.
     Protocol,
+    /// Redis refused to write: out of memory (`noeviction`), a read-only replica, a
+    /// failing disk (`MISCONF`), or an ACL that forbids the command.
+    Refused,
     /// The circuit is open: the command was skipped without touching Redis.
     CircuitOpen,
 }
 
 impl L2ErrorKind {
     /// Every variant, in declaration order (the order of `self as usize`).
-    pub const ALL: [L2ErrorKind; 4] = [
+    pub const ALL: [L2ErrorKind; 5] = [
         L2ErrorKind::Timeout,
         L2ErrorKind::Connection,
         L2ErrorKind::Protocol,
+        L2ErrorKind::Refused,
         L2ErrorKind::CircuitOpen,
     ];
 
@@ -30,6 +34,7 @@ impl L2ErrorKind {
             L2ErrorKind::Timeout => "timeout",
             L2ErrorKind::Connection => "connection",
             L2ErrorKind::Protocol => "protocol",
+            L2ErrorKind::Refused => "refused",
             L2ErrorKind::CircuitOpen => "circuit_open",
         }
     }
@@ -45,6 +50,8 @@ impl L2ErrorKind {
             || is_auth_refusal(error)
         {
             L2ErrorKind::Connection
+        } else if server_codes(error).iter().any(|code| is_refusal(code)) {
+            L2ErrorKind::Refused
         } else {
             L2ErrorKind::Protocol
         }
@@ -56,18 +63,30 @@ impl L2ErrorKind {
 /// (`NOAUTH`, answered to every command). Such a connection is refused as surely as one
 /// whose socket was: it fails every command until it is made again with the right ones.
 pub(crate) fn is_auth_refusal(error: &redis::RedisError) -> bool {
-    let refused = |code: &str| matches!(code, "NOAUTH" | "WRONGPASS");
+    error.kind() == redis::ErrorKind::AuthenticationFailed
+        || server_codes(error)
+            .iter()
+            .any(|code| matches!(code.as_str(), "NOAUTH" | "WRONGPASS"))
+}
+
+/// The codes Redis answered `error` with: its own, or each failed command's in a pipeline.
+fn server_codes(error: &redis::RedisError) -> Vec<String> {
     match error.code() {
-        Some(code) => refused(code),
-        // A pipeline's errors are its commands' (each `NOAUTH` when one is).
-        None => {
-            error.kind() == redis::ErrorKind::AuthenticationFailed
-                || error
-                    .clone()
-                    .into_server_errors()
-                    .is_some_and(|errors| errors.iter().any(|(_, e)| refused(e.code())))
-        }
+        Some(code) => vec![code.to_owned()],
+        None => error
+            .clone()
+            .into_server_errors()
+            .map(|errors| errors.iter().map(|(_, e)| e.code().to_owned()).collect())
+            .unwrap_or_default(),
     }
+}
+
+/// Whether Redis answered `code` because it will not write now (see [`L2ErrorKind::Refused`]).
+fn is_refusal(code: &str) -> bool {
+    matches!(
+        code,
+        "OOM" | "READONLY" | "MISCONF" | "NOPERM" | "NOREPLICAS"
+    )
 }
 
 impl fmt::Display for L2ErrorKind {

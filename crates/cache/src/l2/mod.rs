@@ -105,6 +105,19 @@ pub(crate) struct L2 {
     breaker: CircuitBreaker,
     observer: Arc<dyn CacheObserver>,
     last_error: std::sync::Mutex<Option<LastL2Error>>,
+    refusals: std::sync::Mutex<Refusals>,
+}
+
+/// How long after Redis refused a command it is still reported as refusing writes.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// Redis refusing writes, as seen lately.
+#[derive(Default)]
+struct Refusals {
+    /// The last command refused (any kind of write: a fill, a lease), and when.
+    last: Option<(Instant, String)>,
+    /// Why the last write probe failed; `None` when it succeeded (or none ran yet).
+    probe: Option<String>,
 }
 
 impl L2 {
@@ -138,7 +151,45 @@ impl L2 {
             breaker: CircuitBreaker::new(breaker),
             observer,
             last_error: std::sync::Mutex::new(None),
+            refusals: std::sync::Mutex::new(Refusals::default()),
         })
+    }
+
+    /// `DEL key` (a key that never exists): a write Redis refuses when it takes none
+    /// (read-only, a failing disk, an ACL) and allows out of memory, as it allows the
+    /// invalidation script. `Ok` means an invalidation sent now would land; the outcome is
+    /// kept for [`refusing_writes`](Self::refusing_writes).
+    pub async fn probe_writes(&self, key: &str) -> Result<(), L2Error> {
+        let outcome = self
+            .run("write_probe", async |conn| {
+                redis::cmd("DEL").arg(key).query_async::<()>(conn).await
+            })
+            .await;
+        let failed = outcome.as_ref().err().map(|e| match &e.source {
+            Some(source) => format!("{}: {source}", e.kind),
+            None => e.kind.as_str().to_owned(),
+        });
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .probe = failed;
+        outcome
+    }
+
+    /// Why Redis does not take writes, if it does not: the last write probe failed, or a
+    /// command was refused (out of memory, read-only, …) within the last 10 s.
+    pub fn refusing_writes(&self) -> Option<String> {
+        let refusals = self
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(probe) = &refusals.probe {
+            return Some(probe.clone());
+        }
+        match &refusals.last {
+            Some((at, message)) if at.elapsed() < REFUSAL_WINDOW => Some(message.clone()),
+            _ => None,
+        }
     }
 
     /// The breaker's state.
@@ -491,7 +542,9 @@ impl L2 {
             Err((kind, source)) => {
                 match kind {
                     // Redis answered: the link is fine, whatever it said.
-                    L2ErrorKind::Protocol => self.report(self.breaker.success()),
+                    L2ErrorKind::Protocol | L2ErrorKind::Refused => {
+                        self.report(self.breaker.success());
+                    }
                     _ => self.report(self.breaker.failure(Instant::now())),
                 }
                 Err(self.fail(op, kind, source))
@@ -525,6 +578,12 @@ impl L2 {
                 Some(e) => e.to_string(),
                 None => kind.as_str().to_owned(),
             };
+            if kind == L2ErrorKind::Refused {
+                self.refusals
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .last = Some((Instant::now(), message.clone()));
+            }
             *self
                 .last_error
                 .lock()
@@ -668,6 +727,9 @@ return 0
     })
 }
 
+/// Runs when Redis is out of memory (`allow-oom`): an invalidation frees more than it
+/// adds, and refusing it would leave every instance serving what it should drop.
+///
 /// KEYS: the epochs (ARGV[1] of them), the doomed keys (ARGV[2]), the history index when
 /// ARGV[4] is 1, then the bus stream and channel when ARGV[6] is 1.
 /// ARGV: epoch count, doomed count, epoch ttl, index flag, page prefix, publish flag,
@@ -677,7 +739,7 @@ fn invalidate_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
         redis::Script::new(
-            r"
+            r"#!lua flags=allow-oom
 local epochs, doomed = tonumber(ARGV[1]), tonumber(ARGV[2])
 for i = 1, epochs do
   redis.call('INCR', KEYS[i])
