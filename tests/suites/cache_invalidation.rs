@@ -276,3 +276,69 @@ async fn invalidating_a_key_that_is_not_cached_is_harmless() {
     assert_eq!(report.keys, 7);
     assert_eq!(report.l2_failure, None);
 }
+
+/// A history page whose lease command failed (here: its lead's index in Redis is foreign
+/// data, so the `SADD` fails) is cached only in this instance's L1 and local index. Another
+/// instance's invalidation of the lead must still reach it: the bus message names the lead's
+/// history, and each instance drops the pages it indexed itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_cached_while_its_index_write_failed_is_dropped_by_another_instances_write() {
+    let ns = unique_namespace("pageidx");
+    let (a, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let (b, b_rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let mut redis = shared_redis().await;
+    tiercache_tests::bus_subscribers(&mut redis, &ns, 2).await;
+    let keys = a.keys().clone();
+    let index = format!("{ns}:test:v1:history-pages:5");
+    let () = redis.set(&index, "not a set").await.unwrap();
+    let page = keys.history(5, 20, 0);
+    let (v, loaded) = probe(&b, page, TestLead::new(5, 1)).await;
+    assert!(loaded && v.version == 1);
+    let (_, loaded) = probe(&b, page, TestLead::new(5, 9)).await;
+    assert!(!loaded, "b serves the page from its L1");
+    let () = redis.del(&index).await.unwrap();
+
+    a.invalidate(
+        Invalidation::lead_activity(&keys, 5, "+16462000005"),
+        InvalidationSource::Write,
+    )
+    .await;
+    assert!(
+        b_rec
+            .wait_count("invalidated.context.bus", 1, Duration::from_secs(5))
+            .await,
+        "b heard a's write"
+    );
+    let (v, loaded) = probe(&b, page, TestLead::new(5, 2)).await;
+    assert!(loaded && v.version == 2, "b dropped its page");
+}
+
+/// An invalidation heard on the bus is counted under the entity that changed (a lead), not
+/// under whichever of its keys happens to come first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_invalidation_is_counted_under_the_entity_that_changed() {
+    let ns = unique_namespace("busentity");
+    let (a, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let (b, b_rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    tiercache_tests::bus_subscribers(&mut shared_redis().await, &ns, 2).await;
+    let keys = a.keys().clone();
+    a.invalidate(
+        Invalidation::lead(&keys, 5, 9, "+16462000005"),
+        InvalidationSource::Write,
+    )
+    .await;
+    a.invalidate(
+        Invalidation::lead_activity(&keys, 6, "+16462000006"),
+        InvalidationSource::Write,
+    )
+    .await;
+    assert!(
+        b_rec
+            .wait_count("invalidated.context.bus", 1, Duration::from_secs(5))
+            .await,
+        "b heard the message's write"
+    );
+    assert_eq!(b_rec.count("invalidated.lead.bus"), 1, "the lead's write");
+    assert_eq!(b_rec.count("invalidated.context.bus"), 1, "the new message");
+    drop(b);
+}

@@ -143,7 +143,7 @@ async fn an_invalidation_heard_on_the_bus_after_the_ticket_keeps_the_row_out() {
         )
         .await;
         assert!(
-            rec.wait_count("invalidated.context.bus", 1, Duration::from_secs(5))
+            rec.wait_count("invalidated.lead.bus", 1, Duration::from_secs(5))
                 .await,
             "A heard B's invalidation"
         );

@@ -21,6 +21,7 @@
 use std::time::Duration;
 
 use crate::key::{CacheKey, KeySchema, PhoneDigest};
+use crate::observer::Entity;
 
 /// Stream entries kept (approximately: Redis trims whole nodes).
 pub const STREAM_MAXLEN: u64 = 10_000;
@@ -50,12 +51,20 @@ impl StreamId {
 }
 
 /// What one invalidation tells the other instances.
+///
+/// Encoded as `{instance} {sent_ms} {groups or -} {entity=name} {keys…}`, or `… *` for
+/// everything. Keys hold no spaces; a lead's history index among them stands for every page
+/// of that lead (each instance also drops the pages it indexed itself, see
+/// `history_index.rs`). A token that is not a key of this schema is skipped, so an instance
+/// running an older build reads what it knows of a newer message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BusMessage {
     /// Who sent it (a random id per cache).
     pub instance: u64,
     /// When, in Unix milliseconds (for the lag metric).
     pub sent_ms: u64,
+    /// The entity that changed (what the receivers count it under).
+    pub entity: Option<Entity>,
     /// Phone epochs to bump.
     pub groups: Vec<PhoneDigest>,
     /// Keys to drop, in their Redis form; empty with `all`.
@@ -64,12 +73,16 @@ pub(crate) struct BusMessage {
     pub all: bool,
 }
 
+/// What the entity's token starts with among a message's keys.
+const ENTITY_TOKEN: &str = "entity=";
+
 impl BusMessage {
     /// "Drop everything", from `instance`, now.
     pub fn flush_all(instance: u64) -> Self {
         BusMessage {
             instance,
             sent_ms: crate::cache::unix_millis(),
+            entity: None,
             groups: Vec::new(),
             keys: Vec::new(),
             all: true,
@@ -90,7 +103,13 @@ impl BusMessage {
         let keys = if self.all {
             "*".to_owned()
         } else {
-            self.keys.join(" ")
+            let entity = self.entity.map(|e| format!("{ENTITY_TOKEN}{e}"));
+            entity
+                .iter()
+                .chain(&self.keys)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         format!("{:x} {} {groups} {keys}", self.instance, self.sent_ms)
     }
@@ -115,17 +134,20 @@ impl BusMessage {
         };
         let rest = parts.next().unwrap_or("");
         let all = rest == "*";
-        let keys = if all {
-            Vec::new()
-        } else {
-            rest.split(' ')
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
+        let mut entity = None;
+        let mut keys = Vec::new();
+        if !all {
+            for token in rest.split(' ').filter(|k| !k.is_empty()) {
+                match token.strip_prefix(ENTITY_TOKEN) {
+                    Some(name) => entity = Entity::ALL.into_iter().find(|e| e.as_str() == name),
+                    None => keys.push(token.to_owned()),
+                }
+            }
+        }
         Some(BusMessage {
             instance,
             sent_ms,
+            entity,
             groups,
             keys,
             all,
@@ -138,6 +160,14 @@ impl BusMessage {
             .iter()
             .filter_map(|k| schema.parse(k).ok())
             .collect()
+    }
+
+    /// The leads whose history (every page) the message drops: those whose history index
+    /// is among its keys.
+    pub fn history_leads<'a>(&'a self, schema: &'a KeySchema) -> impl Iterator<Item = i64> + 'a {
+        self.keys
+            .iter()
+            .filter_map(|k| schema.history_index_lead(k))
     }
 }
 
@@ -164,6 +194,7 @@ mod tests {
         let message = BusMessage {
             instance: 0xdead_beef,
             sent_ms: 1_700_000_000_000,
+            entity: Some(Entity::Lead),
             groups: vec![
                 schema.phone_digest("+16462000001"),
                 schema.phone_digest("+18005550001"),
@@ -171,6 +202,7 @@ mod tests {
             keys: vec![
                 schema.render(&schema.lead_by_id(1)),
                 schema.render(&schema.lead_by_phone("+16462000001", 1)),
+                schema.history_index(1),
             ],
             all: false,
         };
@@ -185,7 +217,13 @@ mod tests {
                 schema.lead_by_phone("+16462000001", 1)
             ]
         );
+        assert_eq!(decoded.history_leads(&schema).collect::<Vec<_>>(), [1]);
+        // An older sender's message, with no entity token: the keys still count.
+        let older = decoded.encode().replace(" entity=lead", "");
+        let older = BusMessage::decode(&older).unwrap();
+        assert_eq!((older.entity, older.keys.len()), (None, 3));
         let all = BusMessage {
+            entity: None,
             groups: Vec::new(),
             keys: Vec::new(),
             all: true,

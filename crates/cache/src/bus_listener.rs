@@ -14,6 +14,7 @@ use redis::streams::StreamRangeReply;
 
 use crate::bus::{BusMessage, RECONNECT_MAX, RECONNECT_MIN, StreamId};
 use crate::cache::{Inner, age_since};
+use crate::key::CacheKey;
 use crate::l2::L2Error;
 use crate::observer::InvalidationSource;
 
@@ -273,12 +274,18 @@ impl Inner {
             }
             return;
         }
-        let keys = message.cache_keys(&self.keys);
+        let mut keys = message.cache_keys(&self.keys);
+        for lead in message.history_leads(&self.keys) {
+            keys.extend(self.history_pages(lead));
+        }
         // As a local invalidation: a load in flight finishes first.
         self.drop_from_l1(&keys, &message.groups).await;
-        if let Some(first) = keys.first() {
-            self.observer
-                .invalidated(first.entity(), InvalidationSource::Bus);
+        // A sender older than the entity token: counted under its first key's entity.
+        if let Some(entity) = message
+            .entity
+            .or_else(|| keys.first().map(CacheKey::entity))
+        {
+            self.observer.invalidated(entity, InvalidationSource::Bus);
         }
     }
 }

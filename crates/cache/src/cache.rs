@@ -1156,6 +1156,14 @@ impl Inner {
             .await;
     }
 
+    /// Takes from the local index every page of `lead_id` this instance may hold.
+    pub(crate) fn history_pages(&self, lead_id: i64) -> impl Iterator<Item = CacheKey> + '_ {
+        self.history
+            .take(lead_id)
+            .into_iter()
+            .map(move |(limit, offset)| self.keys.history(lead_id, limit, offset))
+    }
+
     async fn invalidate(
         &self,
         invalidation: Invalidation,
@@ -1168,12 +1176,7 @@ impl Inner {
         let history_of = invalidation.history_of;
         // The pages this instance may hold; those other instances cached are found in Redis.
         if let Some(lead) = history_of {
-            keys.extend(
-                self.history
-                    .take(lead)
-                    .into_iter()
-                    .map(|(l, o)| self.keys.history(lead, l, o)),
-            );
+            keys.extend(self.history_pages(lead));
         }
         let mut seen = std::collections::HashSet::with_capacity(keys.len());
         keys.retain(|k| seen.insert(*k));
@@ -1187,8 +1190,15 @@ impl Inner {
             BusMessage {
                 instance: self.instance,
                 sent_ms: unix_millis(),
+                entity: Some(invalidation.entity),
                 groups: groups.clone(),
-                keys: keys.iter().map(|k| self.keys.render(k)).collect(),
+                // A lead's history index stands for all its pages, those an instance could
+                // not list in Redis included.
+                keys: keys
+                    .iter()
+                    .map(|k| self.keys.render(k))
+                    .chain(history_of.map(|lead| self.keys.history_index(lead)))
+                    .collect(),
                 all: false,
             }
             .encode()

@@ -274,6 +274,14 @@ impl KeySchema {
         format!("{}history-pages:{lead_id}", self.namespace)
     }
 
+    /// The lead whose history index `text` is, if it is one of this schema's.
+    pub(crate) fn history_index_lead(&self, text: &str) -> Option<i64> {
+        text.strip_prefix(&*self.namespace)?
+            .strip_prefix("history-pages:")?
+            .parse()
+            .ok()
+    }
+
     /// The Redis invalidation epoch of a phone number's views (`None`: of every view), which
     /// invalidations bump and batched installs check (see `epoch.rs`).
     pub(crate) fn epoch_key(&self, group: Option<&PhoneDigest>) -> String {
