@@ -604,6 +604,8 @@ async fn a_webhook_costs_one_query_cold_one_redis_round_trip_warm_and_nothing_ho
     for entity in ["org", "lead", "context", "greeting"] {
         assert_eq!(rec.count(&format!("load.{entity}.found")), 1, "{entity}");
     }
+    // Redis's copies go behind the answer.
+    a.state.repo.cache().flush_l2_writes().await;
 
     // Warm on this instance: L1 only — no SQL, no Redis.
     let (sql, evals, gets) = (

@@ -48,6 +48,8 @@ async fn complete(cache: &TwoTierCache, slots: &Slots, lead: Option<TestLead>) {
             .await
             .unwrap();
     }
+    // Redis's copies go behind the installs.
+    cache.flush_l2_writes().await;
 }
 
 fn found(slot: &Slot<TestLead>) -> Option<(i64, u32)> {
@@ -197,4 +199,43 @@ async fn a_batched_load_that_raced_an_invalidation_is_not_installed() {
         .unwrap();
     let last: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
     assert_eq!(found(&last.context), Some((42, 11)));
+}
+
+/// A call's install puts the value in L1 without waiting for Redis, and no Redis command runs
+/// under the key's lock: with Redis frozen, the install returns at once and a reader of the
+/// key is answered from L1 instead of waiting out the Redis timeout behind the install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_holds_no_key_lock_while_redis_answers() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("calllock");
+    let (cache, _) = build(tiercache_tests::cache::frozen_redis_config(
+        &ns,
+        &server.url(),
+    ));
+    let slots: Slots = cache.get_call(ORG, CALLER, Channel::Voice).await;
+    assert!(!slots.org.is_known());
+    server.pause();
+    let key = cache.keys().org_by_phone(ORG);
+    let bound = std::time::Duration::from_secs(5);
+    let installed =
+        tokio::time::timeout(bound, cache.install(&slots, key, Some(TestLead::new(7, 1))))
+            .await
+            .expect("the install does not wait for a frozen Redis");
+    assert_eq!(installed.unwrap().unwrap().version, 1);
+    let read = tokio::time::timeout(
+        bound,
+        cache.get_or_load(key, || async {
+            Ok::<_, std::io::Error>(Some(TestLead::new(7, 2)))
+        }),
+    )
+    .await
+    .expect("the reader is not held behind Redis");
+    assert_eq!(read.unwrap().unwrap().version, 1, "from L1");
+    server.resume();
+    cache.flush_l2_writes().await;
+    let mut admin = server.client().await;
+    let stored: Option<Vec<u8>> = redis::AsyncCommands::get(&mut admin, cache.keys().render(&key))
+        .await
+        .unwrap();
+    assert!(stored.is_some(), "Redis got its copy once it answered");
 }

@@ -144,3 +144,78 @@ async fn a_hard_timeout_bounds_a_read_with_nothing_to_fall_back_on() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(rec.sum("stale."), 0);
 }
+
+/// PostgreSQL down and L1 not trusted (a feed silent, as the database listener is while
+/// PostgreSQL is down): a value this instance never held but Redis does is too old to be
+/// served as fresh, yet within its grace: when the loader fails, or is slower than the soft
+/// timeout, it is served from Redis, flagged stale, as L1's would be. Past its grace, the
+/// loader's error stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_in_redis_is_served_stale_when_the_loader_fails_and_l1_is_not_trusted() {
+    const BOUND: Duration = Duration::from_millis(200);
+    let ns = unique_namespace("l2stale");
+    let url = Some(tiercache_tests::SHARED_REDIS_URL);
+    let (writer, _) = build(config(&ns, url));
+    load(&writer, 1).await.unwrap();
+    writer.flush_l2_writes().await;
+    let reader = |policy: EntityPolicy| {
+        build(
+            config(&ns, url)
+                .staleness_bound(BOUND)
+                .soft_timeout(Duration::from_millis(40))
+                .policy(Entity::Lead, policy),
+        )
+    };
+    let seed = EntityPolicy {
+        jitter: 0.0,
+        ..EntityPolicy::seed(Entity::Lead)
+    };
+    let (failing, failing_rec) = reader(seed);
+    let (slow, slow_rec) = reader(seed);
+    // Its policy gives a lead 100 ms in L2 and no grace: the value is past both.
+    let short = Duration::from_millis(100);
+    let (strict, strict_rec) = reader(EntityPolicy {
+        l2_ttl: short,
+        l1_ttl: short,
+        negative_ttl: short,
+        grace: Duration::ZERO,
+        ..seed
+    });
+    // A feed that never confirms: once half the bound has passed, L1 is not trusted, and the
+    // value in Redis is older than half the bound.
+    let _silent = [&failing, &slow, &strict].map(|c| c.invalidation_feed().unwrap());
+    tokio::time::sleep(BOUND).await;
+    assert!(!failing.l1_trusted());
+
+    let (served, stale_age) = tiercache::stale::track(fail(&failing)).await;
+    assert_eq!(served.unwrap().unwrap().version, 1, "the value Redis holds");
+    assert!(
+        stale_age.is_some_and(|age| age >= BOUND / 2),
+        "{stale_age:?}"
+    );
+    assert_eq!(failing_rec.count("stale.lead.load_failed"), 1);
+    assert_eq!(
+        failing_rec.count("lookup.lead.l2.miss"),
+        1,
+        "not a fresh hit"
+    );
+    // The next failing read is answered stale again.
+    assert_eq!(fail(&failing).await.unwrap().unwrap().version, 1);
+    assert_eq!(failing_rec.count("stale.lead.load_failed"), 2);
+
+    let read = slow
+        .get_or_load(slow.keys().lead_by_id(1), || async {
+            std::future::pending::<()>().await;
+            Ok::<Option<TestLead>, io::Error>(None)
+        })
+        .await;
+    assert_eq!(
+        read.unwrap().unwrap().version,
+        1,
+        "stale at the soft timeout"
+    );
+    assert_eq!(slow_rec.count("stale.lead.soft_timeout"), 1);
+
+    assert!(matches!(fail(&strict).await, Err(Error::Load { .. })));
+    assert_eq!(strict_rec.sum("stale."), 0);
+}

@@ -443,6 +443,11 @@ impl TwoTierCache {
         &self.inner
     }
 
+    /// The shared engine, for a task that outlives the call.
+    pub(crate) fn shared(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     pub(crate) fn epochs(&self) -> &Epochs {
         &self.inner.epochs
     }
@@ -491,11 +496,6 @@ impl TwoTierCache {
     /// Whether `key`'s invalidation is still owed to Redis (so Redis may hold it stale).
     pub(crate) fn owes(&self, key: &CacheKey) -> bool {
         self.inner.pending.blocks(key)
-    }
-
-    /// `key` was overwritten in Redis with a fresh value.
-    pub(crate) fn resolve_owed(&self, key: &CacheKey) {
-        self.inner.pending.resolve(key);
     }
 
     /// The L1 TTL (jittered) and grace for a value of `entity`; zero with L1 off.
@@ -937,6 +937,9 @@ impl Inner {
         // the type). The value is written to L2 only over it: an invalidation deletes the
         // key, marker included, so a load that an invalidation overtook does not land.
         let mut lease: Option<String> = None;
+        // A value Redis holds that is too old to serve as fresh here but within its grace:
+        // served stale if the loader fails or is slow (see `stale_from_l2`).
+        let mut fallback: Option<(envelope::Decoded<T>, usize)> = None;
         if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
             let started = Instant::now();
             // A page joins its lead's index in Redis when its load takes the lease.
@@ -991,7 +994,15 @@ impl Inner {
                     {
                         self.observer
                             .lookup(entity, Tier::L2, Outcome::Miss, started.elapsed());
-                        lease = self.take_lease(l2, redis_key, index).await;
+                        let negative = decoded.value.is_none();
+                        let ttl = policy.max_ttl(policy.base_ttl(false, negative));
+                        if age_since(decoded.loaded_at_ms) <= ttl + policy.grace {
+                            // Left in Redis, not leased over: should the load fail, it is
+                            // what every instance falls back on. A fresh load stays in L1.
+                            fallback = Some((decoded, bytes.len()));
+                        } else {
+                            lease = self.take_lease(l2, redis_key, index).await;
+                        }
                     }
                     Ok(decoded) => {
                         let negative = decoded.value.is_none();
@@ -1032,7 +1043,15 @@ impl Inner {
         }
 
         let started = Instant::now();
-        let loaded = match tokio::time::timeout(self.load_timeout, loader()).await {
+        // With a stale value to fall back on, a slow loader is cut at the soft timeout, as
+        // a read of a stale L1 value would be (that one refreshes in the background; this
+        // one leaves the refresh to the next read, which finds the value in L1).
+        let limit = if fallback.is_some() {
+            self.soft_timeout
+        } else {
+            self.load_timeout
+        };
+        let loaded = match tokio::time::timeout(limit, loader()).await {
             Ok(Ok(value)) => {
                 let outcome = if value.is_some() {
                     LoadOutcome::Found
@@ -1047,6 +1066,9 @@ impl Inner {
                     .await;
                 self.observer
                     .load(entity, LoadOutcome::Error, started.elapsed());
+                if let Some(stale) = fallback {
+                    return self.stale_from_l2(entity, stale, StaleReason::LoadFailed, cacheable);
+                }
                 return Err(Exit::Failed(Error::Load {
                     entity,
                     source: Arc::from(e.into()),
@@ -1057,6 +1079,9 @@ impl Inner {
                     .await;
                 self.observer
                     .load(entity, LoadOutcome::Timeout, started.elapsed());
+                if let Some(stale) = fallback {
+                    return self.stale_from_l2(entity, stale, StaleReason::SoftTimeout, cacheable);
+                }
                 return Err(Exit::Failed(Error::LoadTimeout {
                     entity,
                     after: self.load_timeout,
@@ -1089,6 +1114,35 @@ impl Inner {
             size,
             self.l1_life(policy, negative),
             loaded_at_ms,
+        );
+        if cacheable {
+            Ok(entry)
+        } else {
+            Err(Exit::Uncached(entry))
+        }
+    }
+
+    /// Serves `stale`, a value read from Redis past what this instance vouches for but
+    /// within its grace, because the load failed or was slow (`reason`): counted and
+    /// reported as a stale L1 value is, and kept in L1 (still stale), so the next read is
+    /// answered from there while it refreshes.
+    fn stale_from_l2<T: Send + Sync + 'static>(
+        &self,
+        entity: Entity,
+        (stale, size): (envelope::Decoded<T>, usize),
+        reason: StaleReason,
+        cacheable: bool,
+    ) -> Result<L1Entry, Exit> {
+        let age = age_since(stale.loaded_at_ms);
+        self.observer.stale_served(entity, reason);
+        self.observer.served(entity, Tier::L2, age);
+        crate::stale::record(age);
+        let negative = stale.value.is_none();
+        let entry = L1Entry::new(
+            stale.value.map(Arc::new),
+            size,
+            self.l1_life(self.policies.get(entity), negative),
+            stale.loaded_at_ms,
         );
         if cacheable {
             Ok(entry)

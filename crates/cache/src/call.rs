@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use moka::ops::compute::Op;
+use moka::ops::compute::{CompResult, Op};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -22,6 +22,7 @@ use crate::envelope::{self, ENVELOPE_VERSION};
 use crate::epoch::Snapshot;
 use crate::key::{CacheKey, Channel, PhoneDigest};
 use crate::observer::{CorruptKind, Entity, Outcome, StaleReason, Tier};
+use crate::write_behind::Unsent;
 
 /// A value other keys are built from; its id must be its first serialized field.
 pub trait Identified {
@@ -541,27 +542,42 @@ impl TwoTierCache {
         );
         let l2_ttl = self.l2_ttl_for(entity, negative);
         let snapshot = slots.snapshot;
-        // Held around the epoch check and the insert (see `Inner::drop_from_l1`).
-        let _installing = self.installing().hold(&key);
-        self.l1()
-            .entry(key)
-            .and_compute_with(|_| async {
-                if !self.epochs().unchanged(&snapshot) {
-                    return Op::Nop;
-                }
-                // Under the Redis epochs the call script saw: an invalidation on any
-                // instance since then bumped one, and the write does not land.
-                if let (Some(l2), Some(epochs)) = (self.l2(), &slots.l2_snapshot) {
-                    let stored = l2
-                        .set_guarded(&self.keys().render(&key), &bytes, l2_ttl, epochs)
-                        .await;
-                    if matches!(stored, Ok(true)) {
-                        self.resolve_owed(&key);
+        let installed = {
+            // Held around the epoch check and the insert (see `Inner::drop_from_l1`); no
+            // Redis command runs under the key's lock, so its readers never wait on one.
+            let _installing = self.installing().hold(&key);
+            let computed = self
+                .l1()
+                .entry(key)
+                .and_compute_with(|_| async {
+                    if self.epochs().unchanged(&snapshot) {
+                        Op::Put(entry)
+                    } else {
+                        Op::Nop
                     }
+                })
+                .await;
+            !matches!(
+                computed,
+                CompResult::StillNone(_) | CompResult::Unchanged(_)
+            )
+        };
+        // Redis's copy goes behind the answer, under the Redis epochs the call script saw:
+        // an invalidation on any instance since then bumped one, and the write does not land.
+        if let (true, Some(_), Some(epochs)) = (installed, self.l2(), slots.l2_snapshot.clone()) {
+            let unsent = Unsent::new(self.shared());
+            let redis_key = self.keys().render(&key);
+            tokio::spawn(async move {
+                let cache = unsent.cache();
+                let Some(l2) = &cache.l2 else { return };
+                let stored = l2.set_guarded(&redis_key, &bytes, l2_ttl, &epochs).await;
+                // An invalidation here since the snapshot may still owe its delete to
+                // Redis (its own script failed): only an untouched key is settled.
+                if matches!(stored, Ok(true)) && cache.epochs.unchanged(&snapshot) {
+                    cache.pending.resolve(&key);
                 }
-                Op::Put(entry)
-            })
-            .await;
+            });
+        }
         Ok(value)
     }
 

@@ -15,7 +15,7 @@
 //! the key, marker included, so the write does not land. A full queue does not drop a
 //! value: its miss writes it itself.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -85,6 +85,29 @@ impl WriteBehind {
 
     fn sent(&self, n: usize) {
         self.unsent.done(n);
+    }
+}
+
+/// A write on its way to Redis outside the queue (a call's install), counted until it
+/// drops, so `flushed` waits for it too.
+pub(crate) struct Unsent(Arc<Inner>);
+
+impl Unsent {
+    /// Counts one write for `cache`.
+    pub fn new(cache: &Arc<Inner>) -> Self {
+        cache.write_behind.unsent.add(1);
+        Unsent(Arc::clone(cache))
+    }
+
+    /// The cache it is counted for.
+    pub fn cache(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.0.write_behind.sent(1);
     }
 }
 
