@@ -16,6 +16,7 @@ mod fixtures;
 mod monitoring;
 mod pg_server;
 mod postgres_down;
+mod postgres_restart;
 mod prometheus;
 mod queries;
 mod redis_faults;
