@@ -551,5 +551,13 @@ fn check_text(field: &'static str, text: &str, required: bool) -> Result<(), Err
             message: format!("must be at most {MAX_TEXT_LEN} characters"),
         });
     }
+    // PostgreSQL's text cannot hold a NUL: refused here, as the caller's mistake, rather
+    // than by the query, as a server error.
+    if text.contains('\0') {
+        return Err(Error::Invalid {
+            field,
+            message: "must not contain a NUL character (\\u0000)".to_owned(),
+        });
+    }
     Ok(())
 }
