@@ -155,3 +155,38 @@ impl From<tiercache::Error> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_level_failures_are_unavailable_and_a_broken_connection_says_so() {
+        let timed_out = DbError::from(sqlx::Error::PoolTimedOut);
+        assert!(timed_out.is_unavailable() && !timed_out.is_broken_connection());
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        for broken in [
+            sqlx::Error::Io(io),
+            sqlx::Error::Protocol("unexpected end of stream".to_owned()),
+        ] {
+            let e = DbError::from(broken);
+            assert!(e.is_unavailable() && e.is_broken_connection(), "{e}");
+        }
+        let statement = DbError::from(sqlx::Error::RowNotFound);
+        assert!(!statement.is_unavailable() && !statement.is_broken_connection());
+        assert!(matches!(Error::from(timed_out), Error::Unavailable(_)));
+        assert!(matches!(Error::from(statement), Error::Database(_)));
+    }
+
+    #[test]
+    fn sqlstates_that_end_the_session() {
+        for code in ["08000", "08003", "08006", "57P01", "57P02", "57P03"] {
+            assert!(ends_session(code), "{code}");
+        }
+        // A cancelled statement (statement_timeout), a unique violation, bad input: the
+        // session lives on.
+        for code in ["57014", "23505", "22021", "40001"] {
+            assert!(!ends_session(code), "{code}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
 
 use crate::error::Error;
 use crate::greeting::greeting_text;
+use crate::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::model::{
     Context, Greeting, HistoryPage, LEAD_STATUSES, Lead, LeadPatch, Message, NewMessage, Org,
     Summary,
@@ -188,7 +189,12 @@ impl Repository {
             // The database failed: what L1 held past its freshness (within grace) answers,
             // marked stale, if it covers the whole call.
             Err(e) if self.cache.fall_back_to_stale(&mut spare) => {
-                tracing::warn!(error = %e, "call answered from stale cached values");
+                // Every call while the database is down: one line per interval
+                // (`tiercache_stale_served_total` counts each).
+                static STALE_CALL: LogThrottle = LogThrottle::new(LOG_INTERVAL);
+                if let Some(suppressed) = STALE_CALL.admit() {
+                    tracing::warn!(error = %e, suppressed, "call answered from stale cached values");
+                }
                 Ok(view_of(&spare))
             }
             Err(e) => Err(e.duplicate()),

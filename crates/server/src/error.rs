@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tiercache_repository::Error as RepoError;
+use tiercache_repository::log_throttle::{LOG_INTERVAL, LogThrottle};
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +55,21 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
+        // A fault repeats these on every request: one line per interval each, saying how many
+        // were left out (`tiercache_http_requests_total` counts every one).
+        static INTERNAL: LogThrottle = LogThrottle::new(LOG_INTERVAL);
+        static UNAVAILABLE: LogThrottle = LogThrottle::new(LOG_INTERVAL);
         match &self {
-            ApiError::Internal(e) => tracing::error!(error = ?e, "request failed"),
-            ApiError::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
+            ApiError::Internal(e) => {
+                if let Some(suppressed) = INTERNAL.admit() {
+                    tracing::error!(error = ?e, suppressed, "request failed");
+                }
+            }
+            ApiError::Unavailable(e) => {
+                if let Some(suppressed) = UNAVAILABLE.admit() {
+                    tracing::warn!(error = ?e, suppressed, "database unavailable");
+                }
+            }
             _ => {}
         }
         let mut error = json!({ "code": code, "message": self.to_string() });

@@ -14,6 +14,7 @@ use axum::extract::rejection::JsonRejection;
 use serde::{Deserialize, Serialize};
 use tiercache::Slot;
 use tiercache_repository::greeting::new_caller_greeting;
+use tiercache_repository::log_throttle::{LOG_INTERVAL, LogThrottle};
 use tiercache_repository::model::{Context, Greeting, Lead, Org};
 
 use crate::error::ApiError;
@@ -134,7 +135,16 @@ pub async fn conversation_initiation(
         Some(Err(e)) => return Err(e),
         None => {
             state.metrics.webhook_fallback();
-            tracing::warn!(budget = ?state.webhook_budget, "webhook past its budget; answering with the default greeting");
+            // Every call while the database is slow or down: one line per interval (the
+            // metric counts each).
+            static PAST_BUDGET: LogThrottle = LogThrottle::new(LOG_INTERVAL);
+            if let Some(suppressed) = PAST_BUDGET.admit() {
+                tracing::warn!(
+                    budget = ?state.webhook_budget,
+                    suppressed,
+                    "webhook past its budget; answering with the default greeting"
+                );
+            }
             new_caller(
                 &request.call_sid,
                 partial.org.as_deref(),
