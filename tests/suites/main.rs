@@ -13,6 +13,7 @@ mod cache_reads;
 mod cross_instance;
 mod db_notify;
 mod fixtures;
+mod hostile_input;
 mod log_floods;
 mod monitoring;
 mod pg_server;

@@ -6,9 +6,9 @@ use std::str::FromStr;
 
 use anyhow::Context as _;
 use axum::Router;
+use sqlx::Postgres;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::Postgres;
 use std::sync::Arc;
 
 use tiercache::TwoTierCache;
@@ -17,7 +17,7 @@ use tiercache_repository::seed::{Seeded, seed_if_empty};
 use tiercache_repository::{DbListener, DbPool, MIGRATOR, Repository};
 use tokio::net::TcpListener;
 
-use crate::config::{Config, DatabaseConfig};
+use crate::config::{Config, DatabaseConfig, HttpConfig};
 use crate::state::{AppState, MONITOR_INTERVAL};
 
 /// A service ready to serve.
@@ -101,16 +101,14 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
         .context("connecting to PostgreSQL")
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, letting in-flight requests finish.
+/// Serves `router` on `listener` until `shutdown` resolves, letting in-flight requests finish,
+/// with the default read bounds (`crate::http::serve` takes the configured ones).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")
+    crate::http::serve(listener, router, HttpConfig::default(), shutdown).await
 }
 
 /// Resolves on ctrl-c or SIGTERM.
