@@ -10,9 +10,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tiercache::log_throttle::LOG_INTERVAL;
 use tiercache_monitoring::Metrics;
 use tiercache_repository::Repository;
-use tiercache_repository::log_throttle::LOG_INTERVAL;
 use tiercache_server::AppState;
 use tiercache_tests::server::TestServer;
 use tracing_subscriber::fmt::MakeWriter;

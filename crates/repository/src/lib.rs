@@ -5,7 +5,6 @@
 pub mod error;
 pub mod greeting;
 pub mod listener;
-pub mod log_throttle;
 pub mod model;
 pub mod phone;
 pub mod pool;

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tiercache::log_throttle::{LOG_INTERVAL, LogThrottle};
 use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
 
 use crate::error::Error;
 use crate::greeting::greeting_text;
-use crate::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::model::{
     Context, Greeting, HistoryPage, LEAD_STATUSES, Lead, LeadPatch, Message, NewMessage, Org,
     Summary,

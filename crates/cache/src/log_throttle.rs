@@ -1,9 +1,10 @@
 //! [`LogThrottle`]: at most one log line per interval for a warning that repeats under a
 //! fault, the next line saying how many were left out.
 //!
-//! It lives here because both the repository and the server log per-request warnings, and
-//! the server depends on this crate. Counting every occurrence is the metrics' job: a
-//! throttle only decides whether this one is also written to the log.
+//! A small shared helper: the engine, the repository and the server each log warnings that
+//! a fault repeats (per write, per request), and they all depend on this crate. Counting
+//! every occurrence is the metrics' job: a throttle only decides whether this one is also
+//! written to the log.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,7 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Lock-free (two atomics), so it can sit on a request path and in a `static`:
 ///
 /// ```
-/// use tiercache_repository::log_throttle::{LOG_INTERVAL, LogThrottle};
+/// use tiercache::log_throttle::{LOG_INTERVAL, LogThrottle};
 ///
 /// static PAST_BUDGET: LogThrottle = LogThrottle::new(LOG_INTERVAL);
 ///
