@@ -47,14 +47,12 @@ async fn post_call(server: &TestServer) -> (u16, Option<String>, String) {
     .await
 }
 
+/// Stale leads served, for either reason: the load fails once the pool gives up on
+/// connecting (its acquire timeout), and the soft timeout usually comes first.
 fn stale_served(metrics: &str) -> f64 {
     metrics
         .lines()
-        .filter(|l| {
-            l.starts_with("tiercache_stale_served_total{")
-                && l.contains("entity=\"lead\"")
-                && l.contains("reason=\"load_failed\"")
-        })
+        .filter(|l| l.starts_with("tiercache_stale_served_total{") && l.contains("entity=\"lead\""))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
