@@ -8,6 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use tiercache::{CacheObserver, Fanout, TwoTierCache};
 use tiercache_monitoring::{Metrics, MonitorTask};
 use tiercache_repository::{DbListener, Repository};
+use tiercache_server::config::HttpConfig;
 use tiercache_server::{AppState, Config, router};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -121,7 +122,7 @@ impl TestServer {
         let repo = Repository::new(pool, cache).with_clock(stepping_clock());
         let state = AppState::new(repo, metrics, config.webhook_budget)
             .with_admin_token(opts.admin_token.map(str::to_owned));
-        let mut server = Self::serve(state).await;
+        let mut server = Self::serve_with(state, config.http).await;
         server.db_listener = db_listener;
         server
     }
@@ -165,6 +166,11 @@ impl TestServer {
 
     /// Serves `state` on a free loopback port, its monitor ticking every 100 ms.
     pub async fn serve(state: AppState) -> TestServer {
+        Self::serve_with(state, HttpConfig::default()).await
+    }
+
+    /// [`serve`](Self::serve) with these read bounds.
+    pub async fn serve_with(state: AppState, http: HttpConfig) -> TestServer {
         let monitor = state.spawn_monitor(MONITOR_TICK);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -174,7 +180,7 @@ impl TestServer {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            tiercache_server::startup::serve(listener, app, shutdown)
+            tiercache_server::http::serve(listener, app, http, shutdown)
                 .await
                 .unwrap();
         });

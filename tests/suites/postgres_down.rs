@@ -47,14 +47,12 @@ async fn post_call(server: &TestServer) -> (u16, Option<String>, String) {
     .await
 }
 
+/// Stale leads served, for either reason: the load fails once the pool gives up on
+/// connecting (its acquire timeout), and the soft timeout usually comes first.
 fn stale_served(metrics: &str) -> f64 {
     metrics
         .lines()
-        .filter(|l| {
-            l.starts_with("tiercache_stale_served_total{")
-                && l.contains("entity=\"lead\"")
-                && l.contains("reason=\"load_failed\"")
-        })
+        .filter(|l| l.starts_with("tiercache_stale_served_total{") && l.contains("entity=\"lead\""))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
@@ -111,8 +109,9 @@ async fn with_postgres_down_cached_values_are_served_stale_and_the_rest_is_a_cle
     assert!(body.contains("unavailable"), "{body}");
 
     pg.start_again().await;
-    // Connections the pool held died with the server; each fails one query (then is
-    // dropped), still answered stale. Within the pool's size, answers are fresh again.
+    // Connections the pool held died with the server: the first read meets one and runs
+    // again on a new connection, and the pool drops the others at checkout. An answer may
+    // still be stale (a reload slower than the soft timeout); within a few, it is fresh.
     let mut fresh_again = false;
     for _ in 0..12 {
         let (status, stale, body) = get(&server, "/api/leads/5").await;

@@ -655,12 +655,13 @@ impl Server {
     /// Builds the service as its start-up does (metrics and monitor included, as they cost
     /// in production too), with `counters` beside the metrics as the cache's observer.
     async fn start(config: &Config, counters: Arc<Counters>) -> anyhow::Result<Server> {
-        let pool = startup::connect(&config.database).await?;
+        let db = startup::connect(&config.database).await?;
+        let pool = db.pool().clone();
         let metrics = Arc::new(Metrics::new());
         let observers: Vec<Arc<dyn CacheObserver>> = vec![metrics.clone(), counters];
         let cache = TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers)))
             .context("building the cache")?;
-        let repo = Repository::new(pool.clone(), cache);
+        let repo = Repository::new(db, cache);
         let state = AppState::new(repo, metrics, config.webhook_budget);
         let monitor = state.spawn_monitor(MONITOR_INTERVAL);
         let listener = TcpListener::bind("127.0.0.1:0")

@@ -27,6 +27,7 @@ use crate::key::{CacheKey, KeySchema, PhoneDigest};
 use crate::l2::{
     GetOrLease, HistoryPages, IndexEntry, L2, L2ErrorKind, LEASE_MARKER_PREFIX, PoolState, Publish,
 };
+use crate::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::observer::{
     CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
     LoadOutcome, Outcome, StaleReason, Tier,
@@ -1339,11 +1340,17 @@ impl Inner {
         let ((pages_found, l2_failure), ()) = tokio::join!(l2_part, l1_part);
         let report_keys = keys.len() + pages_found;
         if let Some(kind) = l2_failure {
-            tracing::warn!(
-                entity = invalidation.entity.as_str(),
-                kind = kind.as_str(),
-                "invalidation did not reach L2; owed and replayed in the background"
-            );
+            // Every write while Redis fails: one line per interval (the L2 errors and the
+            // owed invalidations are counted).
+            static NOT_IN_L2: LogThrottle = LogThrottle::new(LOG_INTERVAL);
+            if let Some(suppressed) = NOT_IN_L2.admit() {
+                tracing::warn!(
+                    entity = invalidation.entity.as_str(),
+                    kind = kind.as_str(),
+                    suppressed,
+                    "invalidation did not reach L2; owed and replayed in the background"
+                );
+            }
             self.replay_wake.notify_one();
         }
         // Counted once both tiers are done, before the marks go, so whoever waits for them

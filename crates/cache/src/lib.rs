@@ -21,6 +21,7 @@ mod history_index;
 mod invalidation;
 mod key;
 pub mod l2;
+pub mod log_throttle;
 mod observer;
 mod outstanding;
 mod pending;

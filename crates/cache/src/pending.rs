@@ -28,6 +28,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::key::CacheKey;
+use crate::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::outstanding::Outstanding;
 use crate::stripes::Stripes;
 
@@ -142,10 +143,15 @@ impl PendingDeletes {
         for key in keys {
             if state.keys.len() >= MAX_PENDING_KEYS {
                 state.bypass_until = Some(Instant::now() + self.overflow_bypass);
-                tracing::error!(
-                    max = MAX_PENDING_KEYS,
-                    "too many invalidations owed to Redis; skipping L2 reads until they expire"
-                );
+                // Every write while the set is full: one line per interval.
+                static OVERFLOW: LogThrottle = LogThrottle::new(LOG_INTERVAL);
+                if let Some(suppressed) = OVERFLOW.admit() {
+                    tracing::error!(
+                        max = MAX_PENDING_KEYS,
+                        suppressed,
+                        "too many invalidations owed to Redis; skipping L2 reads until they expire"
+                    );
+                }
                 break;
             }
             state.keys.insert(key);

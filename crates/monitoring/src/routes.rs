@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -136,6 +136,21 @@ fn to_sse(event: &StreamEvent) -> Result<Event, Infallible> {
     Ok(Event::default().event(name).data(data))
 }
 
+/// A method as a label: the standard ones by name, any other (a client may send any token)
+/// as `other`, so a client cannot add series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts every request by route template (never the raw path), method and
 /// status, with its duration. Add it with `Router::layer` so the route is known.
 pub async fn track_http(
@@ -147,12 +162,12 @@ pub async fn track_http(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     metrics.http(
         &route,
-        &method,
+        method,
         response.status().as_u16(),
         started.elapsed(),
     );

@@ -7,6 +7,7 @@ pub mod greeting;
 pub mod listener;
 pub mod model;
 pub mod phone;
+pub mod pool;
 pub mod queries;
 mod repository;
 pub mod seed;
@@ -14,6 +15,7 @@ pub mod seed;
 pub use error::{DbError, Error};
 pub use listener::{DbListener, ListenerStatus};
 pub use phone::{Phone, PhoneError};
+pub use pool::DbPool;
 pub use repository::{
     CallSlots, CallView, Clock, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, MAX_TEXT_LEN, Repository,
 };

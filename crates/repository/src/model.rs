@@ -160,11 +160,14 @@ pub struct HistoryPage {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeadPatch {
-    /// New name.
+    /// New name. A lead always has one, so `"name": null` is refused rather than read as
+    /// "leave as is".
+    #[serde(default, deserialize_with = "not_null")]
     pub name: Option<String>,
-    /// New status, one of [`LEAD_STATUSES`].
+    /// New status, one of [`LEAD_STATUSES`]; `"status": null` is refused, as for `name`.
+    #[serde(default, deserialize_with = "not_null")]
     pub status: Option<String>,
-    /// New notes; `Some(None)` clears them.
+    /// New notes; `Some(None)` (`"notes": null`) clears them.
     #[serde(default, deserialize_with = "double_option")]
     pub notes: Option<Option<String>>,
 }
@@ -181,6 +184,12 @@ pub struct NewMessage {
     pub body: String,
 }
 
+/// A field that, when present, must be a string: `null` is an error ("invalid type: null,
+/// expected a string"), not the same as leaving the field out.
+fn not_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
 /// Tells `"notes": null` (clear) from an absent `notes` (leave as is).
 fn double_option<'de, D: serde::Deserializer<'de>>(
     d: D,
@@ -193,6 +202,24 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    #[test]
+    fn a_patch_refuses_a_null_name_or_status_and_clears_notes_on_null() {
+        let patch: LeadPatch = serde_json::from_str(r#"{"notes":null}"#).unwrap();
+        assert_eq!(
+            patch,
+            LeadPatch {
+                notes: Some(None),
+                ..LeadPatch::default()
+            }
+        );
+        let patch: LeadPatch = serde_json::from_str("{}").unwrap();
+        assert_eq!(patch, LeadPatch::default());
+        for body in [r#"{"name":null}"#, r#"{"status":null}"#] {
+            let error = serde_json::from_str::<LeadPatch>(body).unwrap_err();
+            assert!(error.to_string().contains("invalid type: null"), "{error}");
+        }
+    }
 
     #[test]
     fn orgs_and_leads_lead_with_their_id_for_the_call_script() {

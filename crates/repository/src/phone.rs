@@ -9,6 +9,14 @@ use sha2::{Digest, Sha256};
 /// Why a string is not a usable phone number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PhoneError {
+    /// It holds something other than digits, a leading `+`, spaces, dashes, dots and
+    /// parentheses: a letter (libphonenumber would read keypad letters as digits), a
+    /// `tel:` prefix, an extension, a control character, an emoji.
+    #[error("may hold only digits, a leading +, spaces, dashes, dots and parentheses")]
+    Characters,
+    /// It is longer than [`Phone::MAX_INPUT_LEN`] characters.
+    #[error("longer than {} characters", Phone::MAX_INPUT_LEN)]
+    TooLong,
     /// It does not parse as a phone number at all.
     #[error("not a phone number")]
     Unparseable,
@@ -29,8 +37,14 @@ impl Phone {
     /// Default region for numbers written without a country code.
     pub const DEFAULT_REGION: country::Id = country::Id::US;
 
-    /// Normalizes `input` (E.164, or a national format of the default region).
+    /// Longest input accepted: E.164 has at most 15 digits, and this leaves room for any
+    /// way of writing them out.
+    pub const MAX_INPUT_LEN: usize = 40;
+
+    /// Normalizes `input` (E.164, or a national format of the default region): digits, with
+    /// an optional leading `+`, spaces, dashes, dots and parentheses, nothing else.
     pub fn parse(input: &str) -> Result<Self, PhoneError> {
+        check_characters(input)?;
         let number = phonenumber::parse(Some(Self::DEFAULT_REGION), input.trim())
             .map_err(|_| PhoneError::Unparseable)?;
         if !phonenumber::is_valid(&number) {
@@ -42,6 +56,25 @@ impl Phone {
     /// The number in E.164.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// What a phone number may be written with, before libphonenumber reads it: it accepts far
+/// more (keypad letters, `tel:` URIs, extensions, trailing garbage), which no caller of this
+/// service means.
+fn check_characters(input: &str) -> Result<(), PhoneError> {
+    if input.len() > Phone::MAX_INPUT_LEN {
+        return Err(PhoneError::TooLong);
+    }
+    let number = input.trim_start_matches(' ');
+    let number = number.strip_prefix('+').unwrap_or(number);
+    if number
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'-' | b'.' | b'(' | b')'))
+    {
+        Ok(())
+    } else {
+        Err(PhoneError::Characters)
     }
 }
 
@@ -89,10 +122,36 @@ mod tests {
 
     #[test]
     fn garbage_is_a_typed_error() {
-        assert_eq!(Phone::parse("hello").unwrap_err(), PhoneError::Unparseable);
+        assert_eq!(Phone::parse("hello").unwrap_err(), PhoneError::Characters);
         assert_eq!(Phone::parse("").unwrap_err(), PhoneError::Unparseable);
+        assert_eq!(Phone::parse("+").unwrap_err(), PhoneError::Unparseable);
         assert!(Phone::parse("+1 123").is_err());
         assert!(Phone::parse("+1646200004299999").is_err());
+    }
+
+    #[test]
+    fn only_digits_and_separators_are_read() {
+        for input in [
+            "+1646ABC0000",
+            "1-800-FLOWERS",
+            "tel:+16462000042",
+            "+16462000042😀",
+            "+16462000042\0",
+            "\0+16462000042",
+            "+16462000042;ext=1",
+            "+1646200\t0042",
+            "1+6462000042",
+            "++16462000042",
+            "+16462000042\n",
+        ] {
+            assert_eq!(
+                Phone::parse(input).unwrap_err(),
+                PhoneError::Characters,
+                "{input:?}"
+            );
+        }
+        let long = format!("+1646200004{}2", " ".repeat(Phone::MAX_INPUT_LEN));
+        assert_eq!(Phone::parse(&long).unwrap_err(), PhoneError::TooLong);
     }
 
     #[test]

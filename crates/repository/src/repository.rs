@@ -5,15 +5,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tiercache::log_throttle::{LOG_INTERVAL, LogThrottle};
 use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
 
-use crate::error::{DbError, Error};
+use crate::error::Error;
 use crate::greeting::greeting_text;
 use crate::model::{
     Context, Greeting, HistoryPage, LEAD_STATUSES, Lead, LeadPatch, Message, NewMessage, Org,
     Summary,
 };
 use crate::phone::Phone;
+use crate::pool::DbPool;
 use crate::queries;
 
 /// Largest history page.
@@ -44,10 +46,13 @@ pub const MAX_TEXT_LEN: usize = 4_000;
 ///
 /// # When PostgreSQL fails
 ///
-/// Cached values are served; a miss returns [`Error::Unavailable`] or [`Error::Timeout`].
+/// Cached values are served; a miss returns [`Error::Unavailable`] or [`Error::Timeout`]. A
+/// read that meets a connection a restart killed runs once more on a new one, and the other
+/// dead connections leave the pool at their next checkout ([`DbPool`]); a write is not run
+/// again (it may have committed), and is an [`Error::Unavailable`] then.
 #[derive(Clone)]
 pub struct Repository {
-    pool: PgPool,
+    db: DbPool,
     cache: TwoTierCache,
     clock: Clock,
     // Merges concurrent loads of one call (the batched query serves four keys at once, so
@@ -89,10 +94,11 @@ impl moka::Expiry<(String, String), Arc<CallView>> for ExpireAtOnce {
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 impl Repository {
-    /// A repository on this pool and cache.
-    pub fn new(pool: PgPool, cache: TwoTierCache) -> Self {
+    /// A repository on this pool and cache. Give it a [`DbPool`] from
+    /// [`DbPool::connect`], so that a restart's dead connections leave the pool at once.
+    pub fn new(pool: impl Into<DbPool>, cache: TwoTierCache) -> Self {
         Repository {
-            pool,
+            db: pool.into(),
             cache,
             clock: Arc::new(Utc::now),
             calls: moka::future::Cache::builder()
@@ -115,19 +121,34 @@ impl Repository {
 
     /// The PostgreSQL pool.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.db.pool()
+    }
+
+    /// Whether PostgreSQL answers (`SELECT 1`), for health checks; retried like any read.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db
+            .read(|mut conn| async move {
+                sqlx::query("SELECT 1")
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ())
+            })
+            .await
+            .map_err(Error::from)
     }
 
     /// The organization reached on `phone`.
     pub async fn org_by_phone(&self, phone: &Phone) -> Result<Option<Arc<Org>>, Error> {
         let key = self.cache.keys().org_by_phone(phone.as_str());
-        let (pool, phone) = (self.pool.clone(), phone.clone());
+        let (db, phone) = (self.db.clone(), phone.clone());
         Ok(self
             .cache
             .get_or_load(key, move || async move {
-                queries::org_by_phone(&pool, phone.as_str())
-                    .await
-                    .map_err(DbError::from)
+                db.read(|mut conn| {
+                    let phone = phone.clone();
+                    async move { queries::org_by_phone(&mut *conn, phone.as_str()).await }
+                })
+                .await
             })
             .await?)
     }
@@ -168,7 +189,12 @@ impl Repository {
             // The database failed: what L1 held past its freshness (within grace) answers,
             // marked stale, if it covers the whole call.
             Err(e) if self.cache.fall_back_to_stale(&mut spare) => {
-                tracing::warn!(error = %e, "call answered from stale cached values");
+                // Every call while the database is down: one line per interval
+                // (`tiercache_stale_served_total` counts each).
+                static STALE_CALL: LogThrottle = LogThrottle::new(LOG_INTERVAL);
+                if let Some(suppressed) = STALE_CALL.admit() {
+                    tracing::warn!(error = %e, suppressed, "call answered from stale cached values");
+                }
                 Ok(view_of(&spare))
             }
             Err(e) => Err(e.duplicate()),
@@ -183,7 +209,11 @@ impl Repository {
     ) -> Result<Arc<CallView>, Error> {
         use tiercache::Slot;
         let started = std::time::Instant::now();
-        let rows = queries::call(&self.pool, called.as_str(), caller.as_str())
+        let rows = self
+            .db
+            .read(|mut conn| async move {
+                queries::call(&mut *conn, called.as_str(), caller.as_str()).await
+            })
             .await
             .map_err(Error::from)?;
         let took = started.elapsed();
@@ -285,13 +315,15 @@ impl Repository {
         org_id: i64,
     ) -> Result<Option<Arc<Lead>>, Error> {
         let key = self.cache.keys().lead_by_phone(phone.as_str(), org_id);
-        let (pool, phone) = (self.pool.clone(), phone.clone());
+        let (db, phone) = (self.db.clone(), phone.clone());
         Ok(self
             .cache
             .get_or_load(key, move || async move {
-                queries::lead_by_phone(&pool, phone.as_str(), org_id)
-                    .await
-                    .map_err(DbError::from)
+                db.read(|mut conn| {
+                    let phone = phone.clone();
+                    async move { queries::lead_by_phone(&mut *conn, phone.as_str(), org_id).await }
+                })
+                .await
             })
             .await?)
     }
@@ -299,11 +331,12 @@ impl Repository {
     /// The lead with id `id`.
     pub async fn lead(&self, id: i64) -> Result<Option<Arc<Lead>>, Error> {
         let key = self.cache.keys().lead_by_id(id);
-        let pool = self.pool.clone();
+        let db = self.db.clone();
         Ok(self
             .cache
             .get_or_load(key, move || async move {
-                queries::lead_by_id(&pool, id).await.map_err(DbError::from)
+                db.read(|mut conn| async move { queries::lead_by_id(&mut *conn, id).await })
+                    .await
             })
             .await?)
     }
@@ -311,13 +344,12 @@ impl Repository {
     /// The lead's conversation context.
     pub async fn context(&self, lead_id: i64) -> Result<Option<Arc<Context>>, Error> {
         let key = self.cache.keys().context(lead_id);
-        let pool = self.pool.clone();
+        let db = self.db.clone();
         Ok(self
             .cache
             .get_or_load(key, move || async move {
-                queries::context(&pool, lead_id)
+                db.read(|mut conn| async move { queries::context(&mut *conn, lead_id).await })
                     .await
-                    .map_err(DbError::from)
             })
             .await?)
     }
@@ -325,13 +357,12 @@ impl Repository {
     /// The lead's conversation summary.
     pub async fn summary(&self, lead_id: i64) -> Result<Option<Arc<Summary>>, Error> {
         let key = self.cache.keys().summary(lead_id);
-        let pool = self.pool.clone();
+        let db = self.db.clone();
         Ok(self
             .cache
             .get_or_load(key, move || async move {
-                queries::summary(&pool, lead_id)
+                db.read(|mut conn| async move { queries::summary(&mut *conn, lead_id).await })
                     .await
-                    .map_err(DbError::from)
             })
             .await?)
     }
@@ -385,14 +416,14 @@ impl Repository {
             });
         }
         let key = self.cache.keys().history(lead_id, limit, offset);
-        let pool = self.pool.clone();
+        let db = self.db.clone();
         Ok(self
             .cache
             .get_or_load(key, move || async move {
-                let mut conn = pool.acquire().await.map_err(DbError::from)?;
-                queries::history(&mut conn, lead_id, limit, offset)
-                    .await
-                    .map_err(DbError::from)
+                db.read(|mut conn| async move {
+                    queries::history(&mut conn, lead_id, limit, offset).await
+                })
+                .await
             })
             .await?)
     }
@@ -419,8 +450,10 @@ impl Repository {
         // Before the write: the written row is cached only if no other invalidation of the
         // lead comes between (see `TwoTierCache::invalidate_and_cache`).
         let ticket = self.cache.write_ticket(&by_id);
-        // One statement, committed on its own (it marks itself as the service's write).
-        let Some(lead) = queries::update_lead(&self.pool, id, patch, (self.clock)()).await? else {
+        // One statement, committed on its own (it marks itself as the service's write). Not
+        // run again if its connection broke: it may have committed first.
+        let updated = queries::update_lead(self.db.pool(), id, patch, (self.clock)()).await;
+        let Some(lead) = updated.map_err(|e| self.db.checked(e))? else {
             return Ok(None);
         };
         // The next read of the lead on this instance is a hit, not a load.
@@ -458,14 +491,32 @@ impl Repository {
             });
         }
         check_text("body", &message.body, true)?;
-        let mut tx = self.pool.begin().await?;
-        queries::mark_service_origin(&mut *tx).await?;
-        let Some((inserted, phone)) =
-            queries::insert_message(&mut tx, lead_id, message, (self.clock)()).await?
-        else {
+        // Only the `BEGIN` is run again when its connection broke: past it, the transaction
+        // may have committed before the break was seen.
+        let mut tx = match self.db.pool().begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                let error = self.db.checked(e);
+                if !error.is_broken_connection() {
+                    return Err(error.into());
+                }
+                self.db
+                    .pool()
+                    .begin()
+                    .await
+                    .map_err(|e| self.db.checked(e))?
+            }
+        };
+        let written = async {
+            queries::mark_service_origin(&mut *tx).await?;
+            queries::insert_message(&mut tx, lead_id, message, (self.clock)()).await
+        }
+        .await
+        .map_err(|e| self.db.checked(e))?;
+        let Some((inserted, phone)) = written else {
             return Ok(None);
         };
-        tx.commit().await?;
+        tx.commit().await.map_err(|e| self.db.checked(e))?;
         let keys = self.cache.keys();
         self.cache
             .invalidate_after_write(
@@ -504,6 +555,14 @@ fn check_text(field: &'static str, text: &str, required: bool) -> Result<(), Err
         return Err(Error::Invalid {
             field,
             message: format!("must be at most {MAX_TEXT_LEN} characters"),
+        });
+    }
+    // PostgreSQL's text cannot hold a NUL: refused here, as the caller's mistake, rather
+    // than by the query, as a server error.
+    if text.contains('\0') {
+        return Err(Error::Invalid {
+            field,
+            message: "must not contain a NUL character (\\u0000)".to_owned(),
         });
     }
     Ok(())

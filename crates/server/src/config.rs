@@ -30,6 +30,8 @@ pub const VARS: &[&str] = &[
     "REDIS_COMMAND_TIMEOUT_MS",
     "REDIS_CONNECT_TIMEOUT_MS",
     "BIND_ADDR",
+    "HTTP_HEADER_TIMEOUT_MS",
+    "HTTP_BODY_TIMEOUT_MS",
     "CACHE_KEY_SECRET",
     "APP_ENV",
     "CACHE_PREFIX",
@@ -116,6 +118,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Where the HTTP server listens (`BIND_ADDR`).
     pub bind_addr: SocketAddr,
+    /// How long a client may take to send a request's headers and body.
+    pub http: HttpConfig,
     /// Time a webhook handler may take before it answers with what it has (`WEBHOOK_BUDGET_MS`).
     pub webhook_budget: Duration,
     /// Bearer token for the admin API (`ADMIN_TOKEN`); without one the admin API is off.
@@ -195,6 +199,7 @@ impl fmt::Debug for Config {
             database,
             cache,
             bind_addr,
+            http,
             webhook_budget,
             admin_token,
             key_secret_is_default,
@@ -204,6 +209,7 @@ impl fmt::Debug for Config {
             .field("database", database)
             .field("cache", cache)
             .field("bind_addr", bind_addr)
+            .field("http", http)
             .field("webhook_budget", webhook_budget)
             .field("admin_token", &set_or_not(admin_token.is_some()))
             .field("key_secret_is_default", key_secret_is_default)
@@ -262,6 +268,34 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
+/// How long a client may take to send a request, so a slow or silent one cannot hold a
+/// connection: the headers within `header_read_timeout` of the connection opening or of the
+/// previous response (an idle keep-alive connection is closed after it too), and the whole
+/// body within `body_read_timeout` of the headers (a 408).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Bound on reading a request's headers (`HTTP_HEADER_TIMEOUT_MS`).
+    pub header_read_timeout: Duration,
+    /// Bound on reading a request's whole body (`HTTP_BODY_TIMEOUT_MS`).
+    pub body_read_timeout: Duration,
+}
+
+impl HttpConfig {
+    /// Default header bound: far more than any client on a working network needs.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default body bound: bodies are at most 64 KiB, so the same suffices.
+    pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: Self::DEFAULT_BODY_READ_TIMEOUT,
+        }
+    }
+}
+
 /// A rejected configuration, listing every problem at once.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -313,6 +347,8 @@ struct RawConfig {
     redis_command_timeout: Duration,
     redis_connect_timeout: Duration,
     bind_addr: SocketAddr,
+    http_header_timeout: Duration,
+    http_body_timeout: Duration,
     key_secret: Option<String>,
     app_env: String,
     cache_prefix: String,
@@ -385,6 +421,12 @@ impl RawConfig {
                     s.parse().ok()
                 })
                 .unwrap_or(Config::DEFAULT_BIND_ADDR),
+            http_header_timeout: env
+                .millis("HTTP_HEADER_TIMEOUT_MS")
+                .unwrap_or(HttpConfig::DEFAULT_HEADER_READ_TIMEOUT),
+            http_body_timeout: env
+                .millis("HTTP_BODY_TIMEOUT_MS")
+                .unwrap_or(HttpConfig::DEFAULT_BODY_READ_TIMEOUT),
             key_secret: env.get("CACHE_KEY_SECRET").map(str::to_owned),
             app_env: env.string("APP_ENV", CacheConfig::DEFAULT_ENV),
             cache_prefix: env.string("CACHE_PREFIX", CacheConfig::DEFAULT_PREFIX),
@@ -432,6 +474,8 @@ impl RawConfig {
             redis_command_timeout,
             redis_connect_timeout,
             bind_addr,
+            http_header_timeout,
+            http_body_timeout,
             key_secret,
             app_env,
             cache_prefix,
@@ -469,6 +513,8 @@ impl RawConfig {
         for (var, value) in [
             ("DATABASE_ACQUIRE_TIMEOUT_MS", database_acquire_timeout),
             ("DATABASE_STATEMENT_TIMEOUT_MS", database_statement_timeout),
+            ("HTTP_HEADER_TIMEOUT_MS", http_header_timeout),
+            ("HTTP_BODY_TIMEOUT_MS", http_body_timeout),
             // The cache checks its other durations itself, but not this one.
             ("BREAKER_OPEN_MS", breaker_open),
         ] {
@@ -571,6 +617,10 @@ impl RawConfig {
                 },
                 cache,
                 bind_addr,
+                http: HttpConfig {
+                    header_read_timeout: http_header_timeout,
+                    body_read_timeout: http_body_timeout,
+                },
                 webhook_budget,
                 admin_token,
                 key_secret_is_default,
@@ -780,6 +830,13 @@ mod tests {
         assert_eq!(config.admin_token, None);
         assert_eq!(config.bind_addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.webhook_budget, Duration::from_millis(90));
+        assert_eq!(
+            config.http,
+            HttpConfig {
+                header_read_timeout: Duration::from_secs(10),
+                body_read_timeout: Duration::from_secs(10),
+            }
+        );
         let DatabaseConfig {
             url,
             pool_size,
@@ -801,6 +858,26 @@ mod tests {
         for entity in Entity::ALL {
             assert_eq!(*config.cache.policy(entity), EntityPolicy::seed(entity));
         }
+    }
+
+    #[test]
+    fn http_read_bounds_are_read_and_must_be_positive() {
+        let config = load(&[
+            ("HTTP_HEADER_TIMEOUT_MS", "300"),
+            ("HTTP_BODY_TIMEOUT_MS", "400"),
+        ])
+        .unwrap();
+        assert_eq!(config.http.header_read_timeout, Duration::from_millis(300));
+        assert_eq!(config.http.body_read_timeout, Duration::from_millis(400));
+        let err = load(&[
+            ("HTTP_HEADER_TIMEOUT_MS", "0"),
+            ("HTTP_BODY_TIMEOUT_MS", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            problem_vars(&err),
+            ["HTTP_HEADER_TIMEOUT_MS", "HTTP_BODY_TIMEOUT_MS"]
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use tiercache_repository::seed::{Seeded, demo_lead_phone, demo_org_phone};
-use tiercache_server::startup::{prepare, serve, shutdown_signal};
+use tiercache_server::http::serve;
+use tiercache_server::startup::{prepare, shutdown_signal};
 use tiercache_server::{Config, router};
 use tracing_subscriber::EnvFilter;
 
@@ -58,7 +59,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admin = service.state.admin_token.is_some();
     print_where_to_look(&base, config.redis_enabled, admin);
     let cache = service.state.repo.cache().clone();
-    serve(listener, router(service.state), shutdown_signal()).await?;
+    serve(
+        listener,
+        router(service.state),
+        config.http,
+        shutdown_signal(),
+    )
+    .await?;
     // Values loaded, and invalidations made, just before the signal still reach Redis
     // (bounded: a hung Redis does not hold the exit).
     if tokio::time::timeout(SHUTDOWN_FLUSH, cache.flush_l2_writes())

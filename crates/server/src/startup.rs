@@ -6,18 +6,18 @@ use std::str::FromStr;
 
 use anyhow::Context as _;
 use axum::Router;
+use sqlx::Postgres;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
 use std::sync::Arc;
 
 use tiercache::TwoTierCache;
 use tiercache_monitoring::{Metrics, MonitorTask};
 use tiercache_repository::seed::{Seeded, seed_if_empty};
-use tiercache_repository::{DbListener, MIGRATOR, Repository};
+use tiercache_repository::{DbListener, DbPool, MIGRATOR, Repository};
 use tokio::net::TcpListener;
 
-use crate::config::{Config, DatabaseConfig};
+use crate::config::{Config, DatabaseConfig, HttpConfig};
 use crate::state::{AppState, MONITOR_INTERVAL};
 
 /// A service ready to serve.
@@ -36,10 +36,12 @@ pub struct Service {
 pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
     let pool = connect(&config.database).await?;
     MIGRATOR
-        .run(&pool)
+        .run(pool.pool())
         .await
         .context("running database migrations")?;
-    let seeded = seed_if_empty(&pool).await.context("loading demo data")?;
+    let seeded = seed_if_empty(pool.pool())
+        .await
+        .context("loading demo data")?;
     let metrics = Arc::new(Metrics::new());
     let cache = TwoTierCache::with_observer(config.cache.clone(), metrics.clone())
         .context("building the cache")?;
@@ -71,7 +73,7 @@ pub fn spawn_db_listener(
 }
 
 /// Opens the pool, creating the database first when it does not exist.
-pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
     let exists = Postgres::database_exists(&config.url)
         .await
         .context("connecting to PostgreSQL")?;
@@ -87,27 +89,26 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
             "statement_timeout",
             config.statement_timeout.as_millis().to_string(),
         )]);
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(config.acquire_timeout)
         // The default pings every connection before handing it out: a second round trip per
-        // query. A connection that died fails its query instead (one 503), and is dropped.
-        .test_before_acquire(false)
-        .connect_with(options)
+        // query. A connection that died fails its statement instead; `DbPool` then discards
+        // every connection opened before it at checkout, and a read runs once more.
+        .test_before_acquire(false);
+    DbPool::connect(pool, options)
         .await
         .context("connecting to PostgreSQL")
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, letting in-flight requests finish.
+/// Serves `router` on `listener` until `shutdown` resolves, letting in-flight requests finish,
+/// with the default read bounds (`crate::http::serve` takes the configured ones).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")
+    crate::http::serve(listener, router, HttpConfig::default(), shutdown).await
 }
 
 /// Resolves on ctrl-c or SIGTERM.

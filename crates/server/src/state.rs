@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tiercache_monitoring::alerts::THRESHOLDS;
 use tiercache_monitoring::{DatabaseProbe, Metrics, Monitor, MonitorTask, MonitoringState};
 use tiercache_repository::Repository;
@@ -57,23 +56,30 @@ impl AppState {
         MonitoringState {
             metrics: Arc::clone(&self.metrics),
             cache: self.repo.cache().clone(),
-            db: Arc::new(PgProbe(self.repo.pool().clone())),
+            db: Arc::new(PgProbe(self.repo.clone())),
             monitor: Arc::clone(&self.monitor),
         }
     }
 }
 
-/// PostgreSQL's health probe: `SELECT 1` on the service's pool.
-struct PgProbe(PgPool);
+/// PostgreSQL's health probe: `SELECT 1` on the service's pool (run again once after a
+/// connection a restart killed, as reads are).
+struct PgProbe(Repository);
 
 impl DatabaseProbe for PgProbe {
     fn ping(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(async move {
-            sqlx::query("SELECT 1")
-                .execute(&self.0)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { self.0.ping().await.map_err(|e| error_chain(&e)) })
     }
+}
+
+/// An error and its sources, as `sqlx::Error`'s message alone said before.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }

@@ -153,11 +153,10 @@ async fn run(state: &AppState, body: Result<Json<InvalidateRequest>, JsonRejecti
         }
         _ => Err((
             "invalidate",
-            ApiError::BadRequest {
-                field: None,
-                message: "give exactly one of {\"entity\", \"id\"}, {\"key\"} or {\"all\": true}"
-                    .to_owned(),
-            },
+            ApiError::bad(
+                "body",
+                "give exactly one of {\"entity\", \"id\"}, {\"key\"} or {\"all\": true}",
+            ),
         )),
     }
 }

@@ -167,3 +167,8 @@ pub async fn add_message(
 pub async fn not_found() -> impl IntoResponse {
     ApiError::NotFound("route")
 }
+
+/// A route asked with a method it does not take (axum adds the `Allow` header).
+pub async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::MethodNotAllowed
+}

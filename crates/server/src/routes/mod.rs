@@ -8,15 +8,22 @@ mod webhook;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::state::AppState;
 
 pub use stale::STALE_HEADER;
-pub use webhook::{WebhookRequest, WebhookResponse};
+pub use webhook::{MAX_CALL_SID_LEN, WebhookRequest, WebhookResponse};
+
+/// Largest request body accepted (a 413 past it): a message of `MAX_TEXT_LEN` characters,
+/// each escaped as `\uXXXX\uXXXX`, fits with room to spare.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const _: () = assert!(tiercache_repository::MAX_TEXT_LEN * 12 < MAX_BODY_BYTES);
 
 /// The service's routes: the domain API, the webhook, monitoring, and (with a token) admin.
-/// Every request is counted by route template through the metrics layer.
+/// Every request is counted by route template through the metrics layer. Errors, a wrong
+/// method's 405 and an unknown route's 404 included, are JSON (`crate::error`).
 pub fn router(state: AppState) -> Router {
     let metrics = Arc::clone(&state.metrics);
     let mut app = Router::new()
@@ -46,6 +53,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone())
         .merge(tiercache_monitoring::router(state.monitoring()))
         .fallback(domain::not_found)
+        // After every route is in: it applies to the routes registered before it.
+        .method_not_allowed_fallback(domain::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             tiercache_monitoring::track_http,

@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use serde::{Deserialize, Serialize};
 use tiercache::Slot;
+use tiercache::log_throttle::{LOG_INTERVAL, LogThrottle};
 use tiercache_repository::greeting::new_caller_greeting;
 use tiercache_repository::model::{Context, Greeting, Lead, Org};
 
@@ -28,7 +29,7 @@ pub struct WebhookRequest {
     pub caller_id: String,
     /// The number called (the organization's).
     pub called_number: String,
-    /// The platform's id for the call.
+    /// The platform's id for the call: 1 to [`MAX_CALL_SID_LEN`] visible ASCII characters.
     pub call_sid: String,
     /// The platform's agent, when it sends one.
     #[serde(default)]
@@ -102,6 +103,7 @@ pub async fn conversation_initiation(
     let Json(request) = body?;
     let called = phone("called_number", &request.called_number)?;
     let caller = phone("caller_id", &request.caller_id)?;
+    check_call_sid(&request.call_sid)?;
     let mut partial = Partial::default();
     let resolved = {
         let lookup = async {
@@ -134,7 +136,16 @@ pub async fn conversation_initiation(
         Some(Err(e)) => return Err(e),
         None => {
             state.metrics.webhook_fallback();
-            tracing::warn!(budget = ?state.webhook_budget, "webhook past its budget; answering with the default greeting");
+            // Every call while the database is slow or down: one line per interval (the
+            // metric counts each).
+            static PAST_BUDGET: LogThrottle = LogThrottle::new(LOG_INTERVAL);
+            if let Some(suppressed) = PAST_BUDGET.admit() {
+                tracing::warn!(
+                    budget = ?state.webhook_budget,
+                    suppressed,
+                    "webhook past its budget; answering with the default greeting"
+                );
+            }
             new_caller(
                 &request.call_sid,
                 partial.org.as_deref(),
@@ -143,6 +154,23 @@ pub async fn conversation_initiation(
         }
     };
     Ok(Json(response))
+}
+
+/// Longest `call_sid` accepted: the platforms' ids are far shorter (Twilio's have 34
+/// characters), and the answer echoes it.
+pub const MAX_CALL_SID_LEN: usize = 128;
+
+/// A call id is 1 to [`MAX_CALL_SID_LEN`] visible ASCII characters (no spaces, no control
+/// characters). The message never quotes it.
+fn check_call_sid(sid: &str) -> Result<(), ApiError> {
+    if sid.is_empty() || sid.len() > MAX_CALL_SID_LEN || !sid.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::bad(
+            "call_sid",
+            format!("must be 1 to {MAX_CALL_SID_LEN} visible ASCII characters, without spaces"),
+        ));
+    }
+    Ok(())
 }
 
 fn known_caller(
