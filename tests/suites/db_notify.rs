@@ -213,6 +213,9 @@ async fn a_plain_sql_change_to_an_organization_invalidates_its_phone_keys_and_it
     );
     let (_, context) = server.get("/api/leads/2/context").await;
     assert_eq!(json(&context)["org_name"], "Renamed", "{context}");
+    // One invalidation for the organization and its leads' views, not one per lead.
+    assert_eq!(recorder.count("invalidated.org.database"), 1);
+    assert_eq!(recorder.sum("invalidated.context."), 0);
 
     // A new number: the old one's key and the new one's cached "not found" both go.
     sql(

@@ -442,3 +442,58 @@ async fn the_alert_rules_pass_promtool_and_their_unit_tests() {
         assert!(report.contains("SUCCESS"), "{report}");
     }
 }
+
+/// The admin API's `{"entity":"org"}` means what a change to the organization's row means to
+/// the database listener: its phone key and its leads' views that show its name go, in one
+/// invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_invalidates_an_organization_with_its_leads_views() {
+    let db = TestDb::seeded("adminorg", 2, 10).await;
+    let ns = unique_namespace("adminorg");
+    let token = "an-admin-token-long-enough";
+    let server = TestServer::start(
+        &db,
+        Options {
+            admin_token: Some(token),
+            ..Options::new(&ns, None)
+        },
+    )
+    .await;
+    // Lead 2 (demo lead 1) belongs to organization 2; its context shows the org's name.
+    let loads =
+        |entity: &str| format!(r#"tiercache_loads_total{{entity="{entity}",result="found"}}"#);
+    assert_eq!(server.get("/api/leads/2/context").await.0, 200);
+    assert_eq!(server.get("/api/leads/2/greeting").await.0, 200);
+    let before = server.scrape().await;
+    let response = server
+        .client
+        .post(format!("{}/api/admin/invalidate", server.base))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(r#"{"entity":"org","id":2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(server.get("/api/leads/2/context").await.0, 200);
+    assert_eq!(server.get("/api/leads/2/greeting").await.0, 200);
+    let after = server.scrape().await;
+    assert_eq!(
+        delta(&before, &after, &loads("context")),
+        1.0,
+        "context reloaded"
+    );
+    assert_eq!(
+        delta(&before, &after, &loads("greeting")),
+        1.0,
+        "greeting reloaded"
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            r#"tiercache_invalidations_total{entity="org",source="admin"}"#
+        ),
+        1.0
+    );
+}

@@ -173,8 +173,7 @@ impl Inner {
         };
         if gap {
             tracing::warn!("invalidation bus gap: flushing L1");
-            self.epochs.bump(None);
-            self.l1.invalidate_all();
+            self.clear_l1();
             self.observer.bus_gap();
             *last = Some(info.last.unwrap_or(StreamId::ZERO));
             return Ok(());
@@ -267,8 +266,7 @@ impl Inner {
         };
         self.observer.bus_received(age_since(message.sent_ms));
         if message.all {
-            self.epochs.bump(None);
-            self.l1.invalidate_all();
+            self.clear_l1();
             for entity in crate::observer::Entity::ALL {
                 self.observer.invalidated(entity, InvalidationSource::Bus);
             }

@@ -314,7 +314,7 @@ impl TwoTierCache {
             config.schema,
             &config.key_secret,
         )
-        .map_err(|e| config_error("key_secret", e.to_string()))?;
+        .map_err(|e| config_error("namespace", e.to_string()))?;
         let l2 = match &config.redis {
             Some(_) if tokio::runtime::Handle::try_current().is_err() => {
                 return Err(Error::NoRuntime);
@@ -540,8 +540,7 @@ impl TwoTierCache {
         &self,
         source: InvalidationSource,
     ) -> Option<JoinHandle<Result<u64, crate::l2::L2Error>>> {
-        self.inner.epochs.bump(None);
-        self.inner.l1.invalidate_all();
+        self.inner.clear_l1();
         for entity in Entity::ALL {
             self.inner.observer.invalidated(entity, source);
         }
@@ -566,8 +565,7 @@ impl TwoTierCache {
     /// invalidations others applied to Redis (a change listener that lost its connection).
     /// Loads in flight are not installed afterwards (the global epoch moves).
     pub fn flush_l1(&self) {
-        self.inner.epochs.bump(None);
-        self.inner.l1.invalidate_all();
+        self.inner.clear_l1();
     }
 
     /// Keys (and leads' history pages) whose invalidation has not reached Redis yet.
@@ -1211,6 +1209,13 @@ impl Inner {
             .await;
     }
 
+    /// Drops every L1 entry; loads and installs in flight do not land afterwards (the global
+    /// epoch moves first).
+    pub(crate) fn clear_l1(&self) {
+        self.epochs.bump(None);
+        self.l1.invalidate_all();
+    }
+
     /// Takes from the local index every page of `lead_id` this instance may hold.
     pub(crate) fn history_pages(&self, lead_id: i64) -> impl Iterator<Item = CacheKey> + '_ {
         self.history
@@ -1487,7 +1492,6 @@ fn config_error(field: &str, message: String) -> Error {
     })
 }
 
-/// How long ago `loaded_at_ms` (Unix milliseconds) was; zero if the clock went back.
 /// A load task that panicked (or was cancelled by a runtime shutting down), as a load error.
 fn task_failed(entity: Entity, e: &tokio::task::JoinError) -> Error {
     Error::Load {
@@ -1496,6 +1500,7 @@ fn task_failed(entity: Entity, e: &tokio::task::JoinError) -> Error {
     }
 }
 
+/// How long ago `loaded_at_ms` (Unix milliseconds) was; zero if the clock went back.
 pub(crate) fn age_since(loaded_at_ms: u64) -> Duration {
     Duration::from_millis(unix_millis().saturating_sub(loaded_at_ms))
 }
@@ -1516,6 +1521,17 @@ mod tests {
     fn entry(version: u32) -> L1Entry {
         let ttl = (Duration::from_secs(60), Duration::from_secs(60));
         L1Entry::new(Some(Arc::new(version)), 4, ttl, unix_millis())
+    }
+
+    /// A namespace the key schema refuses is reported as such, not as the key secret.
+    #[test]
+    fn a_bad_namespace_is_reported_as_the_namespace() {
+        let mut config = CacheConfig::builder().build().unwrap();
+        config.prefix = "no spaces allowed".to_owned();
+        let Err(Error::Config(error)) = TwoTierCache::new(config, crate::NoopObserver) else {
+            panic!("a bad namespace is a config error");
+        };
+        assert_eq!(error.problems[0].field, "namespace");
     }
 
     /// An install that checked the epochs before an invalidation bumped them, and inserts

@@ -281,7 +281,7 @@ impl TwoTierCache {
             .arg(known_org)
             .arg(known_lead);
         let started = std::time::Instant::now();
-        let Ok(found) = l2.script(&invocation).await else {
+        let Ok(found) = l2.invoke::<Vec<Option<Vec<u8>>>>("call", &invocation).await else {
             return;
         };
         let took = started.elapsed();
@@ -623,7 +623,7 @@ mod tests {
         let bytes = envelope::encode(Some(&10u32), crate::cache::unix_millis()).unwrap();
         let invalidations = [
             Invalidation::lead_activity(&keys, 42, CALLER),
-            Invalidation::org(&keys, ORG),
+            Invalidation::org(&keys, ORG, &[42]),
             Invalidation::key(keys.lead_by_id(42)),
         ];
         for invalidation in invalidations {

@@ -193,8 +193,9 @@ impl Default for BreakerConfig {
 }
 
 /// Builds a [`CacheConfig`]; [`build`](Self::build) checks every field and reports all
-/// problems at once.
-#[derive(Clone, Debug)]
+/// problems at once. Its `Debug` hides the key secret and the Redis URL's credentials, as
+/// [`CacheConfig`]'s does.
+#[derive(Clone)]
 pub struct CacheConfigBuilder {
     prefix: String,
     env: String,
@@ -212,6 +213,49 @@ pub struct CacheConfigBuilder {
     staleness_bound: Duration,
     recovery: Duration,
     breaker: BreakerConfig,
+}
+
+impl fmt::Debug for CacheConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be forgotten here.
+        let CacheConfigBuilder {
+            prefix,
+            env,
+            schema,
+            key_secret,
+            l1_enabled,
+            l1_max_bytes,
+            policies,
+            redis_url,
+            pool_size,
+            command_timeout,
+            connect_timeout,
+            load_timeout,
+            soft_timeout,
+            staleness_bound,
+            recovery,
+            breaker,
+        } = self;
+        let set = |yes: bool| if yes { "set" } else { "not set" };
+        f.debug_struct("CacheConfigBuilder")
+            .field("prefix", prefix)
+            .field("env", env)
+            .field("schema", schema)
+            .field("key_secret", &set(key_secret.is_some()))
+            .field("l1_enabled", l1_enabled)
+            .field("l1_max_bytes", l1_max_bytes)
+            .field("policies", policies)
+            .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("pool_size", pool_size)
+            .field("command_timeout", command_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("load_timeout", load_timeout)
+            .field("soft_timeout", soft_timeout)
+            .field("staleness_bound", staleness_bound)
+            .field("recovery", recovery)
+            .field("breaker", breaker)
+            .finish()
+    }
 }
 
 impl Default for CacheConfigBuilder {
@@ -550,5 +594,18 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains("very secret"), "{text}");
         assert!(text.contains("redis://***@127.0.0.1:6379/"), "{text}");
+    }
+
+    #[test]
+    fn the_builders_debug_hides_secrets_and_passwords_too() {
+        let builder = CacheConfig::builder()
+            .key_secret(b"a very secret secret".to_vec())
+            .redis_url(Some("redis://user:hunter2@127.0.0.1:6379/".to_owned()));
+        let text = format!("{builder:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("very secret"), "{text}");
+        assert!(!text.contains("97, 32, 118"), "the secret's bytes: {text}");
+        assert!(text.contains("redis://***@127.0.0.1:6379/"), "{text}");
+        assert!(text.contains("key_secret: \"set\""), "{text}");
     }
 }

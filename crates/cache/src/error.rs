@@ -94,9 +94,6 @@ pub enum KeyError {
     /// The namespace is empty, has characters other than `[A-Za-z0-9_-]`, or does not match.
     #[error("key namespace is empty, malformed or not this cache's")]
     Namespace,
-    /// The HMAC secret was rejected.
-    #[error("key hash secret is unusable")]
-    Secret,
     /// The key does not have the shape of any entity key.
     #[error("key is not of any known shape")]
     Malformed,

@@ -39,11 +39,19 @@ impl Invalidation {
         }
     }
 
-    /// An organization changed: its phone key.
-    pub fn org(keys: &KeySchema, phone: &str) -> Self {
+    /// An organization changed: its phone key, and the views of `lead_ids` (its leads)
+    /// that show its name and agent (context and greetings), in one invalidation. Its
+    /// phone's epoch moves, so a call to it that read before does not install after.
+    pub fn org(keys: &KeySchema, phone: &str, lead_ids: &[i64]) -> Self {
+        let mut list = Vec::with_capacity(1 + lead_ids.len() * (1 + Channel::ALL.len()));
+        list.push(keys.org_by_phone(phone));
+        for &lead in lead_ids {
+            list.push(keys.context(lead));
+            list.extend(Channel::ALL.map(|c| keys.greeting(lead, c)));
+        }
         Invalidation {
             entity: Entity::Org,
-            keys: vec![keys.org_by_phone(phone)],
+            keys: list,
             history_of: None,
             groups: vec![keys.phone_digest(phone)],
         }

@@ -191,7 +191,9 @@ impl KeySchema {
                 return Err(KeyError::Namespace);
             }
         }
-        let mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| KeyError::Secret)?;
+        // HMAC takes a key of any length (a long one is hashed first): this cannot fail.
+        #[allow(clippy::expect_used)]
+        let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC keys may be any length");
         Ok(KeySchema {
             namespace: format!("{prefix}:{env}:v{schema}:").into(),
             mac,

@@ -27,8 +27,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// like a quiet database forever.
 const IDLE_CHECK: Duration = Duration::from_secs(10);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-/// An organization's leads, whose views show its name.
-const ORG_LEADS: &str = "SELECT id, phone FROM leads WHERE org_id = $1";
 
 /// What the listener is doing, and what it has done so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -272,29 +270,14 @@ async fn apply(listener: &mut PgListener, cache: &TwoTierCache, change: Change) 
         Change::Lead { id, org_id, phone } => Invalidation::lead(keys, id, org_id, &phone),
         Change::Message { lead_id, phone } => Invalidation::lead_activity(keys, lead_id, &phone),
         Change::Org { id, phone } => {
-            // Contexts and greetings show the organization's name and agent: each of its
-            // leads' views goes too (an organization changes rarely; it has ~1,000 leads).
-            match sqlx::query_as::<_, (i64, String)>(ORG_LEADS)
-                .bind(id)
-                .fetch_all(&mut *listener)
-                .await
-            {
-                Ok(leads) => {
-                    for (lead_id, lead_phone) in leads {
-                        cache
-                            .invalidate(
-                                Invalidation::lead_activity(keys, lead_id, &lead_phone),
-                                InvalidationSource::Database,
-                            )
-                            .await;
-                    }
-                }
+            match crate::queries::org_invalidation(&mut *listener, keys, id, &phone).await {
+                Ok(invalidation) => invalidation,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list an organization's leads; flushing L1");
                     cache.flush_l1();
+                    Invalidation::org(keys, &phone, &[])
                 }
             }
-            Invalidation::org(keys, &phone)
         }
         Change::Flush => {
             tracing::warn!("a table was truncated: invalidating everything");

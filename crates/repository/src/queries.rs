@@ -17,6 +17,9 @@ pub mod sql {
     pub const ORG_BY_PHONE: &str = "SELECT id, phone, name, settings, created_at, updated_at
          FROM organizations WHERE phone = $1";
 
+    /// The `org_lead_ids` statement.
+    pub const ORG_LEAD_IDS: &str = "SELECT id FROM leads WHERE org_id = $1";
+
     /// The `org_by_id` statement.
     pub const ORG_BY_ID: &str = "SELECT id, phone, name, settings, created_at, updated_at
          FROM organizations WHERE id = $1";
@@ -148,6 +151,27 @@ pub async fn org_by_id(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Org>, 
         .bind(id)
         .fetch_optional(db)
         .await
+}
+
+/// The ids of organization `org_id`'s leads.
+pub async fn org_lead_ids(db: impl PgExecutor<'_>, org_id: i64) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(sql::ORG_LEAD_IDS)
+        .bind(org_id)
+        .fetch_all(db)
+        .await
+}
+
+/// What a change to organization `org_id` (reached on `phone`) invalidates: its phone key
+/// and its leads' views that show its name ([`Invalidation::org`]). The one meaning of "an
+/// organization changed", for the database listener and the admin API alike.
+pub async fn org_invalidation(
+    db: impl PgExecutor<'_>,
+    keys: &tiercache::KeySchema,
+    org_id: i64,
+    phone: &str,
+) -> Result<tiercache::Invalidation, sqlx::Error> {
+    let leads = org_lead_ids(db, org_id).await?;
+    Ok(tiercache::Invalidation::org(keys, phone, &leads))
 }
 
 /// The lead with `phone` (E.164) in organization `org_id`.

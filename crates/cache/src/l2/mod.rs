@@ -386,15 +386,6 @@ impl L2 {
         .await
     }
 
-    /// Runs a Lua script (`EVALSHA`, loading it on `NOSCRIPT`) that returns bulk strings.
-    pub async fn script(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<Vec<Option<Vec<u8>>>, L2Error> {
-        self.run("evalsha", async |conn| invocation.invoke_async(conn).await)
-            .await
-    }
-
     /// `INFO` (all sections), parsed.
     pub async fn info(&self) -> Result<RedisInfo, L2Error> {
         let text: String = self

@@ -84,7 +84,17 @@ async fn run(state: &AppState, body: Result<Json<InvalidateRequest>, JsonRejecti
                     }
                 },
                 "org" => match queries::org_by_id(pool, id).await {
-                    Ok(Some(org)) => Invalidation::org(keys, &org.phone),
+                    Ok(Some(org)) => {
+                        match queries::org_invalidation(pool, keys, org.id, &org.phone).await {
+                            Ok(invalidation) => invalidation,
+                            Err(e) => {
+                                return Err((
+                                    "invalidate_org",
+                                    ApiError::from(tiercache_repository::Error::from(e)),
+                                ));
+                            }
+                        }
+                    }
                     Ok(None) => return Err(("invalidate_org", ApiError::NotFound("organization"))),
                     Err(e) => {
                         return Err((
