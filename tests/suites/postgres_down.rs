@@ -126,3 +126,45 @@ async fn with_postgres_down_cached_values_are_served_stale_and_the_rest_is_a_cle
     let (status, _, _) = get(&server, "/api/leads/7").await;
     assert_eq!(status, 200);
 }
+
+/// PostgreSQL down, and a lead this instance never read but Redis holds (another instance
+/// read it): its database listener is silent, so it cannot vouch for the value as fresh,
+/// but the value is within its grace: served from Redis, marked stale, instead of a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_a_value_only_redis_holds_is_served_stale() {
+    let mut pg = PgServer::start().await;
+    let url = pg.create_database("tiercache").await;
+    {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        tiercache_repository::MIGRATOR.run(&pool).await.unwrap();
+        tiercache_repository::seed::seed_sized(&pool, 2, 20)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let ns = unique_namespace("pgdownl2");
+    let redis = tiercache_tests::SHARED_REDIS_URL;
+    let with_listener = || Options {
+        db_notify: true,
+        ..Options::new(&ns, Some(redis))
+    };
+    let a = TestServer::start_url(&url, with_listener()).await;
+    let b = TestServer::start_url(&url, with_listener()).await;
+    b.db_listening().await;
+    let (status, stale, fresh_body) = get(&a, "/api/leads/5").await;
+    assert_eq!((status, stale), (200, None), "{fresh_body}");
+    a.state.repo.cache().flush_l2_writes().await;
+
+    pg.stop().await;
+    // B's listener goes silent; after half the staleness bound (2 s) B serves as fresh only
+    // values younger than 1 s, which lead 5 is not by then.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(!b.state.repo.cache().l1_trusted());
+    let (status, stale, body) = get(&b, "/api/leads/5").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, fresh_body, "the value Redis holds");
+    let age: u64 = stale.expect("marked stale").parse().unwrap();
+    assert!(age < 300, "age {age}");
+    let (_, metrics) = b.get("/api/monitoring/metrics").await;
+    assert!(stale_served(&metrics) >= 1.0, "counted");
+}
