@@ -358,3 +358,69 @@ impl<'de> Visitor<'de> for RequestVisitor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<WebhookRequest, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_whatever_their_value_and_counted() {
+        let request = parse(
+            r#"{"conversation_id":"c","caller_id":"+1","called_number":"+2",
+                "meta":{"a":[1,{"b":null}]},"call_sid":"CA1","agent_id":"ag","list":[true]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                request.caller_id.as_str(),
+                request.called_number.as_str(),
+                request.call_sid.as_str(),
+                request.agent_id.as_deref(),
+                request.unknown_fields,
+            ),
+            ("+1", "+2", "CA1", Some("ag"), 3)
+        );
+        let request =
+            parse(r#"{"caller_id":"+1","called_number":"+2","call_sid":"C","agent_id":null}"#)
+                .unwrap();
+        assert_eq!((request.agent_id, request.unknown_fields), (None, 0));
+    }
+
+    #[test]
+    fn known_fields_are_still_checked() {
+        let missing = parse(r#"{"caller_id":"+1","called_number":"+2","x":1}"#).unwrap_err();
+        assert!(
+            missing.to_string().contains("missing field `call_sid`"),
+            "{missing}"
+        );
+        let twice =
+            parse(r#"{"caller_id":"+1","caller_id":"+3","called_number":"+2","call_sid":"C"}"#)
+                .unwrap_err();
+        assert!(
+            twice.to_string().contains("duplicate field `caller_id`"),
+            "{twice}"
+        );
+        let typed = parse(r#"{"caller_id":1,"called_number":"+2","call_sid":"C"}"#).unwrap_err();
+        assert!(typed.to_string().contains("invalid type"), "{typed}");
+        for not_an_object in ["[]", "null", "\"s\""] {
+            assert!(parse(not_an_object).is_err(), "{not_an_object}");
+        }
+    }
+
+    #[test]
+    fn an_answer_with_nothing_resolved_has_no_null() {
+        let answer = new_caller("CA1".to_owned(), None, GreetingSource::DeadlineDefault);
+        let value = serde_json::to_value(&answer).unwrap();
+        let variables = value["dynamic_variables"].as_object().unwrap();
+        assert!(variables.values().all(|v| !v.is_null()), "{value}");
+        assert_eq!(variables["greeting_source"], "deadline_default");
+        assert_eq!(
+            (variables["org_id"].as_i64(), variables["org_name"].as_str()),
+            (Some(0), Some(""))
+        );
+    }
+}
