@@ -515,7 +515,7 @@ async fn a_phone_is_digits_and_separators_only() {
             .await;
         assert_eq!(answer.0, 200, "{caller:?}: {}", answer.1);
         assert_eq!(
-            json(&answer.1)["greeting_source"],
+            json(&answer.1)["dynamic_variables"]["greeting_source"],
             "lead",
             "{caller:?}: {}",
             answer.1
