@@ -11,9 +11,14 @@
 //!   probe after `open_for` finds Redis back.
 //! - A connection that failed unrecoverably is flagged and leaves the pool on return.
 //! - Redis down at start-up is not an error: the pool connects lazily.
+//! - A `rediss://` server whose certificate does not chain to the configured CA (or does
+//!   not name the URL's host), or a password Redis refuses, fails every connection: a
+//!   `connection` error with the reason kept for health checks, which opens the breaker
+//!   as a Redis that is down does.
 
 mod error;
 mod manager;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -121,7 +126,8 @@ struct Refusals {
 }
 
 impl L2 {
-    /// A lazily connecting L2; fails only on a URL the redis crate cannot parse.
+    /// A lazily connecting L2 (over TLS for a `rediss://` URL); fails only on a URL or CA
+    /// the redis crate cannot parse, which the config's builder has already refused.
     pub fn new(
         config: &RedisConfig,
         breaker: BreakerConfig,
@@ -129,7 +135,7 @@ impl L2 {
     ) -> Result<Self, redis::RedisError> {
         // redis-rs leaves Nagle's algorithm on. Turning it off (TCP_NODELAY) measured no
         // better here, and a little more CPU per operation (benches/README.md), so it stays.
-        let client = redis::Client::open(config.url.as_str())?;
+        let client = tls::client(config)?;
         let manager = Manager::new(
             client.clone(),
             config.connect_timeout,
