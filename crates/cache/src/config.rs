@@ -477,7 +477,8 @@ impl CacheConfigBuilder {
         let redis = match self.redis_url {
             None => None,
             Some(url) => {
-                for (field, message) in crate::l2::tls::problems(&url, self.redis_ca_cert.as_deref())
+                for (field, message) in
+                    crate::l2::tls::problems(&url, self.redis_ca_cert.as_deref())
                 {
                     problem(field.to_owned(), message);
                 }
