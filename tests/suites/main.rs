@@ -25,4 +25,5 @@ mod redis_faults;
 mod redis_refusals;
 mod stale_values;
 mod staleness_bound;
+mod tls;
 mod write_through;
