@@ -6,6 +6,7 @@
 //! start-up error naming `DATABASE_URL` for PostgreSQL; for Redis, the service goes on from
 //! L1 and PostgreSQL while `/health/redis` says why Redis is refused.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ const PG_PASSWORD: &str = "pg-password-7f3a";
 /// `requirepass` of the TLS Redis.
 const REDIS_PASSWORD: &str = "redis-password-91c2";
 
+/// An ACL user on the TLS Redis, and its password.
+const ACL_USER: &str = "tiercache";
+const ACL_PASSWORD: &str = "acl-password-5e0b";
+
 /// The database the service creates at start-up on the TLS PostgreSQL.
 const PG_DB: &str = "tiercache_tls";
 
@@ -39,6 +44,22 @@ fn pg_url(server: &PgServer, password: &str, ca: &TestCa, extra: &str) -> String
         server.port(),
         ca.ca_path().display()
     )
+}
+
+/// A service on `db` whose L2 is the TLS Redis at `url`, trusting the CA at `ca_path`
+/// (`REDIS_CA_CERT`).
+async fn instance(
+    db: &TestDb,
+    ns: &str,
+    url: &str,
+    ca_path: &Path,
+    observer: Option<Arc<Recorder>>,
+) -> TestServer {
+    let mut opts = Options::new(ns, Some(url));
+    opts.vars
+        .push(("REDIS_CA_CERT", ca_path.display().to_string()));
+    opts.observer = observer.map(|o| o as _);
+    TestServer::start(db, opts).await
 }
 
 fn json(body: &str) -> Value {
@@ -195,10 +216,11 @@ async fn a_wrong_ca_or_password_for_postgres_stops_start_up_naming_database_url(
     );
 }
 
-/// Two instances on a Redis that takes only TLS and a password, reached on
-/// `rediss://:password@…` with `REDIS_CA_CERT`: a value one loads lands in Redis and the
-/// other reads it from there, and a write on one reaches the other over the bus (its
-/// subscriber connects over TLS as the pool does). Before, `REDIS_URL=rediss://…` was
+/// Two instances on a Redis that takes only TLS and a password, reached with
+/// `REDIS_CA_CERT` on `rediss://:password@…` (the default user) and on
+/// `rediss://user:password@…` (an ACL user): a value one loads lands in Redis and the other
+/// reads it from there, and a write on one reaches the other over the bus (its subscriber
+/// connects over TLS, as the same user, as the pool does). Before, `REDIS_URL=rediss://…` was
 /// refused by the configuration: "not a Redis URL (expected redis://...)".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_with_a_password_carries_values_and_the_bus() {
@@ -206,19 +228,23 @@ async fn redis_over_tls_with_a_password_carries_values_and_the_bus() {
     let redis = RedisServer::start_tls(&ca, REDIS_PASSWORD).await;
     let url = redis.url();
     assert!(url.starts_with("rediss://:"), "{url}");
+    let mut admin = redis.client().await;
+    // B logs in as an ACL user of its own; A as the default user, with `requirepass`.
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", ACL_USER, "on", &format!(">{ACL_PASSWORD}")])
+        .arg(&["~*", "&*", "+@all"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let acl_url = format!(
+        "rediss://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{}/",
+        redis.port()
+    );
     let db = TestDb::seeded("tlsredis", 2, 10).await;
     let ns = unique_namespace("tlsredis");
-    let start = |observer: Option<Arc<Recorder>>| {
-        let mut opts = Options::new(&ns, Some(&url));
-        opts.vars
-            .push(("REDIS_CA_CERT", ca.ca_path().display().to_string()));
-        opts.observer = observer.map(|o| o as _);
-        TestServer::start(&db, opts)
-    };
-    let a = start(None).await;
+    let a = instance(&db, &ns, &url, ca.ca_path(), None).await;
     let b_rec = Arc::new(Recorder::new().0);
-    let b = start(Some(b_rec.clone())).await;
-    let mut admin = redis.client().await;
+    let b = instance(&db, &ns, &acl_url, ca.ca_path(), Some(b_rec.clone())).await;
     bus_subscribers(&mut admin, &ns, 2).await;
 
     let (status, body) = a.get("/api/leads/1").await;
@@ -247,6 +273,17 @@ async fn redis_over_tls_with_a_password_carries_values_and_the_bus() {
     assert_eq!(status, 200);
     assert!(body.contains("Renamed over rediss"), "{body}");
     assert_eq!(b_rec.sum("l2_error."), 0, "no Redis error on B");
+    // B's pool and bus subscriber are logged in as the ACL user.
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let as_acl_user = clients
+        .lines()
+        .filter(|line| line.contains(&format!(" user={ACL_USER} ")))
+        .count();
+    assert!(as_acl_user >= 2, "{clients}");
 }
 
 /// A Redis the service cannot use: a CA its certificate does not chain to, or a wrong
@@ -269,11 +306,7 @@ async fn a_refused_tls_redis_leaves_the_service_on_l1_and_postgres_and_health_sa
         let (recorder, mut circuit) = Recorder::new();
         let rec = Arc::new(recorder);
         let ns = unique_namespace("tlsrefused");
-        let mut opts = Options::new(&ns, Some(&url));
-        opts.vars
-            .push(("REDIS_CA_CERT", ca_path.display().to_string()));
-        opts.observer = Some(rec.clone());
-        let service = TestServer::start(&db, opts).await;
+        let service = instance(&db, &ns, &url, ca_path, Some(rec.clone())).await;
         let mut first = Vec::new();
         for id in 1..=10 {
             let (status, body) = service.get(&format!("/api/leads/{id}")).await;
