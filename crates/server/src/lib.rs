@@ -2,6 +2,7 @@
 //! (the domain routes and the voice agent's webhook).
 
 pub mod config;
+pub mod db_error;
 pub mod error;
 pub mod http;
 pub mod routes;
