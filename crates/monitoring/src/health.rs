@@ -152,7 +152,7 @@ pub struct RedisHealth {
     pub latency_ms: Option<f64>,
     /// The breaker's state.
     pub circuit: Option<&'static str>,
-    /// Whether Redis takes writes (invalidations, values); `null` when disabled.
+    /// Whether Redis answers and takes writes (invalidations, values); `null` when disabled.
     pub writable: Option<bool>,
     /// Why it does not, when it does not.
     pub write_error: Option<String>,
@@ -195,7 +195,10 @@ pub async fn redis(cache: &TwoTierCache) -> RedisHealth {
     let pool = cache.pool_state();
     let write_error = cache.l2_refusing_writes();
     RedisHealth {
-        writable: cache.has_l2().then_some(write_error.is_none()),
+        // A Redis that does not answer takes no writes either.
+        writable: cache
+            .has_l2()
+            .then_some(write_error.is_none() && matches!(ping, Some(Ok(_)))),
         write_error,
         enabled: cache.has_l2(),
         ok: matches!(ping, Some(Ok(_))),
