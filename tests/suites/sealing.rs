@@ -470,9 +470,13 @@ async fn the_call_script_follows_sealed_values_in_one_round_trip() {
     a.install(&cold, keys.org_by_phone(ORG), Some(TestLead::new(7, 1)))
         .await
         .unwrap();
-    a.install(&cold, keys.lead_by_phone(CALLER, 7), Some(TestLead::new(42, 1)))
-        .await
-        .unwrap();
+    a.install(
+        &cold,
+        keys.lead_by_phone(CALLER, 7),
+        Some(TestLead::new(42, 1)),
+    )
+    .await
+    .unwrap();
     a.install(&cold, keys.context(42), Some(TestLead::new(42, 10)))
         .await
         .unwrap();
