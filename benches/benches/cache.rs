@@ -9,14 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use redis::AsyncCommands;
-use tiercache::{CacheConfig, NoopObserver, TwoTierCache, envelope};
+use tiercache::seal::Sealer;
+use tiercache::{CacheConfig, EncryptionKey, NoopObserver, TwoTierCache, envelope};
 use tiercache_benches::{Lead, sample_lead};
 use tokio::runtime::Runtime;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 const SECRET: &[u8] = b"tiercache-bench-secret-012345678";
+
+fn unix_millis() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_millis() as u64)
+}
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -27,12 +33,27 @@ fn runtime() -> Runtime {
 }
 
 fn cache(rt: &Runtime, prefix: &str, redis: bool) -> TwoTierCache {
+    sealed_cache(rt, prefix, redis, None)
+}
+
+/// The key the sealed benches seal with.
+fn encryption_key() -> EncryptionKey {
+    EncryptionKey::from_bytes([7; 32])
+}
+
+fn sealed_cache(
+    rt: &Runtime,
+    prefix: &str,
+    redis: bool,
+    key: Option<EncryptionKey>,
+) -> TwoTierCache {
     let _runtime = rt.enter();
     let config = CacheConfig::builder()
         .prefix(prefix)
         .env("bench")
         .key_secret(SECRET.to_vec())
         .redis_url(redis.then(|| REDIS_URL.to_owned()))
+        .encryption_key(key)
         .build()
         .unwrap();
     TwoTierCache::new(config, NoopObserver).unwrap()
@@ -75,6 +96,8 @@ fn l2_hit_vs_bare_get(c: &mut Criterion) {
     let prefix = format!("benchl2{}", std::process::id());
     let writer = cache(&rt, &prefix, true);
     let reader = cache(&rt, &prefix, true);
+    let sealed_reader = sealed_cache(&rt, &prefix, true, Some(encryption_key()));
+    let sealer = Sealer::new(&encryption_key());
     let conn = rt.block_on(async {
         redis::Client::open(REDIS_URL)
             .unwrap()
@@ -83,8 +106,9 @@ fn l2_hit_vs_bare_get(c: &mut Criterion) {
             .unwrap()
     });
     let next = Arc::new(AtomicI64::new(0));
-    // Keys are written ahead in batches, outside the timed section.
-    let prepare = |n: u64| {
+    // Keys are written ahead in batches, outside the timed section; sealed for the sealed
+    // reader.
+    let prepare = |n: u64, sealer: Option<&Sealer>| {
         let start = next.fetch_add(n as i64, Ordering::SeqCst);
         rt.block_on(async {
             let mut pipe = redis::pipe();
@@ -92,8 +116,13 @@ fn l2_hit_vs_bare_get(c: &mut Criterion) {
                 let key = writer.keys().render(&writer.keys().lead_by_id(id));
                 let mut lead = sample_lead();
                 lead.id = id;
-                pipe.set(key, envelope::encode(Some(&lead), 0).unwrap())
-                    .ignore();
+                // Loaded now, so a value stays young enough to serve even while a starved
+                // bus heartbeat (a busy machine) leaves the reader distrusting older ones.
+                let mut bytes = envelope::encode(Some(&lead), unix_millis()).unwrap();
+                if let Some(sealer) = sealer {
+                    bytes = sealer.seal(&key, &bytes, false).unwrap();
+                }
+                pipe.set(key, bytes).ignore();
             }
             let _: () = pipe.query_async(&mut conn.clone()).await.unwrap();
         });
@@ -102,7 +131,7 @@ fn l2_hit_vs_bare_get(c: &mut Criterion) {
     let mut group = c.benchmark_group("l2_hit");
     group.bench_function("bare_redis_get", |b| {
         b.iter_custom(|iters| {
-            let start = prepare(iters);
+            let start = prepare(iters, None);
             rt.block_on(async {
                 let mut conn = conn.clone();
                 let began = Instant::now();
@@ -115,19 +144,24 @@ fn l2_hit_vs_bare_get(c: &mut Criterion) {
             })
         })
     });
-    group.bench_function("get_or_load", |b| {
-        b.iter_custom(|iters| {
-            let start = prepare(iters);
-            rt.block_on(async {
-                let began = Instant::now();
-                for id in start..start + iters as i64 {
-                    let key = reader.keys().lead_by_id(id);
-                    black_box(reader.get_or_load(key, || load(-1)).await.unwrap());
-                }
-                began.elapsed()
+    for (name, reader, sealer) in [
+        ("get_or_load", &reader, None),
+        ("get_or_load_sealed", &sealed_reader, Some(&sealer)),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = prepare(iters, sealer);
+                rt.block_on(async {
+                    let began = Instant::now();
+                    for id in start..start + iters as i64 {
+                        let key = reader.keys().lead_by_id(id);
+                        black_box(reader.get_or_load(key, || load(-1)).await.unwrap());
+                    }
+                    began.elapsed()
+                })
             })
-        })
-    });
+        });
+    }
     group.finish();
     cleanup(&rt, &prefix);
 }
@@ -165,6 +199,28 @@ fn envelope_and_keys(c: &mut Criterion) {
     });
     group.bench_function("decode", |b| {
         b.iter(|| envelope::decode::<Lead>(black_box(&bytes)).unwrap())
+    });
+    // Sealed (CACHE_ENCRYPTION_KEY): what an L2 hit pays on top of `decode`, and a fill on
+    // top of `encode`. Opening works in place, as on the bytes Redis returned; each
+    // iteration gets its own copy, made outside the timing.
+    let sealer = Sealer::new(&encryption_key());
+    let redis_key = "tc:bench:v1:lead:id:48213377";
+    let sealed = sealer.seal(redis_key, &bytes, false).unwrap();
+    group.bench_function("open_and_decode", |b| {
+        b.iter_batched_ref(
+            || sealed.clone(),
+            |sealed| {
+                let plain = sealer.open(black_box(redis_key), sealed).unwrap();
+                envelope::decode::<Lead>(plain).unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("encode_and_seal", |b| {
+        b.iter(|| {
+            let plain = envelope::encode(Some(black_box(&lead)), 1).unwrap();
+            sealer.seal(black_box(redis_key), &plain, false).unwrap()
+        })
     });
     group.finish();
     let rt = runtime();

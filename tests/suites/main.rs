@@ -23,6 +23,7 @@ mod prometheus;
 mod queries;
 mod redis_faults;
 mod redis_refusals;
+mod sealing;
 mod stale_values;
 mod staleness_bound;
 mod tls;

@@ -34,6 +34,7 @@ use crate::observer::{
 };
 use crate::pending::PendingDeletes;
 use crate::policy::Policies;
+use crate::seal::Sealing;
 use crate::stripes::Stripes;
 use crate::write_behind::{QueuedSet, WriteBehind};
 use crate::write_through::Written;
@@ -122,6 +123,13 @@ const REPLAY_BATCH: usize = 256;
 ///
 /// A payload that does not decode, or was written by another envelope version, is a miss:
 /// it is deleted, counted through [`CacheObserver::corrupt`], and the value is reloaded.
+///
+/// # Sealed values
+///
+/// With an encryption key ([`CacheConfigBuilder::encryption_key`](crate::CacheConfigBuilder::encryption_key)),
+/// every value written to Redis is sealed (see [`crate::seal`]) and only values sealed under
+/// that key at that Redis key are read; anything else there is corrupt, as above. L1 holds
+/// decoded values, so an L1 hit costs the same either way.
 #[derive(Clone)]
 pub struct TwoTierCache {
     inner: Arc<Inner>,
@@ -134,6 +142,8 @@ pub(crate) struct Inner {
     pub(crate) l1: moka::future::Cache<CacheKey, L1Entry>,
     l1_enabled: bool,
     pub(crate) l2: Option<L2>,
+    /// Whether values in Redis are sealed, and with what (see `seal.rs`).
+    pub(crate) sealing: Sealing,
     policies: Policies,
     /// Bounds a whole read that misses.
     load_timeout: Duration,
@@ -362,6 +372,7 @@ impl TwoTierCache {
             l1,
             l1_enabled: config.l1_enabled,
             l2,
+            sealing: Sealing::new(config.encryption_key.as_ref()),
             policies: config.policies,
             load_timeout: config.load_timeout,
             soft_timeout: config.soft_timeout,
@@ -463,6 +474,10 @@ impl TwoTierCache {
 
     pub(crate) fn l2(&self) -> Option<&L2> {
         self.inner.l2.as_ref()
+    }
+
+    pub(crate) fn sealing(&self) -> &Sealing {
+        &self.inner.sealing
     }
 
     /// Registers a source of invalidations besides the Redis bus (e.g. a database
@@ -982,11 +997,17 @@ impl Inner {
                 // Absorbed: counted by L2 itself, then on to the loader.
                 Ok(GetOrLease::Busy) | Err(_) => None,
             };
+            let sealed = self.sealing.is_on().then_some(redis_key.as_str());
             match found {
-                Some(bytes) => match envelope::decode::<T>(&bytes) {
+                // Opened in place when sealed; L1 weighs the plain envelope either way.
+                Some(mut bytes) => match self
+                    .sealing
+                    .plain(sealed, &mut bytes)
+                    .and_then(|plain| Ok((envelope::decode::<T>(plain)?, plain.len())))
+                {
                     // Older than this instance can vouch for right now (see `coherence.rs`):
                     // loaded again, under a lease taken now.
-                    Ok(decoded)
+                    Ok((decoded, size))
                         if !self
                             .coherence
                             .serveable(Instant::now(), decoded.loaded_at_ms) =>
@@ -998,12 +1019,12 @@ impl Inner {
                         if age_since(decoded.loaded_at_ms) <= ttl + policy.grace {
                             // Left in Redis, not leased over: should the load fail, it is
                             // what every instance falls back on. A fresh load stays in L1.
-                            fallback = Some((decoded, bytes.len()));
+                            fallback = Some((decoded, size));
                         } else {
                             lease = self.take_lease(l2, redis_key, index).await;
                         }
                     }
-                    Ok(decoded) => {
+                    Ok((decoded, size)) => {
                         let negative = decoded.value.is_none();
                         let outcome = if negative {
                             Outcome::NegativeHit
@@ -1016,7 +1037,7 @@ impl Inner {
                             .served(entity, Tier::L2, age_since(decoded.loaded_at_ms));
                         let entry = L1Entry::new(
                             decoded.value.map(Arc::new),
-                            bytes.len(),
+                            size,
                             self.l1_life(policy, negative),
                             decoded.loaded_at_ms,
                         );
@@ -1096,16 +1117,22 @@ impl Inner {
         // nothing is written: the lease holder writes it. With one, the write goes behind
         // (see `write_behind.rs`), or here when its queue is full.
         if let (Some(redis_key), Some(lease)) = (redis_key, lease) {
-            let set = QueuedSet {
-                key,
-                owed,
-                redis_key,
-                bytes,
-                ttl: policy.ttl(false, negative),
-                lease,
-            };
-            if let Some(set) = self.write_behind.queue(set) {
-                crate::write_behind::send(self, std::slice::from_ref(&set)).await;
+            match self.sealing.store(&key, &redis_key, bytes) {
+                Ok(bytes) => {
+                    let set = QueuedSet {
+                        key,
+                        owed,
+                        redis_key,
+                        bytes,
+                        ttl: policy.ttl(false, negative),
+                        lease,
+                    };
+                    if let Some(set) = self.write_behind.queue(set) {
+                        crate::write_behind::send(self, std::slice::from_ref(&set)).await;
+                    }
+                }
+                // Nothing to write (never in practice: over 256 GiB): others load it.
+                Err(_) => self.release_lease(Some(&redis_key), Some(&lease)).await,
             }
         }
         let entry = L1Entry::new(

@@ -9,7 +9,9 @@
 //! organization or the lead must therefore have their id as their first field; they say so
 //! by implementing [`Identified`], and [`envelope::leading_id`] is the same reading in Rust,
 //! for tests to pin the contract. The script builds keys from arguments, so it needs all
-//! of a namespace on one Redis node (no cluster).
+//! of a namespace on one Redis node (no cluster). A sealed value (see `seal.rs`) at the
+//! organization's or the lead's phone key keeps that id in the clear ahead of its nonce,
+//! where the script reads it the same way; the script never needs the encryption key.
 
 use std::sync::Arc;
 
@@ -149,12 +151,20 @@ impl<O, L, C, G> CallSlots<O, L, C, G> {
 /// Follows the ids from the organization to the lead to its context and greeting.
 const CALL_SCRIPT: &str = r#"
 local ns, called, caller, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- The id starts after a plain envelope's header (version, kind 0: a value, load time), or
+-- after a sealed one's version and flag 1 (its id in the clear).
 local function leading_id(v)
-  if not v or string.len(v) < 11 or string.byte(v, 1) ~= VERSION or string.byte(v, 2) ~= 0 then
+  if not v or string.len(v) < 3 then return nil end
+  local at
+  if string.byte(v, 1) == VERSION and string.byte(v, 2) == 0 then
+    at = 11
+  elseif string.byte(v, 1) == SEALED and string.byte(v, 2) == WITH_ID then
+    at = 3
+  else
     return nil
   end
   local n, mult = 0, 1
-  for i = 11, math.min(string.len(v), 20) do
+  for i = at, math.min(string.len(v), at + 9) do
     local b = string.byte(v, i)
     n = n + (b % 128) * mult
     if b < 128 then
@@ -452,14 +462,20 @@ impl TwoTierCache {
         let entity = key.entity();
         // A key whose invalidation is still owed to Redis may be stale there.
         let bytes = bytes.filter(|_| !self.owes(&key));
-        let Some(bytes) = bytes else {
+        let Some(mut bytes) = bytes else {
             self.observer()
                 .lookup(entity, Tier::L2, Outcome::Miss, took);
             return Slot::Missing;
         };
-        match envelope::decode::<T>(&bytes) {
+        // A sealed value opens only under the key it was sealed for: this one.
+        let redis_key = self.sealing().is_on().then(|| self.keys().render(&key));
+        let decoded = self
+            .sealing()
+            .plain(redis_key.as_deref(), &mut bytes)
+            .and_then(|plain| Ok((envelope::decode::<T>(plain)?, plain.len())));
+        match decoded {
             // Older than this instance can vouch for right now (see `coherence.rs`).
-            Ok(decoded)
+            Ok((decoded, _))
                 if !self
                     .coherence()
                     .serveable(std::time::Instant::now(), decoded.loaded_at_ms) =>
@@ -468,7 +484,7 @@ impl TwoTierCache {
                     .lookup(entity, Tier::L2, Outcome::Miss, took);
                 Slot::Missing
             }
-            Ok(decoded) => {
+            Ok((decoded, size)) => {
                 let negative = decoded.value.is_none();
                 let outcome = if negative {
                     Outcome::NegativeHit
@@ -484,7 +500,7 @@ impl TwoTierCache {
                 );
                 let entry = L1Entry::new(
                     value.clone(),
-                    bytes.len(),
+                    size,
                     self.l1_life_for(entity, negative),
                     decoded.loaded_at_ms,
                 );
@@ -570,6 +586,10 @@ impl TwoTierCache {
             tokio::spawn(async move {
                 let cache = unsent.cache();
                 let Some(l2) = &cache.l2 else { return };
+                // Sealed here, behind the answer, when values are.
+                let Ok(bytes) = cache.sealing.store(&key, &redis_key, bytes) else {
+                    return;
+                };
                 let stored = l2.set_guarded(&redis_key, &bytes, l2_ttl, &epochs).await;
                 // An invalidation here since the snapshot may still owe its delete to
                 // Redis (its own script failed): only an untouched key is settled.
@@ -593,6 +613,8 @@ fn call_script() -> &'static redis::Script {
     SCRIPT.get_or_init(|| {
         redis::Script::new(
             &CALL_SCRIPT
+                .replace("SEALED", &crate::seal::SEALED_VERSION.to_string())
+                .replace("WITH_ID", &crate::seal::WITH_ID.to_string())
                 .replace("VERSION", &ENVELOPE_VERSION.to_string())
                 .replace("LEASE_PREFIX", &crate::l2::lua_lease_marker_prefix()),
         )

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::{ConfigError, ConfigProblem};
 use crate::observer::Entity;
 use crate::policy::{EntityPolicy, Policies};
+use crate::seal::EncryptionKey;
 
 /// Everything the cache needs to start; built by [`CacheConfig::builder`], always valid.
 #[derive(Clone)]
@@ -14,6 +15,7 @@ pub struct CacheConfig {
     pub(crate) env: String,
     pub(crate) schema: u32,
     pub(crate) key_secret: Vec<u8>,
+    pub(crate) encryption_key: Option<EncryptionKey>,
     pub(crate) l1_enabled: bool,
     pub(crate) l1_max_bytes: u64,
     pub(crate) policies: Policies,
@@ -78,6 +80,11 @@ impl CacheConfig {
     pub fn staleness_bound(&self) -> Duration {
         self.staleness_bound
     }
+
+    /// Whether values are sealed in Redis (see [`CacheConfigBuilder::encryption_key`]).
+    pub fn seals_values(&self) -> bool {
+        self.encryption_key.is_some()
+    }
 }
 
 impl fmt::Debug for CacheConfig {
@@ -88,6 +95,7 @@ impl fmt::Debug for CacheConfig {
             env,
             schema,
             key_secret: _,
+            encryption_key,
             l1_enabled,
             l1_max_bytes,
             policies,
@@ -103,6 +111,7 @@ impl fmt::Debug for CacheConfig {
             .field("env", env)
             .field("schema", schema)
             .field("key_secret", &"set")
+            .field("encryption_key", &set_or_not(encryption_key.is_some()))
             .field("l1_enabled", l1_enabled)
             .field("l1_max_bytes", l1_max_bytes)
             .field("policies", policies)
@@ -114,6 +123,10 @@ impl fmt::Debug for CacheConfig {
             .field("breaker", breaker)
             .finish()
     }
+}
+
+fn set_or_not(set: bool) -> &'static str {
+    if set { "set" } else { "not set" }
 }
 
 /// How to reach Redis, and how long to wait for it.
@@ -210,6 +223,7 @@ pub struct CacheConfigBuilder {
     env: String,
     schema: u32,
     key_secret: Option<Vec<u8>>,
+    encryption_key: Option<EncryptionKey>,
     l1_enabled: bool,
     l1_max_bytes: u64,
     policies: Policies,
@@ -233,6 +247,7 @@ impl fmt::Debug for CacheConfigBuilder {
             env,
             schema,
             key_secret,
+            encryption_key,
             l1_enabled,
             l1_max_bytes,
             policies,
@@ -253,6 +268,7 @@ impl fmt::Debug for CacheConfigBuilder {
             .field("env", env)
             .field("schema", schema)
             .field("key_secret", &set(key_secret.is_some()))
+            .field("encryption_key", &set(encryption_key.is_some()))
             .field("l1_enabled", l1_enabled)
             .field("l1_max_bytes", l1_max_bytes)
             .field("policies", policies)
@@ -277,6 +293,7 @@ impl Default for CacheConfigBuilder {
             env: CacheConfig::DEFAULT_ENV.to_owned(),
             schema: CacheConfig::DEFAULT_SCHEMA,
             key_secret: None,
+            encryption_key: None,
             l1_enabled: true,
             l1_max_bytes: CacheConfig::DEFAULT_L1_MAX_BYTES,
             policies: Policies::default(),
@@ -317,6 +334,15 @@ impl CacheConfigBuilder {
     /// agree on key names); without Redis a random per-process secret is used if unset.
     pub fn key_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.key_secret = Some(secret.into());
+        self
+    }
+
+    /// Seals every value this cache writes to Redis with this key (XChaCha20-Poly1305, bound
+    /// to the Redis key), and reads only values sealed so; `None` (the default) keeps them
+    /// plain. L1 holds decoded values either way. Instances sharing a namespace must agree:
+    /// a value one cannot open is a miss for it, reloaded and written again its own way.
+    pub fn encryption_key(mut self, key: Option<EncryptionKey>) -> Self {
+        self.encryption_key = key;
         self
     }
 
@@ -524,6 +550,7 @@ impl CacheConfigBuilder {
             env: self.env,
             schema: self.schema,
             key_secret,
+            encryption_key: self.encryption_key,
             l1_enabled: self.l1_enabled,
             l1_max_bytes: self.l1_max_bytes,
             policies: self.policies,
@@ -615,6 +642,23 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains("very secret"), "{text}");
         assert!(text.contains("redis://***@127.0.0.1:6379/"), "{text}");
+    }
+
+    #[test]
+    fn debug_says_whether_values_are_sealed_never_with_what() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let key = EncryptionKey::from_hex(hex).unwrap();
+        let builder = CacheConfig::builder().encryption_key(Some(key));
+        let text = format!("{builder:?}");
+        assert!(text.contains("encryption_key: \"set\""), "{text}");
+        let config = builder.build().unwrap();
+        assert!(config.seals_values());
+        let text = format!("{config:?}");
+        assert!(text.contains("encryption_key: \"set\""), "{text}");
+        assert!(!text.contains("0011") && !text.contains("[0, 17"), "{text}");
+        let plain = CacheConfig::builder().build().unwrap();
+        assert!(!plain.seals_values());
+        assert!(format!("{plain:?}").contains("encryption_key: \"not set\""));
     }
 
     #[test]

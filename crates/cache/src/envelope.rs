@@ -5,7 +5,8 @@
 //! kind 1 and no payload. Anything else — short, unknown kind, other version, a payload
 //! that does not decode as the asked type — is a miss for the caller, never an error.
 //! Version 0 is never used: a value starting with byte 0 is a load's lease marker (see
-//! `l2::LEASE_MARKER_PREFIX`).
+//! `l2::LEASE_MARKER_PREFIX`). A first byte with the high bit set is a sealed envelope
+//! (`seal.rs`), which holds one of these.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -78,13 +79,22 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Decoded<T>, CorruptKi
 
 /// The value's id as the call script reads it: the first field of a value whose first
 /// field is an `i64` (postcard's zigzag varint), `None` for a "not found" or anything else.
+/// A sealed value shows it only when it was sealed so (see `seal.rs`).
 pub fn leading_id(bytes: &[u8]) -> Option<i64> {
+    if bytes.first() == Some(&crate::seal::SEALED_VERSION) {
+        return crate::seal::clear_id(bytes);
+    }
+    postcard::from_bytes::<i64>(leading_id_bytes(bytes)?).ok()
+}
+
+/// The bytes of a plain envelope's leading id, as postcard wrote them.
+pub(crate) fn leading_id_bytes(bytes: &[u8]) -> Option<&[u8]> {
     let (header, payload) = bytes.split_at_checked(HEADER_LEN)?;
     if header[0] != ENVELOPE_VERSION || header[1] != KIND_VALUE {
         return None;
     }
-    let (id, _) = postcard::take_from_bytes::<i64>(payload).ok()?;
-    Some(id)
+    let (_, rest) = postcard::take_from_bytes::<i64>(payload).ok()?;
+    Some(&payload[..payload.len() - rest.len()])
 }
 
 #[cfg(test)]

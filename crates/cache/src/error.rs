@@ -101,3 +101,19 @@ pub enum KeyError {
     #[error("channel must be one of voice, sms, web")]
     Channel,
 }
+
+/// Why a text is not an [`EncryptionKey`](crate::EncryptionKey); never quotes the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncryptionKeyError {
+    /// Not 64 characters long.
+    #[error("expected 64 hex digits (32 bytes), got {0} characters")]
+    Length(usize),
+    /// 64 characters, not all of them hex digits.
+    #[error("expected 64 hex digits (32 bytes), got a character that is not a hex digit")]
+    NotHex,
+}
+
+/// A value too long for the cipher (over 256 GiB): not sealed, so not stored in Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("sealing a value for the cache failed")]
+pub struct SealError;

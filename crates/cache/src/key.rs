@@ -111,6 +111,12 @@ impl CacheKey {
         }
     }
 
+    /// Whether the call script reads an id from this key's value to build the next key
+    /// (see `call.rs`): a sealed value shows it in the clear.
+    pub(crate) fn followed_by_call(&self) -> bool {
+        matches!(self.0, KeyKind::OrgByPhone(_) | KeyKind::LeadByPhone { .. })
+    }
+
     /// For a history page key, the lead and the page's (limit, offset).
     pub(crate) fn history_page(&self) -> Option<(i64, u32, u32)> {
         match self.0 {

@@ -26,6 +26,7 @@ mod observer;
 mod outstanding;
 mod pending;
 mod policy;
+pub mod seal;
 pub mod stale;
 mod stripes;
 mod write_behind;
@@ -36,7 +37,9 @@ pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
 pub use call::{CallSlots, Identified, Slot};
 pub use coherence::Feed;
 pub use config::{BreakerConfig, CacheConfig, CacheConfigBuilder, RedisConfig};
-pub use error::{BoxError, ConfigError, ConfigProblem, Error, KeyError};
+pub use error::{
+    BoxError, ConfigError, ConfigProblem, EncryptionKeyError, Error, KeyError, SealError,
+};
 pub use history_index::MAX_PAGES_PER_LEAD;
 pub use invalidation::Invalidation;
 pub use key::{CacheKey, Channel, KeySchema, PhoneDigest};
@@ -47,4 +50,5 @@ pub use observer::{
 };
 pub use pending::MAX_PENDING_KEYS;
 pub use policy::{EntityPolicy, Policies};
+pub use seal::EncryptionKey;
 pub use write_through::WriteTicket;

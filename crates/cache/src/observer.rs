@@ -148,12 +148,19 @@ pub enum CorruptKind {
     Version,
     /// An L1 entry held a value of another Rust type than the caller asked for.
     Type,
+    /// A sealed value that does not open here (another encryption key, another Redis key,
+    /// tampered), a sealed value where values are plain, or a plain one where they are sealed.
+    Seal,
 }
 
 impl CorruptKind {
     /// Every variant, in declaration order (the order of `self as usize`).
-    pub const ALL: [CorruptKind; 3] =
-        [CorruptKind::Decode, CorruptKind::Version, CorruptKind::Type];
+    pub const ALL: [CorruptKind; 4] = [
+        CorruptKind::Decode,
+        CorruptKind::Version,
+        CorruptKind::Type,
+        CorruptKind::Seal,
+    ];
 
     /// The label value for this kind.
     pub fn as_str(self) -> &'static str {
@@ -161,6 +168,7 @@ impl CorruptKind {
             CorruptKind::Decode => "decode",
             CorruptKind::Version => "version",
             CorruptKind::Type => "type",
+            CorruptKind::Seal => "seal",
         }
     }
 }

@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use tiercache::{BreakerConfig, CacheConfig, Entity, EntityPolicy, RedisConfig};
+use tiercache::{BreakerConfig, CacheConfig, EncryptionKey, Entity, EntityPolicy, RedisConfig};
 
 /// Every variable read, in the order their problems are reported.
 pub const VARS: &[&str] = &[
@@ -34,6 +34,7 @@ pub const VARS: &[&str] = &[
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_BODY_TIMEOUT_MS",
     "CACHE_KEY_SECRET",
+    "CACHE_ENCRYPTION_KEY",
     "APP_ENV",
     "CACHE_PREFIX",
     "CACHE_SCHEMA_VERSION",
@@ -358,6 +359,8 @@ struct RawConfig {
     http_header_timeout: Duration,
     http_body_timeout: Duration,
     key_secret: Option<String>,
+    /// Seals values in Redis (`CACHE_ENCRYPTION_KEY`).
+    encryption_key: Option<EncryptionKey>,
     app_env: String,
     cache_prefix: String,
     cache_schema_version: u32,
@@ -437,6 +440,7 @@ impl RawConfig {
                 .millis("HTTP_BODY_TIMEOUT_MS")
                 .unwrap_or(HttpConfig::DEFAULT_BODY_READ_TIMEOUT),
             key_secret: env.get("CACHE_KEY_SECRET").map(str::to_owned),
+            encryption_key: env.encryption_key("CACHE_ENCRYPTION_KEY"),
             app_env: env.string("APP_ENV", CacheConfig::DEFAULT_ENV),
             cache_prefix: env.string("CACHE_PREFIX", CacheConfig::DEFAULT_PREFIX),
             cache_schema_version: env
@@ -487,6 +491,7 @@ impl RawConfig {
             http_header_timeout,
             http_body_timeout,
             key_secret,
+            encryption_key,
             app_env,
             cache_prefix,
             cache_schema_version,
@@ -592,6 +597,7 @@ impl RawConfig {
             .env(app_env)
             .schema(cache_schema_version)
             .key_secret(key_secret.into_bytes())
+            .encryption_key(encryption_key)
             .l1_enabled(l1_enabled)
             .l1_max_bytes(l1_max_bytes)
             .load_timeout(load_timeout)
@@ -737,6 +743,18 @@ impl Env {
                 _ => None,
             }
         })
+    }
+
+    /// A 32-byte key as 64 hex digits; a bad one is noted without quoting it (a secret).
+    fn encryption_key(&mut self, name: &str) -> Option<EncryptionKey> {
+        let parsed = EncryptionKey::from_hex(self.vars.get(name)?);
+        if let Err(error) = &parsed {
+            self.problems.add(
+                name,
+                format!("{error} (make one with `openssl rand -hex 32`)"),
+            );
+        }
+        parsed.ok()
     }
 
     fn millis(&mut self, name: &str) -> Option<Duration> {
@@ -1497,5 +1515,30 @@ IGuM6glUEFs+GgckIp+6SUqKs7fuIczUt0Qs/5rGrkkV
         .unwrap_err();
         assert_eq!(problem_vars(&err), ["REDIS_URL"]);
         assert_eq!(err.problems[0].message, "not valid UTF-8");
+    }
+
+    #[test]
+    fn the_encryption_key_is_64_hex_digits_and_never_quoted() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let config = load(&[("CACHE_ENCRYPTION_KEY", hex)]).unwrap();
+        assert!(config.cache.seals_values());
+        let text = format!("{config:?}");
+        assert!(text.contains(r#"encryption_key: "set""#), "{text}");
+        assert!(!text.contains("00112233"), "{text}");
+        assert!(!load(&[]).unwrap().cache.seals_values());
+        for bad in [
+            "",
+            &hex[..32],
+            &hex.replace('a', "z"),
+            "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=",
+        ] {
+            let err = load(&[("CACHE_ENCRYPTION_KEY", bad)]).unwrap_err();
+            assert_eq!(problem_vars(&err), ["CACHE_ENCRYPTION_KEY"], "{bad:?}");
+            let text = err.to_string();
+            assert!(text.contains("expected 64 hex digits"), "{text}");
+            if !bad.is_empty() {
+                assert!(!text.contains(&bad[..16]), "{text}");
+            }
+        }
     }
 }

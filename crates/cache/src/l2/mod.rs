@@ -649,8 +649,8 @@ pub(crate) enum GetOrLease {
 /// `envelope.rs`), then a tag. The load's token follows.
 pub const LEASE_MARKER_PREFIX: &str = "\0lease:";
 const _: () = assert!(
-    crate::envelope::ENVELOPE_VERSION != 0,
-    "envelopes must not look like leases"
+    crate::envelope::ENVELOPE_VERSION != 0 && crate::seal::SEALED_VERSION != 0,
+    "envelopes, plain or sealed, must not look like leases"
 );
 
 /// [`LEASE_MARKER_PREFIX`] as a Lua string literal's contents.
@@ -794,6 +794,11 @@ mod tests {
         let value = crate::envelope::encode(Some(&"\0lease:x"), 0).unwrap();
         let not_found = crate::envelope::encode::<u8>(None, 0).unwrap();
         assert!(!is_lease_marker(&value) && !is_lease_marker(&not_found));
+        let sealer = crate::seal::Sealer::new(&crate::EncryptionKey::from_bytes([0; 32]));
+        for plain in [&value, &not_found] {
+            let sealed = sealer.seal("k", plain, true).unwrap();
+            assert!(!is_lease_marker(&sealed));
+        }
         assert!(is_lease_marker(
             format!("{LEASE_MARKER_PREFIX}1:2").as_bytes()
         ));
