@@ -175,10 +175,6 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-fn set_or_not(set: bool) -> &'static str {
-    if set { "set" } else { "not set" }
-}
-
 /// Hides the user and password of a URL (`redis://***@host:6379/`).
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
