@@ -16,6 +16,7 @@ mod fixtures;
 mod hostile_input;
 mod log_floods;
 mod monitoring;
+mod monitoring_privacy;
 mod pg_server;
 mod postgres_down;
 mod postgres_restart;
