@@ -2,6 +2,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod auth;
 mod bus;
 mod cache_call;
 mod cache_concurrency;

@@ -130,7 +130,7 @@ async fn monitoring_routes_carry_no_personal_data_after_traffic() {
         .get(&format!("/api/orgs/by-phone/{}", demo_org_phone(2)))
         .await;
     assert_eq!(status, 200, "{body}");
-    // personal.extend(server.api_key.iter().cloned());
+    personal.extend(server.api_key.iter().cloned());
 
     let mut pages = Vec::new();
     for route in MONITORING_ROUTES {
@@ -154,4 +154,75 @@ async fn monitoring_routes_carry_no_personal_data_after_traffic() {
             assert!(!body.contains(secret.as_str()), "{secret:?} in {route}");
         }
     }
+}
+
+/// With `MONITORING_BIND_ADDR`, the service's two listeners (as `main` binds and serves
+/// them): the public one answers the API and 404s every monitoring route; the monitoring
+/// one answers those and 404s the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_monitoring_address_the_public_port_carries_only_the_api() {
+    let db = TestDb::seeded("monaddr", 1, 2).await;
+    let ns = unique_namespace("monaddr");
+    // For its state (repository, keys) and its client (an API key); its own port is unused.
+    let server = TestServer::start(&db, Options::new(&ns, None)).await;
+    let config = tiercache_server::Config::from_vars([
+        ("DATABASE_URL".to_owned(), db.url.clone()),
+        ("BIND_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("MONITORING_BIND_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+    ])
+    .unwrap();
+    let listeners = tiercache_server::startup::Listeners::bind(&config)
+        .await
+        .unwrap();
+    let public = format!("http://{}", listeners.api.local_addr().unwrap());
+    let monitoring = format!(
+        "http://{}",
+        listeners.monitoring.as_ref().unwrap().local_addr().unwrap()
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(listeners.serve(server.state.clone(), config.http, async {
+        let _ = stopped.await;
+    }));
+    let get = |url: String| {
+        let request = server.client.get(url);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap(),
+            )
+        }
+    };
+
+    let (status, body) = get(format!("{public}/api/leads/1")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(format!("{monitoring}/api/leads/1")).await;
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (404, Value::from("not_found"))
+    );
+    for route in MONITORING_ROUTES
+        .into_iter()
+        .chain(["/api/monitoring/stream"])
+    {
+        let (status, body) = get(format!("{public}{route}")).await;
+        assert_eq!(status, 404, "{route} on the public port: {body}");
+        assert_eq!(json(&body)["error"]["code"], "not_found", "{body}");
+    }
+    for route in MONITORING_ROUTES {
+        let (status, body) = get(format!("{monitoring}{route}")).await;
+        assert_eq!(status, 200, "{route} on the monitoring port: {body}");
+    }
+    // Both listeners count their requests in the one registry.
+    let (_, metrics) = get(format!("{monitoring}/api/monitoring/metrics")).await;
+    assert!(
+        metrics.contains(r#"route="/api/leads/{id}",status="200""#),
+        "{metrics}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("both listeners stop")
+        .unwrap()
+        .unwrap();
 }
