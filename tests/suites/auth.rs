@@ -117,9 +117,18 @@ async fn domain_routes_refuse_a_missing_or_bad_key_with_a_bearer_challenge() {
     let made_up = "tck_0000000000000000000000000000000000000000000000000000000000000000";
     for (auth, challenge) in [
         (None, "Bearer"),
-        (Some(format!("Bearer {made_up}")), r#"Bearer error="invalid_token""#),
-        (Some("Basic dXNlcjpwYXNz".to_owned()), r#"Bearer error="invalid_request""#),
-        (Some("Bearer".to_owned()), r#"Bearer error="invalid_request""#),
+        (
+            Some(format!("Bearer {made_up}")),
+            r#"Bearer error="invalid_token""#,
+        ),
+        (
+            Some("Basic dXNlcjpwYXNz".to_owned()),
+            r#"Bearer error="invalid_request""#,
+        ),
+        (
+            Some("Bearer".to_owned()),
+            r#"Bearer error="invalid_request""#,
+        ),
     ] {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(auth) = &auth {
@@ -158,7 +167,10 @@ async fn domain_routes_refuse_a_missing_or_bad_key_with_a_bearer_challenge() {
     let (status, _, text) = call(&anonymous, &server, Method::POST, path, &hook).await;
     assert_eq!(status, 200, "{text}");
     for path in ["/api/monitoring/health", "/api/monitoring/metrics"] {
-        assert_eq!(call(&anonymous, &server, Method::GET, path, "").await.0, 200);
+        assert_eq!(
+            call(&anonymous, &server, Method::GET, path, "").await.0,
+            200
+        );
     }
 }
 
@@ -184,7 +196,11 @@ async fn a_key_of_one_organization_gets_404_for_anything_of_another() {
         let (absent_status, _, absent_text) =
             call(&org1, &server, method, &absent_path, &body).await;
         assert_eq!(status, 404, "{path}: {text}");
-        assert_eq!((status, text), (absent_status, absent_text), "{path} vs {absent_path}");
+        assert_eq!(
+            (status, text),
+            (absent_status, absent_text),
+            "{path} vs {absent_path}"
+        );
     }
     // An organization that does exist, named by id, reads as one that does not.
     let (status, _, text) = call(
@@ -210,7 +226,9 @@ async fn a_key_of_one_organization_gets_404_for_anything_of_another() {
     let (_, body) = server.get("/api/leads/2/summary").await;
     assert_eq!(json(&body)["message_count"], 3, "{body}");
     // Its own organization's: every route answers.
-    for (method, path, body, expected) in domain_routes(1, &demo_lead_phone(0), 1, &demo_org_phone(1)) {
+    for (method, path, body, expected) in
+        domain_routes(1, &demo_lead_phone(0), 1, &demo_org_phone(1))
+    {
         let (status, _, text) = call(&org1, &server, method, &path, &body).await;
         assert_eq!(status, expected, "{path}: {text}");
     }
@@ -246,7 +264,10 @@ async fn a_revoked_key_is_refused_by_every_instance_within_the_staleness_bound()
         assert_eq!(status, 200, "{text}");
     }
     let (listed, _) = api_key_command(&db, ApiKeyCommand::List { org: Some(1) }).await;
-    assert!(listed.contains("portal") && listed.contains("active"), "{listed}");
+    assert!(
+        listed.contains("portal") && listed.contains("active"),
+        "{listed}"
+    );
 
     let id: i64 = api_key::list(&db.pool().await, Some(1)).await.unwrap()[0].id;
     let (_, notes) = api_key_command(&db, ApiKeyCommand::Revoke { id }).await;
@@ -259,9 +280,15 @@ async fn a_revoked_key_is_refused_by_every_instance_within_the_staleness_bound()
         let (status, challenge, text) =
             call(&client, server, Method::GET, "/api/leads/1", "").await;
         assert_eq!(status, 401, "{text}");
-        assert_eq!(challenge.as_deref(), Some(r#"Bearer error="invalid_token""#));
+        assert_eq!(
+            challenge.as_deref(),
+            Some(r#"Bearer error="invalid_token""#)
+        );
     }
-    assert!(revoked.elapsed() <= bound, "both refuse it within {bound:?}");
+    assert!(
+        revoked.elapsed() <= bound,
+        "both refuse it within {bound:?}"
+    );
     let (listed, _) = api_key_command(&db, ApiKeyCommand::List { org: None }).await;
     assert!(listed.contains("revoked"), "{listed}");
     assert!(!listed.contains(&key[4..12]), "{listed}");
@@ -348,10 +375,7 @@ async fn the_webhook_needs_its_secret_in_its_header_when_one_is_set() {
         }
         async move {
             let response = request.send().await.unwrap();
-            (
-                response.status().as_u16(),
-                response.text().await.unwrap(),
-            )
+            (response.status().as_u16(), response.text().await.unwrap())
         }
     };
     for header in [

@@ -51,7 +51,10 @@ async fn stream_text(server: &TestServer, base: &str, snapshots: usize) -> Strin
         }
     })
     .await;
-    assert!(read.is_ok(), "{snapshots} snapshots within 10 s; got {text}");
+    assert!(
+        read.is_ok(),
+        "{snapshots} snapshots within 10 s; got {text}"
+    );
     text
 }
 
@@ -115,7 +118,10 @@ async fn monitoring_routes_carry_no_personal_data_after_traffic() {
     );
     personal.extend([name, notes, body].map(str::to_owned));
     let patch = format!(r#"{{"name":"{name}","notes":"{notes}"}}"#);
-    assert_eq!(server.send(Method::PATCH, "/api/leads/3", &patch).await.0, 200);
+    assert_eq!(
+        server.send(Method::PATCH, "/api/leads/3", &patch).await.0,
+        200
+    );
     let message = format!(r#"{{"channel":"sms","direction":"inbound","body":"{body}"}}"#);
     let (status, _) = server
         .send(Method::POST, "/api/leads/4/messages", &message)
@@ -187,10 +193,7 @@ async fn with_a_monitoring_address_the_public_port_carries_only_the_api() {
         let request = server.client.get(url);
         async move {
             let response = request.send().await.unwrap();
-            (
-                response.status().as_u16(),
-                response.text().await.unwrap(),
-            )
+            (response.status().as_u16(), response.text().await.unwrap())
         }
     };
 

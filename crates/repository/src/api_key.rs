@@ -260,7 +260,9 @@ fn check_name(name: &str) -> Result<(), Error> {
     if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
         return Err(Error::Invalid {
             field: "name",
-            message: format!("must be 1 to {MAX_NAME_CHARS} characters, none of them control characters"),
+            message: format!(
+                "must be 1 to {MAX_NAME_CHARS} characters, none of them control characters"
+            ),
         });
     }
     Ok(())
@@ -298,10 +300,7 @@ pub async fn is_active(db: impl PgExecutor<'_>, secret: &ApiKeySecret) -> Result
 
 /// Revokes key `id`. Every instance refuses it once it has re-read the active keys, within
 /// the staleness bound.
-pub async fn revoke(
-    db: impl PgExecutor<'_> + Copy,
-    id: i64,
-) -> Result<Revocation, Error> {
+pub async fn revoke(db: impl PgExecutor<'_> + Copy, id: i64) -> Result<Revocation, Error> {
     let revoked: Option<InfoRow> = sqlx::query_as(sql::REVOKE)
         .bind(id)
         .fetch_optional(db)

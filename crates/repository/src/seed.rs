@@ -29,9 +29,11 @@ pub const DEMO_API_KEY_NAME: &str = "demo";
 /// revoked); whether it was added.
 pub async fn ensure_demo_api_key(pool: &PgPool) -> Result<bool, crate::Error> {
     let secret = ApiKeySecret::from_text(DEMO_API_KEY);
-    Ok(api_key::insert(pool, Scope::Operator, DEMO_API_KEY_NAME, &secret)
-        .await?
-        .is_some())
+    Ok(
+        api_key::insert(pool, Scope::Operator, DEMO_API_KEY_NAME, &secret)
+            .await?
+            .is_some(),
+    )
 }
 
 /// Whether [`DEMO_API_KEY`] is stored and not revoked.

@@ -107,7 +107,11 @@ fn parse_api_key(sub: &str, flags: Flags) -> Result<ApiKeyCommand, UsageError> {
             let scope = match (flags.org()?, flags.has("operator")) {
                 (Some(org), false) => Scope::Org(org),
                 (None, true) => Scope::Operator,
-                _ => return Err(usage("create needs exactly one of --org <id> or --operator")),
+                _ => {
+                    return Err(usage(
+                        "create needs exactly one of --org <id> or --operator",
+                    ));
+                }
             };
             let name = flags
                 .value("name")
@@ -173,7 +177,10 @@ impl Flags {
 
     /// Refuses flags outside `allowed` and a positional count other than `positionals`.
     fn only(&self, allowed: &[&str], positionals: usize) -> Result<(), UsageError> {
-        if let Some((name, _)) = self.named.iter().find(|(n, _)| !allowed.contains(&n.as_str()))
+        if let Some((name, _)) = self
+            .named
+            .iter()
+            .find(|(n, _)| !allowed.contains(&n.as_str()))
         {
             return Err(usage(format!("unknown flag --{name}")));
         }
@@ -239,9 +246,7 @@ pub async fn run(
             )?;
         }
         ApiKeyCommand::List { org } => {
-            let keys = api_key::list(pool, org)
-                .await
-                .context("listing API keys")?;
+            let keys = api_key::list(pool, org).await.context("listing API keys")?;
             write_table(out, &keys)?;
         }
         ApiKeyCommand::Revoke { id } => {
@@ -359,12 +364,18 @@ mod tests {
             ("api-key", "needs a command"),
             ("api-key rotate 3", "unknown api-key command"),
             ("api-key create --name x", "exactly one of --org"),
-            ("api-key create --org 7 --operator --name x", "exactly one of --org"),
+            (
+                "api-key create --org 7 --operator --name x",
+                "exactly one of --org",
+            ),
             ("api-key create --org 7", "needs --name"),
             ("api-key create --org seven --name x", "organization id"),
             ("api-key create --org 7 --name", "--name needs a value"),
             ("api-key create --org 7 --name x --name y", "given twice"),
-            ("api-key create --org 7 --name x --colour red", "unknown flag --colour"),
+            (
+                "api-key create --org 7 --name x --colour red",
+                "unknown flag --colour",
+            ),
             ("api-key list --operator", "unknown flag --operator"),
             ("api-key list extra", "unexpected argument"),
             ("api-key revoke", "missing argument"),

@@ -630,8 +630,8 @@ impl RawConfig {
             ),
             None => {}
         }
-        let webhook_secret = webhook_secret
-            .map(|secret| WebhookSecret::new(webhook_secret_header, &secret));
+        let webhook_secret =
+            webhook_secret.map(|secret| WebhookSecret::new(webhook_secret_header, &secret));
         let key_secret = key_secret.unwrap_or_else(|| Config::DEV_KEY_SECRET.to_owned());
         // Setting the public secret by hand is no better than leaving it unset.
         let key_secret_is_default = key_secret == Config::DEV_KEY_SECRET;
@@ -859,8 +859,12 @@ impl Problems {
 fn webhook_secret_header(value: &str) -> Option<HeaderName> {
     let plain = !value.is_empty()
         && value.len() <= 64
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    let name = HeaderName::from_bytes(value.as_bytes()).ok().filter(|_| plain)?;
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let name = HeaderName::from_bytes(value.as_bytes())
+        .ok()
+        .filter(|_| plain)?;
     (!Config::RESERVED_HEADERS.contains(&name.as_str())).then_some(name)
 }
 
@@ -1290,11 +1294,18 @@ mod tests {
         let config = load(&[WEBHOOK_SECRET]).unwrap();
         let secret = config.webhook_secret.as_ref().unwrap();
         assert_eq!(secret.header(), "x-webhook-secret");
-        let config = load(&[WEBHOOK_SECRET, ("WEBHOOK_SECRET_HEADER", "X-Platform-Token")]).unwrap();
+        let config = load(&[
+            WEBHOOK_SECRET,
+            ("WEBHOOK_SECRET_HEADER", "X-Platform-Token"),
+        ])
+        .unwrap();
         assert_eq!(config.webhook_secret.unwrap().header(), "x-platform-token");
 
-        let err = load(&[("APP_ENV", "prod"), ("CACHE_KEY_SECRET", "0123456789abcdef")])
-            .unwrap_err();
+        let err = load(&[
+            ("APP_ENV", "prod"),
+            ("CACHE_KEY_SECRET", "0123456789abcdef"),
+        ])
+        .unwrap_err();
         assert_eq!(problem_vars(&err), ["WEBHOOK_SECRET"]);
         assert!(err.to_string().contains("would answer anyone"), "{err}");
         let config = load(&[
@@ -1311,7 +1322,14 @@ mod tests {
             let text = err.to_string();
             assert!(!text.contains(bad) && text.contains(shown), "{text}");
         }
-        for bad in ["", "x_secret", "x secret", "content-type", "Host", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "x_secret",
+            "x secret",
+            "content-type",
+            "Host",
+            &"x".repeat(65),
+        ] {
             let err = load(&[WEBHOOK_SECRET, ("WEBHOOK_SECRET_HEADER", bad)]).unwrap_err();
             assert_eq!(problem_vars(&err), ["WEBHOOK_SECRET_HEADER"], "{bad:?}");
         }
@@ -1336,8 +1354,11 @@ mod tests {
         assert_eq!(problem_vars(&err), ["MONITORING_BIND_ADDR"]);
         // Two ephemeral ports are two listeners.
         assert!(
-            load(&[("BIND_ADDR", "127.0.0.1:0"), ("MONITORING_BIND_ADDR", "127.0.0.1:0")])
-                .is_ok()
+            load(&[
+                ("BIND_ADDR", "127.0.0.1:0"),
+                ("MONITORING_BIND_ADDR", "127.0.0.1:0")
+            ])
+            .is_ok()
         );
         let err = load(&[("MONITORING_BIND_ADDR", "localhost")]).unwrap_err();
         assert_eq!(problem_vars(&err), ["MONITORING_BIND_ADDR"]);

@@ -79,7 +79,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     match &config.webhook_secret {
-        Some(secret) => tracing::info!(header = %secret.header(), "the webhook requires its secret"),
+        Some(secret) => {
+            tracing::info!(header = %secret.header(), "the webhook requires its secret")
+        }
         None => tracing::warn!(
             "WEBHOOK_SECRET is not set: the webhook answers anyone (development only; \
              production refuses to start without it)"

@@ -40,9 +40,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Unauthorized> {
         });
     };
     let value = value.to_str().map_err(|_| Unauthorized::MalformedHeader)?;
-    let (scheme, key) = value
-        .split_once(' ')
-        .ok_or(Unauthorized::MalformedHeader)?;
+    let (scheme, key) = value.split_once(' ').ok_or(Unauthorized::MalformedHeader)?;
     let key = key.trim_matches(' ');
     if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() || key.contains(' ') {
         return Err(Unauthorized::MalformedHeader);
@@ -73,7 +71,13 @@ mod tests {
     #[test]
     fn anything_else_is_missing_or_malformed() {
         assert_eq!(bearer(&headers(&[])), Err(Unauthorized::MissingKey));
-        for bad in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "tck_a", "Bearer a b"] {
+        for bad in [
+            "Basic dXNlcjpwYXNz",
+            "Bearer",
+            "Bearer ",
+            "tck_a",
+            "Bearer a b",
+        ] {
             assert_eq!(
                 bearer(&headers(&[bad])),
                 Err(Unauthorized::MalformedHeader),

@@ -249,11 +249,14 @@ mod tests {
         let mut by_prefix: HashMap<[u8; 8], Vec<ActiveKey>> = HashMap::new();
         for (id, scope, secret) in keys {
             let digest = KeyDigest::of(secret);
-            by_prefix.entry(prefix(&digest)).or_default().push(ActiveKey {
-                id: *id,
-                scope: *scope,
-                digest,
-            });
+            by_prefix
+                .entry(prefix(&digest))
+                .or_default()
+                .push(ActiveKey {
+                    id: *id,
+                    scope: *scope,
+                    digest,
+                });
         }
         ring.inner.snapshot.send_replace(Snapshot {
             len: keys.len(),
@@ -266,14 +269,24 @@ mod tests {
     #[tokio::test]
     async fn keys_are_found_by_digest_and_others_are_invalid() {
         let now = Instant::now();
-        let ring = ring(&[(1, Scope::Org(7), "tck_a"), (2, Scope::Operator, "tck_b")], now, false);
+        let ring = ring(
+            &[(1, Scope::Org(7), "tck_a"), (2, Scope::Operator, "tck_b")],
+            now,
+            false,
+        );
         assert_eq!(
             ring.check_at("tck_a", now),
-            Verdict::Valid { id: 1, scope: Scope::Org(7) }
+            Verdict::Valid {
+                id: 1,
+                scope: Scope::Org(7)
+            }
         );
         assert_eq!(
             ring.check_at("tck_b", now),
-            Verdict::Valid { id: 2, scope: Scope::Operator }
+            Verdict::Valid {
+                id: 2,
+                scope: Scope::Operator
+            }
         );
         for other in ["tck_c", "tck_a ", "TCK_A", ""] {
             assert_eq!(ring.check_at(other, now), Verdict::Invalid, "{other:?}");
@@ -286,7 +299,10 @@ mod tests {
         let read = Instant::now();
         let ring = ring(&[(1, Scope::Operator, "tck_a")], read, false);
         let last_usable = read + Duration::from_secs(2) + ApiKeys::GRACE;
-        assert!(matches!(ring.check_at("tck_a", last_usable), Verdict::Valid { .. }));
+        assert!(matches!(
+            ring.check_at("tck_a", last_usable),
+            Verdict::Valid { .. }
+        ));
         assert_eq!(ring.check_at("tck_z", last_usable), Verdict::Invalid);
         let past = last_usable + Duration::from_millis(1);
         assert_eq!(ring.check_at("tck_a", past), Verdict::Unverifiable);

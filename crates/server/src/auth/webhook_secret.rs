@@ -89,13 +89,28 @@ mod tests {
             }
             secret.admits(&headers)
         };
-        assert!(with(&[("x-platform-secret", "a-webhook-secret-long-enough")]));
-        assert!(with(&[("X-Platform-Secret", "a-webhook-secret-long-enough")]));
+        assert!(with(&[(
+            "x-platform-secret",
+            "a-webhook-secret-long-enough"
+        )]));
+        assert!(with(&[(
+            "X-Platform-Secret",
+            "a-webhook-secret-long-enough"
+        )]));
         assert!(!with(&[]));
-        assert!(!with(&[("x-platform-secret", "a-webhook-secret-long-enougH")]));
-        assert!(!with(&[("x-platform-secret", "a-webhook-secret-long-enough ")]));
+        assert!(!with(&[(
+            "x-platform-secret",
+            "a-webhook-secret-long-enougH"
+        )]));
+        assert!(!with(&[(
+            "x-platform-secret",
+            "a-webhook-secret-long-enough "
+        )]));
         assert!(!with(&[("x-platform-secret", "")]));
-        assert!(!with(&[("x-webhook-secret", "a-webhook-secret-long-enough")]));
+        assert!(!with(&[(
+            "x-webhook-secret",
+            "a-webhook-secret-long-enough"
+        )]));
         assert!(!with(&[
             ("x-platform-secret", "a-webhook-secret-long-enough"),
             ("x-platform-secret", "a-webhook-secret-long-enough"),
