@@ -4,7 +4,7 @@
 //! Why a whole snapshot rather than a cache of the keys seen: a check never costs a round
 //! trip, warm or cold, and a flood of made-up keys costs PostgreSQL nothing (a per-key
 //! cache would send each one to the database). The table is small (keys are handed out
-//! by an operator), and reading all active keys is one indexed scan of a few rows.
+//! by an operator, one per integration), so reading every active key is a small read.
 //!
 //! Why polling rather than an invalidation feed (the Redis bus, the database listener):
 //! a revocation then reaches every instance within one refresh interval whatever Redis
