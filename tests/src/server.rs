@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use tiercache::{CacheObserver, Fanout, TwoTierCache};
+use tiercache::{CacheConfig, CacheObserver, Fanout, TwoTierCache};
 use tiercache_monitoring::{Metrics, MonitorTask};
-use tiercache_repository::api_key::{self, ApiKeySecret, Scope};
+use tiercache_repository::api_key::{self, Scope};
 use tiercache_repository::{DbListener, Repository};
 use tiercache_server::auth::{ApiKeys, KeyRefreshTask};
 use tiercache_server::config::HttpConfig;
@@ -38,6 +38,7 @@ pub struct TestServer {
     task: Option<JoinHandle<()>>,
     _monitor: MonitorTask,
     key_refresh: Option<KeyRefreshTask>,
+    keys_db: Option<TestDb>,
 }
 
 /// How often a test server's monitor samples and evaluates alerts.
@@ -188,10 +189,26 @@ impl TestServer {
         )
         .unwrap();
         let repo = Repository::new(pool, cache);
-        // A key that cannot be checked without the database: a 503, as any read is.
-        let key = ApiKeySecret::generate().expose().to_owned();
-        let state = AppState::new(repo, metrics, Duration::from_secs(2));
-        Self::serve_as(state, HttpConfig::default(), Some(key)).await
+        Self::serve_with_keys_apart(AppState::new(repo, metrics, Duration::from_secs(2))).await
+    }
+
+    /// Serves `state` with its API keys read once from a database of their own (holding an
+    /// operator key, which the client sends), whatever `state`'s repository reaches: an
+    /// instance whose PostgreSQL went down after it read its keys, which it then uses
+    /// through their grace.
+    pub async fn serve_with_keys_apart(state: AppState) -> TestServer {
+        let db = TestDb::migrated("keys").await;
+        let pool = db.pool().await;
+        let (_, key) = api_key::create(&pool, Scope::Operator, "test-fixture")
+            .await
+            .unwrap();
+        let keys = ApiKeys::new(pool, CacheConfig::DEFAULT_STALENESS_BOUND, false);
+        keys.refresh().await.unwrap();
+        let state = state.with_api_keys(keys);
+        let key = Some(key.expose().to_owned());
+        let mut server = Self::serve_as(state, HttpConfig::default(), key).await;
+        server.keys_db = Some(db);
+        server
     }
 
     /// Serves `state` on a free loopback port, its monitor ticking every 100 ms.
@@ -229,6 +246,7 @@ impl TestServer {
             task: Some(task),
             _monitor: monitor,
             key_refresh: None,
+            keys_db: None,
         }
     }
 

@@ -179,10 +179,11 @@ async fn a_key_of_one_organization_gets_404_for_anything_of_another() {
     let db = TestDb::seeded("authscope", 2, 10).await;
     let ns = unique_namespace("authscope");
     let server = TestServer::start(&db, Options::new(&ns, None)).await;
-    let created = Instant::now();
     let (_, key) = api_key::create(&db.pool().await, Scope::Org(1), "portal")
         .await
         .unwrap();
+    // A read begun after the key was committed holds it.
+    let created = Instant::now();
     refreshed_after(&server.state.api_keys, created, Duration::from_secs(10)).await;
     let org1 = server.client_with(Some(key.expose()));
 
@@ -245,7 +246,6 @@ async fn a_revoked_key_is_refused_by_every_instance_within_the_staleness_bound()
     let b = TestServer::start(&db, Options::new(&ns, None)).await;
     let bound = tiercache::CacheConfig::DEFAULT_STALENESS_BOUND;
 
-    let created = Instant::now();
     let (key, notes) = api_key_command(
         &db,
         ApiKeyCommand::Create {
@@ -254,6 +254,8 @@ async fn a_revoked_key_is_refused_by_every_instance_within_the_staleness_bound()
         },
     )
     .await;
+    // A read begun after the key was committed holds it.
+    let created = Instant::now();
     let key = key.trim_end().to_owned();
     assert!(key.starts_with("tck_") && key.len() == 68, "{key}");
     assert!(notes.contains("org 1") && !notes.contains(&key), "{notes}");
