@@ -9,6 +9,7 @@ mod recorder;
 mod redis_server;
 pub mod server;
 pub mod sql_counter;
+pub mod tls;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

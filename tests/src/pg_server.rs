@@ -1,4 +1,5 @@
-//! A throwaway PostgreSQL server on a free loopback port, for tests that stop, kill or restart it.
+//! A throwaway PostgreSQL server on a free loopback port, for tests that stop, kill or restart it,
+//! or that reach it over TLS only ([`PgServer::start_tls`]).
 //!
 //! # Running as root
 //!
@@ -13,6 +14,7 @@
 //! which the default temporary directory (`/tmp`, mode 1777) is.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +23,8 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::time::Instant;
+
+use crate::tls::TestCa;
 
 /// Where Debian-style packages install one `bin` directory per major version.
 const INSTALL_ROOT: &str = "/usr/lib/postgresql";
@@ -73,7 +77,18 @@ pub struct PgServer {
     bin: PgBin,
     run_as: Option<OsUser>,
     postmaster: Option<Postmaster>,
+    /// Whether the server runs with `ssl=on` and takes only TLS connections over TCP.
+    tls: bool,
 }
+
+/// `pg_hba.conf` of a TLS server: over TCP only `hostssl` lines, so a connection without
+/// TLS finds none and is refused ("no encryption"); the superuser is trusted (the fixture's
+/// own probes and admin connections), every other user gives its password.
+const TLS_PG_HBA: &str = "\
+local   all  all                 trust
+hostssl all  postgres  127.0.0.1/32  trust
+hostssl all  all       127.0.0.1/32  scram-sha-256
+";
 
 /// The PostgreSQL binaries of one installed major version.
 #[derive(Debug, Clone)]
@@ -148,6 +163,18 @@ impl PgServer {
     ///
     /// Dropping the future kills `initdb` or the postmaster and removes the directory.
     pub async fn start() -> PgServer {
+        Self::start_with(None).await
+    }
+
+    /// As [`start`](Self::start), with `ssl=on`, a server certificate for 127.0.0.1 and
+    /// localhost signed by `ca`, and a `pg_hba.conf` that takes TCP connections over TLS
+    /// only ([`TLS_PG_HBA`]: the superuser trusted, other users by password; see
+    /// [`create_user`](Self::create_user)).
+    pub async fn start_tls(ca: &TestCa) -> PgServer {
+        Self::start_with(Some(ca)).await
+    }
+
+    async fn start_with(ca: Option<&TestCa>) -> PgServer {
         let bin = PgBin::newest();
         let run_as = OsUser::for_server();
         let dir = crate::fresh_dir("pg");
@@ -158,6 +185,7 @@ impl PgServer {
             bin,
             run_as,
             postmaster: None,
+            tls: ca.is_some(),
         };
         if let Some(user) = run_as {
             std::os::unix::fs::chown(&server.dir, Some(user.uid), Some(user.gid)).unwrap_or_else(
@@ -165,6 +193,9 @@ impl PgServer {
             );
         }
         server.initdb().await;
+        if let Some(ca) = ca {
+            server.set_up_tls(ca);
+        }
         for _ in 0..START_ATTEMPTS {
             server.port = crate::free_port();
             let log_from = server.log_len();
@@ -224,6 +255,23 @@ impl PgServer {
             .unwrap_or_else(|e| panic!("create database {name} on test postgres: {e}"));
         let _ = admin.close().await;
         self.url(name)
+    }
+
+    /// Creates a login role `name` with `password`, allowed to create databases; on a TLS
+    /// server it connects with its password, over TLS.
+    pub async fn create_user(&self, name: &str, password: &str) {
+        let mut admin = PgConnection::connect(&self.admin_url())
+            .await
+            .unwrap_or_else(|e| panic!("connect to test postgres at {}: {e}", self.admin_url()));
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        let literal = format!("'{}'", password.replace('\'', "''"));
+        sqlx::query(&format!(
+            "CREATE ROLE {quoted} LOGIN CREATEDB PASSWORD {literal}"
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("create role {name} on test postgres: {e}"));
+        let _ = admin.close().await;
     }
 
     /// Everything the server has logged so far, across restarts.
@@ -377,6 +425,28 @@ impl PgServer {
         );
     }
 
+    /// Writes a server certificate signed by `ca` and its key into the server's directory
+    /// (the key readable by the server's user alone, as PostgreSQL demands) and replaces
+    /// `pg_hba.conf` with [`TLS_PG_HBA`].
+    fn set_up_tls(&self, ca: &TestCa) {
+        let cert = ca.server_cert();
+        for (name, pem) in [
+            ("server.crt", &cert.cert_pem),
+            ("server.key", &cert.key_pem),
+        ] {
+            let path = self.dir.join(name);
+            std::fs::write(&path, pem).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+            if let Some(user) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+            }
+        }
+        let hba = self.data_dir().join("pg_hba.conf");
+        std::fs::write(&hba, TLS_PG_HBA).unwrap_or_else(|e| panic!("write {}: {e}", hba.display()));
+    }
+
     /// Spawns the postmaster on `self.port`, appending its output to `postgres.log`.
     fn spawn(&self) -> Postmaster {
         let log = OpenOptions::new()
@@ -409,6 +479,20 @@ impl PgServer {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
+        if self.tls {
+            postgres
+                .args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    self.dir.join("server.crt").display()
+                ))
+                .arg("-c")
+                .arg(format!(
+                    "ssl_key_file={}",
+                    self.dir.join("server.key").display()
+                ));
+        }
         if let Some(user) = self.run_as {
             postgres.uid(user.uid).gid(user.gid);
         }

@@ -1,12 +1,15 @@
-//! A throwaway `redis-server` on a free loopback port, for tests that stop, pause or restart it.
+//! A throwaway `redis-server` on a free loopback port, for tests that stop, pause or restart it,
+//! or that reach it over TLS with a password ([`RedisServer::start_tls`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, TlsCertificates};
 use tokio::time::Instant;
+
+use crate::tls::{ServerCert, TestCa};
 
 /// How long a freshly spawned server gets to answer PING before the fixture gives up.
 const READY_DEADLINE: Duration = Duration::from_secs(5);
@@ -26,6 +29,16 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Process>,
+    tls: Option<Tls>,
+}
+
+/// How a TLS server is set up: its certificate, the CA its clients trust, its password.
+#[derive(Clone, Debug)]
+struct Tls {
+    cert: ServerCert,
+    ca_path: PathBuf,
+    ca_pem: Vec<u8>,
+    password: String,
 }
 
 /// The spawned process; dropping it kills and reaps it, so no early return or panic leaks one.
@@ -54,16 +67,34 @@ enum NotReady {
 impl RedisServer {
     /// Starts an empty, non-persistent server on a free loopback port and waits for PING.
     pub async fn start() -> RedisServer {
+        Self::start_with(None).await
+    }
+
+    /// Starts a server that takes only TLS connections (`--port 0 --tls-port P`), with a
+    /// certificate for 127.0.0.1 and localhost signed by `ca`, and `requirepass password`.
+    /// Clients are not asked for certificates (`--tls-auth-clients no`).
+    pub async fn start_tls(ca: &TestCa, password: &str) -> RedisServer {
+        Self::start_with(Some(Tls {
+            cert: ca.server_cert(),
+            ca_path: ca.ca_path().to_owned(),
+            ca_pem: ca.ca_pem(),
+            password: password.to_owned(),
+        }))
+        .await
+    }
+
+    async fn start_with(tls: Option<Tls>) -> RedisServer {
         let dir = crate::fresh_dir("redis");
         for _ in 0..START_ATTEMPTS {
             let port = crate::free_port();
-            let mut child = spawn(port, &dir);
-            match wait_ready(&mut child, port).await {
+            let mut child = spawn(port, &dir, tls.as_ref());
+            match wait_ready(&mut child, &client(port, tls.as_ref())).await {
                 Ok(()) => {
                     return RedisServer {
                         port,
                         dir,
                         child: Some(child),
+                        tls,
                     };
                 }
                 // Picking a port and binding it is racy across test processes; try another.
@@ -87,15 +118,21 @@ impl RedisServer {
         self.port
     }
 
-    /// The connection URL, `redis://127.0.0.1:PORT/`.
+    /// The connection URL: `redis://127.0.0.1:PORT/`, or for a TLS server
+    /// `rediss://:PASSWORD@127.0.0.1:PORT/` (its CA at [`ca_path`](Self::ca_path)).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        url(self.port, self.tls.as_ref())
     }
 
-    /// A fresh multiplexed connection with the client's default timeouts.
+    /// The CA a TLS server's certificate chains to; `None` for a plain server.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.ca_path.as_path())
+    }
+
+    /// A fresh multiplexed connection with the client's default timeouts (over TLS,
+    /// trusting the server's CA, for a TLS server).
     pub async fn client(&self) -> MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("the fixture URL is valid")
+        client(self.port, self.tls.as_ref())
             .get_multiplexed_async_connection()
             .await
             .unwrap_or_else(|e| {
@@ -116,8 +153,8 @@ impl RedisServer {
     /// Stops the server if it runs, then starts it again, empty, on the same port.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let mut child = spawn(self.port, &self.dir);
-        match wait_ready(&mut child, self.port).await {
+        let mut child = spawn(self.port, &self.dir, self.tls.as_ref());
+        match wait_ready(&mut child, &client(self.port, self.tls.as_ref())).await {
             Ok(()) => self.child = Some(child),
             Err(NotReady::Exited(status)) => panic!(
                 "redis-server could not restart on port {} ({status}); another process took it",
@@ -173,8 +210,7 @@ impl RedisServer {
         // The client's default response timeout (500 ms) would give up on the sleep itself.
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(duration + Duration::from_secs(5)));
-        let mut admin = redis::Client::open(self.url())
-            .expect("the fixture URL is valid")
+        let mut admin = client(self.port, self.tls.as_ref())
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .unwrap_or_else(|e| panic!("connect to test redis-server at {}: {e}", self.url()));
@@ -209,11 +245,51 @@ impl Drop for RedisServer {
     }
 }
 
-/// Spawns `redis-server` with persistence off, so a restart always comes back empty.
-fn spawn(port: u16, dir: &Path) -> Process {
-    let child = Command::new("redis-server")
-        .arg("--port")
-        .arg(port.to_string())
+/// The URL of the server on `port`, with its password when it speaks TLS.
+fn url(port: u16, tls: Option<&Tls>) -> String {
+    match tls {
+        None => format!("redis://127.0.0.1:{port}/"),
+        Some(tls) => format!("rediss://:{}@127.0.0.1:{port}/", tls.password),
+    }
+}
+
+/// A client for the server on `port`, trusting its CA when it speaks TLS.
+fn client(port: u16, tls: Option<&Tls>) -> redis::Client {
+    match tls {
+        None => redis::Client::open(url(port, None)),
+        Some(tls) => redis::Client::build_with_tls(
+            url(port, Some(tls)),
+            TlsCertificates {
+                client_tls: None,
+                root_cert: Some(tls.ca_pem.clone()),
+            },
+        ),
+    }
+    .expect("the fixture URL and CA are valid")
+}
+
+/// Spawns `redis-server` with persistence off, so a restart always comes back empty; with
+/// `tls`, on a TLS port only, with a password.
+fn spawn(port: u16, dir: &Path, tls: Option<&Tls>) -> Process {
+    let mut command = Command::new("redis-server");
+    match tls {
+        None => {
+            command.arg("--port").arg(port.to_string());
+        }
+        Some(tls) => {
+            command
+                .args(["--port", "0", "--tls-port"])
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert.cert_path)
+                .arg("--tls-key-file")
+                .arg(&tls.cert.key_path)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_path)
+                .args(["--tls-auth-clients", "no", "--requirepass", &tls.password]);
+        }
+    }
+    let child = command
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
@@ -231,10 +307,10 @@ fn spawn(port: u16, dir: &Path) -> Process {
     Process(child)
 }
 
-/// Polls until the server on `port` answers as `process`, or it exits, or the deadline passes.
-async fn wait_ready(process: &mut Process, port: u16) -> Result<(), NotReady> {
+/// Polls until the server `client` reaches answers as `process`, or it exits, or the
+/// deadline passes.
+async fn wait_ready(process: &mut Process, client: &redis::Client) -> Result<(), NotReady> {
     let pid = Some(u64::from(process.0.id()));
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("valid URL");
     // Short timeouts keep one stuck probe from eating the whole deadline.
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(250)))

@@ -313,10 +313,30 @@ async fn a_body_over_the_limit_is_a_413_with_the_json_error() {
     let (_db, server) = server("toolarge", None).await;
     let name = "x".repeat(10 * 1024 * 1024);
     let body = format!(r#"{{"name":"{name}"}}"#);
-    let answer = server.send(Method::PATCH, "/api/leads/1", &body).await;
-    assert_error("10 MB PATCH", &answer, 413, "body");
-    let answer = server.send(Method::POST, HOOK, &body).await;
-    assert_error("10 MB webhook", &answer, 413, "body");
+    // The server answers as soon as it sees the length, and may close before the client has
+    // written the rest (a client library then reports a broken pipe instead of the answer):
+    // the answer is read whatever became of the write.
+    for (case, method, path) in [
+        ("10 MB PATCH", "PATCH", "/api/leads/1"),
+        ("10 MB webhook", "POST", HOOK),
+    ] {
+        let mut stream = TcpStream::connect(http_address(&server)).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\n{}content-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            authorization(&server),
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body.as_bytes()).await;
+        let (sent, _) = await_close(&mut stream, Instant::now(), CLOSE_WITHIN)
+            .await
+            .unwrap();
+        let (status_line, rest) = sent.split_once("\r\n").unwrap_or_default();
+        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok());
+        let (_, text) = rest.split_once("\r\n\r\n").unwrap_or_default();
+        assert_error(case, &(status.unwrap_or(0), text.to_owned()), 413, "body");
+    }
 
     // Without a length up front (chunked), refused once the limit is passed.
     let mut stream = TcpStream::connect(http_address(&server)).await.unwrap();
@@ -514,7 +534,7 @@ async fn a_phone_is_digits_and_separators_only() {
             .await;
         assert_eq!(answer.0, 200, "{caller:?}: {}", answer.1);
         assert_eq!(
-            json(&answer.1)["greeting_source"],
+            json(&answer.1)["dynamic_variables"]["greeting_source"],
             "lead",
             "{caller:?}: {}",
             answer.1

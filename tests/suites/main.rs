@@ -27,4 +27,6 @@ mod redis_faults;
 mod redis_refusals;
 mod stale_values;
 mod staleness_bound;
+mod tls;
+mod webhook_contract;
 mod write_through;

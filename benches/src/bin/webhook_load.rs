@@ -869,9 +869,14 @@ struct Failure {
     message: String,
 }
 
-/// The part of the answer the load phase looks at.
+/// The part of the answer the load phase looks at: where the greeting came from.
 #[derive(Deserialize)]
-struct GreetingSource {
+struct Answer {
+    dynamic_variables: Variables,
+}
+
+#[derive(Deserialize)]
+struct Variables {
     greeting_source: String,
 }
 
@@ -896,11 +901,11 @@ async fn call(client: &reqwest::Client, url: &str, body: String) -> Result<bool,
             message: format!("status {status}: {}", String::from_utf8_lossy(&bytes)),
         });
     }
-    let parsed: GreetingSource = serde_json::from_slice(&bytes).map_err(|e| Failure {
+    let parsed: Answer = serde_json::from_slice(&bytes).map_err(|e| Failure {
         not_200: false,
         message: format!("unexpected body ({e}): {}", String::from_utf8_lossy(&bytes)),
     })?;
-    Ok(parsed.greeting_source == "deadline_default")
+    Ok(parsed.dynamic_variables.greeting_source == "deadline_default")
 }
 
 /// An error and its sources on one line (reqwest's own message omits the cause).
@@ -945,12 +950,13 @@ async fn check_answers(
         let answer: Value = serde_json::from_str(&text).with_context(|| {
             format!("{}: lead {lead}'s answer is not JSON: {text}", mode.name())
         })?;
+        let source = &answer["dynamic_variables"]["greeting_source"];
         ensure!(
-            answer["greeting_source"] == "lead",
+            source == "lead",
             "{}: lead {lead}, a known caller, was answered with greeting_source {} \
              (a deadline_default means the server passed its budget on an idle machine)",
             mode.name(),
-            answer["greeting_source"]
+            source
         );
         answers.push(answer);
     }

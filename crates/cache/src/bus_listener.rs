@@ -45,6 +45,22 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
                 inner.coherence.heartbeat(),
             )
         };
+        // Where the stream ends before the first subscription: what is published from then
+        // on arrives on the subscription or is caught up from the stream, so nothing sent
+        // while subscribing is mistaken for history.
+        if last.is_none() {
+            let Some(inner) = cache.upgrade() else { return };
+            let Some(l2) = &inner.l2 else { return };
+            match inner.stream_info(l2).await {
+                Ok(info) => last = Some(info.last.unwrap_or(StreamId::ZERO)),
+                Err(_) => {
+                    drop(inner);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                    continue;
+                }
+            }
+        }
         let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -60,7 +76,7 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
         };
         {
             let Some(inner) = cache.upgrade() else { return };
-            if let Err(e) = inner.catch_up(&mut last).await {
+            if let Err(e) = inner.catch_up(&mut last, !lost_before).await {
                 tracing::debug!(error = %e, "bus catch-up failed; retrying");
                 drop(inner);
                 tokio::time::sleep(backoff).await;
@@ -141,21 +157,19 @@ impl Inner {
         }
     }
 
-    /// Applies what the stream holds after `last`, or flushes L1 if some of it is gone.
-    async fn catch_up(&self, last: &mut Option<StreamId>) -> Result<(), L2Error> {
+    /// Applies what the stream holds after `last`, or flushes L1 if some of it is gone;
+    /// `first` on the first subscription, `last` being where the stream ended before it.
+    async fn catch_up(&self, last: &mut Option<StreamId>, first: bool) -> Result<(), L2Error> {
         let Some(l2) = &self.l2 else { return Ok(()) };
         let info = self.stream_info(l2).await?;
-        let Some(seen) = *last else {
-            // First subscription: L1 holds nothing older than now; start at the stream's end.
-            *last = Some(info.last.unwrap_or(StreamId::ZERO));
-            return Ok(());
-        };
+        let seen = last.unwrap_or(StreamId::ZERO);
         // What was missed cannot be known when the stream is gone (a Redis restarted empty,
         // or the stream expired) or trimmed past what this instance last applied. Gone is a
         // gap even when this instance had applied nothing yet: entries added while it was
         // away may have gone with the stream.
         let gap = if !info.exists {
-            true
+            // Still no stream since before the first subscription: nothing to miss.
+            !(first && seen == StreamId::ZERO)
         } else if seen == StreamId::ZERO {
             // Nothing applied yet: every entry since this instance started counts.
             info.entries_added > info.length

@@ -119,8 +119,11 @@ impl fmt::Debug for CacheConfig {
 /// How to reach Redis, and how long to wait for it.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// `redis://[user[:password]@]host:port/db`, or `rediss://…` for TLS.
     pub url: String,
+    /// PEM certificates of the CA(s) a `rediss://` server's certificate must chain to,
+    /// instead of the public roots built in (webpki-roots); `None` for those roots.
+    pub ca_cert: Option<Vec<u8>>,
     /// Connections in the pool.
     pub pool_size: u32,
     /// Bound on each L2 command, pool checkout included.
@@ -144,17 +147,23 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let RedisConfig {
             url,
+            ca_cert,
             pool_size,
             command_timeout,
             connect_timeout,
         } = self;
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(url))
+            .field("ca_cert", &set_or_not(ca_cert.is_some()))
             .field("pool_size", pool_size)
             .field("command_timeout", command_timeout)
             .field("connect_timeout", connect_timeout)
             .finish()
     }
+}
+
+fn set_or_not(set: bool) -> &'static str {
+    if set { "set" } else { "not set" }
 }
 
 /// Hides the user and password of a URL (`redis://***@host:6379/`).
@@ -205,6 +214,7 @@ pub struct CacheConfigBuilder {
     l1_max_bytes: u64,
     policies: Policies,
     redis_url: Option<String>,
+    redis_ca_cert: Option<Vec<u8>>,
     pool_size: u32,
     command_timeout: Duration,
     connect_timeout: Duration,
@@ -227,6 +237,7 @@ impl fmt::Debug for CacheConfigBuilder {
             l1_max_bytes,
             policies,
             redis_url,
+            redis_ca_cert,
             pool_size,
             command_timeout,
             connect_timeout,
@@ -236,7 +247,7 @@ impl fmt::Debug for CacheConfigBuilder {
             recovery,
             breaker,
         } = self;
-        let set = |yes: bool| if yes { "set" } else { "not set" };
+        let set = set_or_not;
         f.debug_struct("CacheConfigBuilder")
             .field("prefix", prefix)
             .field("env", env)
@@ -246,6 +257,7 @@ impl fmt::Debug for CacheConfigBuilder {
             .field("l1_max_bytes", l1_max_bytes)
             .field("policies", policies)
             .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("redis_ca_cert", &set(redis_ca_cert.is_some()))
             .field("pool_size", pool_size)
             .field("command_timeout", command_timeout)
             .field("connect_timeout", connect_timeout)
@@ -269,6 +281,7 @@ impl Default for CacheConfigBuilder {
             l1_max_bytes: CacheConfig::DEFAULT_L1_MAX_BYTES,
             policies: Policies::default(),
             redis_url: None,
+            redis_ca_cert: None,
             pool_size: RedisConfig::DEFAULT_POOL_SIZE,
             command_timeout: RedisConfig::DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: RedisConfig::DEFAULT_CONNECT_TIMEOUT,
@@ -327,9 +340,19 @@ impl CacheConfigBuilder {
         self
     }
 
-    /// Enables L2 on this Redis URL; `None` keeps the cache L1 only.
+    /// Enables L2 on this Redis URL; `None` keeps the cache L1 only. `rediss://` connects
+    /// over TLS; a user and password in the URL (`redis://user:password@host/`, or
+    /// `redis://:password@host/` for `requirepass`) authenticate each connection.
     pub fn redis_url(mut self, url: Option<String>) -> Self {
         self.redis_url = url;
+        self
+    }
+
+    /// PEM certificates of the CA a `rediss://` server's certificate must chain to (a
+    /// private CA), instead of the public roots built in; `None` for those roots. The
+    /// caller reads the file: the library takes bytes and never a path.
+    pub fn redis_ca_cert(mut self, pem: Option<Vec<u8>>) -> Self {
+        self.redis_ca_cert = pem;
         self
     }
 
@@ -454,13 +477,10 @@ impl CacheConfigBuilder {
         let redis = match self.redis_url {
             None => None,
             Some(url) => {
-                // The parser's message may quote the URL, password included: not repeated.
-                if redis::Client::open(url.as_str()).is_err() {
-                    problem(
-                        "redis_url".to_owned(),
-                        "not a Redis URL (expected redis://[user:password@]host:port/db)"
-                            .to_owned(),
-                    );
+                for (field, message) in
+                    crate::l2::tls::problems(&url, self.redis_ca_cert.as_deref())
+                {
+                    problem(field.to_owned(), message);
                 }
                 if self.key_secret.is_none() {
                     problem(
@@ -486,6 +506,7 @@ impl CacheConfigBuilder {
                 }
                 Some(RedisConfig {
                     url,
+                    ca_cert: self.redis_ca_cert,
                     pool_size: self.pool_size,
                     command_timeout: self.command_timeout,
                     connect_timeout: self.connect_timeout,

@@ -66,6 +66,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_seconds: HistogramVec,
     webhook_fallbacks: IntCounter,
+    webhook_unknown_fields: IntCounter,
     admin_actions: IntCounterVec,
     // Totals the alert evaluation reads without gathering every series.
     http_total: AtomicU64,
@@ -353,6 +354,15 @@ impl Metrics {
             )
             .unwrap_or_else(invalid_definition),
         );
+        // Label-free: a field's name is client input, never a label.
+        let webhook_unknown_fields = register(
+            &r,
+            IntCounter::new(
+                "tiercache_webhook_unknown_fields_total",
+                "Top-level fields of webhook requests that the service does not know, ignored.",
+            )
+            .unwrap_or_else(invalid_definition),
+        );
         let admin_actions = register(
             &r,
             IntCounterVec::new(
@@ -395,6 +405,7 @@ impl Metrics {
             http_requests,
             http_seconds,
             webhook_fallbacks,
+            webhook_unknown_fields,
             admin_actions,
             http_total: AtomicU64::new(0),
             http_server_errors: AtomicU64::new(0),
@@ -435,6 +446,11 @@ impl Metrics {
     /// Counts a webhook answered past its budget.
     pub fn webhook_fallback(&self) {
         self.webhook_fallbacks.inc();
+    }
+
+    /// Counts `n` fields a webhook request carried that the service does not know.
+    pub fn webhook_unknown_fields(&self, n: u64) {
+        self.webhook_unknown_fields.inc_by(n);
     }
 
     /// Counts an admin action.

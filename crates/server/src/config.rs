@@ -29,6 +29,7 @@ pub const VARS: &[&str] = &[
     "DB_NOTIFY_ENABLED",
     "REDIS_ENABLED",
     "REDIS_URL",
+    "REDIS_CA_CERT",
     "REDIS_POOL_SIZE",
     "REDIS_COMMAND_TIMEOUT_MS",
     "REDIS_CONNECT_TIMEOUT_MS",
@@ -280,6 +281,11 @@ impl DatabaseConfig {
     pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_millis(2000);
     /// Whether the change listener runs unless `DB_NOTIFY_ENABLED` says otherwise.
     pub const DEFAULT_NOTIFY_ENABLED: bool = true;
+
+    /// `url` with its password hidden, for messages and logs.
+    pub fn redacted_url(&self) -> String {
+        redact_database_url(&self.url)
+    }
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -376,6 +382,8 @@ struct RawConfig {
     db_notify_enabled: bool,
     redis_enabled: bool,
     redis_url: String,
+    /// A path, read in [`validate`](Self::validate) when Redis is enabled.
+    redis_ca_cert: Option<String>,
     redis_pool_size: u32,
     redis_command_timeout: Duration,
     redis_connect_timeout: Duration,
@@ -443,6 +451,7 @@ impl RawConfig {
                 .flag("REDIS_ENABLED")
                 .unwrap_or(Config::DEFAULT_REDIS_ENABLED),
             redis_url: env.string("REDIS_URL", Config::DEFAULT_REDIS_URL),
+            redis_ca_cert: env.get("REDIS_CA_CERT").map(str::to_owned),
             redis_pool_size: env
                 .count("REDIS_POOL_SIZE")
                 .unwrap_or(RedisConfig::DEFAULT_POOL_SIZE),
@@ -519,6 +528,7 @@ impl RawConfig {
             db_notify_enabled,
             redis_enabled,
             redis_url,
+            redis_ca_cert,
             redis_pool_size,
             redis_command_timeout,
             redis_connect_timeout,
@@ -552,6 +562,10 @@ impl RawConfig {
                 "DATABASE_URL",
                 "expected postgres://user[:password]@host:port/db".to_owned(),
             );
+        } else {
+            for problem in database_tls_problems(&database_url) {
+                problems.add("DATABASE_URL", problem);
+            }
         }
         if !(1..=DatabaseConfig::MAX_POOL_SIZE).contains(&database_pool_size) {
             problems.add(
@@ -648,6 +662,19 @@ impl RawConfig {
             );
         }
 
+        // The library takes the CA's bytes, never a path; a CA for a Redis that is off is
+        // not read.
+        let redis_ca_cert = match redis_ca_cert {
+            Some(path) if redis_enabled => match std::fs::read(&path) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    problems.add("REDIS_CA_CERT", format!("cannot read {path}: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
+
         let mut builder = CacheConfig::builder()
             .prefix(cache_prefix)
             .env(app_env)
@@ -662,6 +689,7 @@ impl RawConfig {
             })
             // Without Redis the engine runs L1 only, through the same code path.
             .redis_url(redis_enabled.then_some(redis_url))
+            .redis_ca_cert(redis_ca_cert)
             .pool_size(redis_pool_size)
             .l2_timeout(redis_command_timeout)
             .connect_timeout(redis_connect_timeout);
@@ -748,6 +776,7 @@ fn cache_field_var(field: &str) -> Option<&'static str> {
         "breaker.failure_threshold" => "BREAKER_FAILURE_THRESHOLD",
         "breaker.open_for" => "BREAKER_OPEN_MS",
         "redis_url" => "REDIS_URL",
+        "redis_ca_cert" => "REDIS_CA_CERT",
         "pool_size" => "REDIS_POOL_SIZE",
         "l2_timeout" => "REDIS_COMMAND_TIMEOUT_MS",
         "connect_timeout" => "REDIS_CONNECT_TIMEOUT_MS",
@@ -870,6 +899,111 @@ fn webhook_secret_header(value: &str) -> Option<HeaderName> {
 
 fn set_or_not(set: bool) -> &'static str {
     if set { "set" } else { "not set" }
+}
+
+/// `sslmode` values sqlx takes (in any case), as libpq names them.
+const SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// The TLS parameters of a `postgres://` URL, as sqlx reads them (the keys its URL parser
+/// takes, values percent-decoded as it decodes them).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct DatabaseTls {
+    /// `sslmode`, lowercased; `None` when absent (sqlx then uses `prefer`).
+    pub mode: Option<String>,
+    /// `sslrootcert`: the CA's path.
+    pub root_cert: Option<String>,
+}
+
+impl DatabaseTls {
+    /// The parameters in `url`'s query.
+    pub(crate) fn of(url: &str) -> DatabaseTls {
+        let mut tls = DatabaseTls::default();
+        let query = url.split_once('?').map_or("", |(_, query)| query);
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "sslmode" | "ssl-mode" => {
+                    tls.mode = Some(percent_decode(value).to_ascii_lowercase())
+                }
+                "sslrootcert" | "ssl-root-cert" | "ssl-ca" => {
+                    tls.root_cert = Some(percent_decode(value));
+                }
+                _ => {}
+            }
+        }
+        tls
+    }
+
+    /// Whether the server's certificate is checked against a CA (`verify-ca`, `verify-full`).
+    pub(crate) fn verifies(&self) -> bool {
+        matches!(self.mode.as_deref(), Some("verify-ca" | "verify-full"))
+    }
+}
+
+/// What is wrong with the TLS parameters of a `postgres://` URL, checked before anything
+/// connects: an `sslmode` sqlx does not know, an `sslrootcert` that cannot be read, or one
+/// that would be ignored. sqlx checks the CA only under `verify-ca` and `verify-full`
+/// (libpq also checks it under `require` when the file exists), so a CA with any other
+/// mode would leave the server unverified while the URL reads as if it were not.
+fn database_tls_problems(url: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let tls = DatabaseTls::of(url);
+    if let Some(mode) = &tls.mode
+        && !SSL_MODES.contains(&mode.as_str())
+    {
+        problems.push(format!(
+            "sslmode must be one of {}, got {mode:?}",
+            SSL_MODES.join(", ")
+        ));
+    }
+    if let Some(path) = &tls.root_cert {
+        if let Err(e) = std::fs::read(path) {
+            problems.push(format!("sslrootcert: cannot read {path}: {e}"));
+        }
+        if !tls.verifies() {
+            problems.push(
+                "sslrootcert is checked only with sslmode=verify-ca or verify-full; without \
+                 one the server's certificate would not be verified"
+                    .to_owned(),
+            );
+        }
+    }
+    problems
+}
+
+/// Decodes `%XX` escapes and `+` (a space) in a URL query value, as form decoding does;
+/// a malformed escape is kept as written.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                if let Some(byte) = hex {
+                    out.push(byte);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The URL with its password, if any, replaced by `***` (`postgres://user:***@host/db`),
@@ -1145,6 +1279,7 @@ mod tests {
             ("breaker.failure_threshold", "BREAKER_FAILURE_THRESHOLD"),
             ("breaker.open_for", "BREAKER_OPEN_MS"),
             ("redis_url", "REDIS_URL"),
+            ("redis_ca_cert", "REDIS_CA_CERT"),
             ("pool_size", "REDIS_POOL_SIZE"),
             ("l2_timeout", "REDIS_COMMAND_TIMEOUT_MS"),
             ("connect_timeout", "REDIS_CONNECT_TIMEOUT_MS"),
@@ -1186,6 +1321,167 @@ mod tests {
         }
     }
 
+    /// A file holding `text` in a directory of its own, removed when the guard drops.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> TempFile {
+            let dir = std::env::temp_dir().join(format!(
+                "tiercache-config-{}-{name}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            TempFile(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    #[test]
+    fn rediss_urls_with_credentials_and_a_ca_are_taken() {
+        // Before TLS was built in, the first was refused: "not a Redis URL (expected redis://...)".
+        let config = load(&[("REDIS_URL", "rediss://app:s3cret@cache.internal:6380/0")]).unwrap();
+        let redis = config.cache.redis().unwrap();
+        assert_eq!(redis.url, "rediss://app:s3cret@cache.internal:6380/0");
+        assert_eq!(redis.ca_cert, None);
+        // The CA is read here and handed over as bytes (the cache never sees the path).
+        let file = TempFile::new("ca.pem", TEST_CA_PEM);
+        let config = load(&[
+            ("REDIS_URL", "rediss://:s3cret@127.0.0.1:6380/"),
+            ("REDIS_CA_CERT", file.path()),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.cache.redis().unwrap().ca_cert.as_deref(),
+            Some(TEST_CA_PEM.as_bytes())
+        );
+        let text = format!("{config:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains(r#"ca_cert: "set""#), "{text}");
+        // With Redis off the CA is not read at all.
+        let config = load(&[
+            ("REDIS_ENABLED", "false"),
+            ("REDIS_CA_CERT", "/nonexistent/ca.pem"),
+        ])
+        .unwrap();
+        assert!(config.cache.redis().is_none());
+    }
+
+    /// A self-signed CA certificate (P-256, valid to 2126), made once with the openssl CLI
+    /// for these tests; nothing connects with it here.
+    const TEST_CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBnTCCAUOgAwIBAgIUD2GVKpSjsPk9trbtVkk4L3zTvhYwCgYIKoZIzj0EAwIw
+IzEhMB8GA1UEAwwYdGllcmNhY2hlIGNvbmZpZyB0ZXN0IENBMCAXDTI2MTIwNzE4
+MjIwMFoYDzIxMjYxMTEzMTgyMjAwWjAjMSEwHwYDVQQDDBh0aWVyY2FjaGUgY29u
+ZmlnIHRlc3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAARA1jOJlAiKM3+W
+etcSxJJAcHmCP83beJxBCCwCR7Taj7ho8PbPD3x08UNY6XV0DroSjt1bS0Dm5JkC
+I5yn0qDyo1MwUTAdBgNVHQ4EFgQUgXZdXr6mCLlx8hFiC3cINcZhTYcwHwYDVR0j
+BBgwFoAUgXZdXr6mCLlx8hFiC3cINcZhTYcwDwYDVR0TAQH/BAUwAwEB/zAKBggq
+hkjOPQQDAgNIADBFAiEA/wg97Hyp8a8RjXhlZ+wHX9jr/GcFPcqAC9gwox57y9wC
+IGuM6glUEFs+GgckIp+6SUqKs7fuIczUt0Qs/5rGrkkV
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn a_bad_redis_ca_is_named_with_its_path_or_its_fault() {
+        let err = load(&[
+            ("REDIS_URL", "rediss://127.0.0.1:6380/"),
+            ("REDIS_CA_CERT", "/nonexistent/ca.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(problem_vars(&err), ["REDIS_CA_CERT"]);
+        assert!(
+            err.problems[0]
+                .message
+                .starts_with("cannot read /nonexistent/ca.pem: No such file"),
+            "{err}"
+        );
+        let not_pem = TempFile::new("key.txt", "not a certificate");
+        let ca = TempFile::new("ca.pem", TEST_CA_PEM);
+        // Not PEM; and a CA with a plain redis:// URL; both at once with other problems.
+        let err = load(&[
+            ("REDIS_URL", "rediss://127.0.0.1:6380/"),
+            ("REDIS_CA_CERT", not_pem.path()),
+        ])
+        .unwrap_err();
+        assert_eq!(problem_vars(&err), ["REDIS_CA_CERT"]);
+        assert!(
+            err.problems[0].message.contains("no PEM certificate"),
+            "{err}"
+        );
+        let err = load(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379/"),
+            ("REDIS_CA_CERT", ca.path()),
+            ("REDIS_POOL_SIZE", "many"),
+        ])
+        .unwrap_err();
+        assert_eq!(problem_vars(&err), ["REDIS_CA_CERT", "REDIS_POOL_SIZE"]);
+        assert!(err.problems[0].message.contains("rediss://"), "{err}");
+    }
+
+    #[test]
+    fn database_tls_parameters_are_checked_before_connecting() {
+        let ca = TempFile::new("root.pem", TEST_CA_PEM);
+        for url in [
+            "postgres://u@h/db?sslmode=require".to_owned(),
+            "postgres://u@h/db?sslmode=VERIFY-FULL".to_owned(),
+            format!(
+                "postgres://u@h/db?sslmode=verify-full&sslrootcert={}",
+                ca.path()
+            ),
+            format!(
+                "postgres://u@h/db?sslrootcert={}&sslmode=verify-ca",
+                ca.path().replace('/', "%2F")
+            ),
+        ] {
+            let config = load(&[("DATABASE_URL", &url)]).unwrap();
+            assert_eq!(config.database.url, url);
+        }
+        let err = load(&[(
+            "DATABASE_URL",
+            "postgres://u:pw@h/db?sslmode=verify-full&sslrootcert=/nonexistent/root.pem",
+        )])
+        .unwrap_err();
+        assert_eq!(problem_vars(&err), ["DATABASE_URL"]);
+        assert!(
+            err.problems[0]
+                .message
+                .starts_with("sslrootcert: cannot read /nonexistent/root.pem: No such file"),
+            "{err}"
+        );
+        let err = load(&[("DATABASE_URL", "postgres://u@h/db?sslmode=always")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: DATABASE_URL: sslmode must be one of disable, allow, \
+             prefer, require, verify-ca, verify-full, got \"always\""
+        );
+        // A CA that sqlx would ignore (it verifies only under verify-ca and verify-full).
+        let err = load(&[(
+            "DATABASE_URL",
+            &format!(
+                "postgres://u@h/db?sslmode=require&sslrootcert={}",
+                ca.path()
+            ),
+        )])
+        .unwrap_err();
+        assert_eq!(problem_vars(&err), ["DATABASE_URL"]);
+        assert!(err.problems[0].message.contains("verify-ca"), "{err}");
+    }
+
     #[test]
     fn debug_hides_secrets() {
         let config = load(&[
@@ -1210,6 +1506,13 @@ mod tests {
         assert!(!config.key_secret_is_default);
         let text = format!("{:?}", load(&[]).unwrap());
         assert!(text.contains(r#"admin_token: "not set""#), "{text}");
+    }
+
+    #[test]
+    fn percent_decoding_follows_form_decoding() {
+        assert_eq!(percent_decode("%2Ftmp%2Fa+b.pem"), "/tmp/a b.pem");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod db_error;
 pub mod error;
 pub mod http;
 pub mod routes;

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{ApiKeys, KeyRefreshTask};
 use crate::config::{Config, DatabaseConfig, HttpConfig};
+use crate::db_error;
 use crate::routes::{api_router, monitoring_router, router};
 use crate::state::{AppState, MONITOR_INTERVAL};
 
@@ -114,16 +115,18 @@ pub fn spawn_db_listener(
     Ok(Some(DbListener::spawn(options, cache.clone())))
 }
 
-/// Opens the pool, creating the database first when it does not exist.
+/// Opens the pool, creating the database first when it does not exist. Each step connects
+/// with `DATABASE_URL`'s TLS parameters (`sslmode`, `sslrootcert`); a failure names the
+/// variable, its password hidden, and what in it to check (see [`db_error`]).
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
     let exists = Postgres::database_exists(&config.url)
         .await
-        .context("connecting to PostgreSQL")?;
+        .map_err(|e| db_error::explain(e, config, "connecting to PostgreSQL"))?;
     if !exists {
         tracing::info!("creating the database");
         Postgres::create_database(&config.url)
             .await
-            .context("creating the database")?;
+            .map_err(|e| db_error::explain(e, config, "creating the database"))?;
     }
     let options = PgConnectOptions::from_str(&config.url)
         .context("parsing DATABASE_URL")?
@@ -140,7 +143,7 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
         .test_before_acquire(false);
     DbPool::connect(pool, options)
         .await
-        .context("connecting to PostgreSQL")
+        .map_err(|e| db_error::explain(e, config, "connecting to PostgreSQL"))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, letting in-flight requests finish,

@@ -35,19 +35,27 @@ pub struct Connection {
 pub struct Manager {
     client: redis::Client,
     config: AsyncConnectionConfig,
+    /// Cleared by each connection opened, so a failure on record is one not yet overcome.
+    errors: ConnectErrors,
 }
 
 impl Manager {
     /// A manager for `client`; both timeouts bound the raw connection under our own.
+    /// `errors` is the pool's error sink, cleared whenever a connection opens.
     pub fn new(
         client: redis::Client,
         connect_timeout: Duration,
         response_timeout: Duration,
+        errors: ConnectErrors,
     ) -> Self {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(response_timeout));
-        Manager { client, config }
+        Manager {
+            client,
+            config,
+            errors,
+        }
     }
 }
 
@@ -68,6 +76,7 @@ impl bb8::ManageConnection for Manager {
         {
             check_version(&info)?;
         }
+        self.errors.clear();
         Ok(Connection {
             inner,
             broken: Arc::new(AtomicBool::new(false)),
@@ -84,20 +93,26 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
-/// The last connection the pool failed to open, when, and why. bb8 hands such errors to a
-/// sink, not to the caller waiting for a connection (who times out): [`L2`](super::L2)
-/// takes it from here to report the cause instead of a bare timeout.
+/// The last connection the pool failed to open, when, and why, until one opens. bb8 hands
+/// such errors to a sink, not to the caller waiting for a connection (who times out):
+/// [`L2`](super::L2) reads it from here to report the cause instead of a bare timeout.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectErrors(Arc<Mutex<Option<(Instant, redis::RedisError)>>>);
 
 impl ConnectErrors {
-    /// The error the pool reported at or after `since`, if not taken yet.
-    pub fn take_since(&self, since: Instant) -> Option<redis::RedisError> {
-        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match last.take() {
-            Some((at, error)) if at >= since => Some(error),
+    /// The last failure, if no connection has opened since; with `since`, only one
+    /// reported at or after it.
+    pub fn last(&self, since: Option<Instant>) -> Option<redis::RedisError> {
+        let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some((at, error)) if since.is_none_or(|since| *at >= since) => Some(error.clone()),
             _ => None,
         }
+    }
+
+    /// Forgets the last failure: a connection opened.
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 

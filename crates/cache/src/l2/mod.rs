@@ -11,9 +11,14 @@
 //!   probe after `open_for` finds Redis back.
 //! - A connection that failed unrecoverably is flagged and leaves the pool on return.
 //! - Redis down at start-up is not an error: the pool connects lazily.
+//! - A `rediss://` server whose certificate does not chain to the configured CA (or does
+//!   not name the URL's host), or a password Redis refuses, fails every connection: a
+//!   `connection` error with the reason kept for health checks, which opens the breaker
+//!   as a Redis that is down does.
 
 mod error;
 mod manager;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -121,7 +126,8 @@ struct Refusals {
 }
 
 impl L2 {
-    /// A lazily connecting L2; fails only on a URL the redis crate cannot parse.
+    /// A lazily connecting L2 (over TLS for a `rediss://` URL); fails only on a URL or CA
+    /// the redis crate cannot parse, which the config's builder has already refused.
     pub fn new(
         config: &RedisConfig,
         breaker: BreakerConfig,
@@ -129,13 +135,14 @@ impl L2 {
     ) -> Result<Self, redis::RedisError> {
         // redis-rs leaves Nagle's algorithm on. Turning it off (TCP_NODELAY) measured no
         // better here, and a little more CPU per operation (benches/README.md), so it stays.
-        let client = redis::Client::open(config.url.as_str())?;
+        let client = tls::client(config)?;
+        let connect_errors = ConnectErrors::default();
         let manager = Manager::new(
             client.clone(),
             config.connect_timeout,
             config.command_timeout,
+            connect_errors.clone(),
         );
-        let connect_errors = ConnectErrors::default();
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
             .test_on_check_out(false)
@@ -546,10 +553,19 @@ impl L2 {
     /// What a command asked for at `asked` that ran out of time failed of. The pool's wait
     /// for a connection and the command share one bound (whichever timer fires first), so
     /// when the pool failed to open a connection since (refused, the password wrong, the
-    /// server too old), that is the failure, with the pool's own reason, not a bare
-    /// timeout; either way the breaker counts it.
+    /// server too old, its certificate not trusted), that is the failure, with the pool's
+    /// own reason, not a bare timeout. So it is when the pool has no connection at all and
+    /// its last attempt failed: the wait could only end in a connection that attempt's
+    /// cause still stands in the way of, and a handshake slower than the command's bound
+    /// (TLS) would otherwise be reported as a bare timeout every time. Either way the
+    /// breaker counts it.
     fn timed_out(&self, asked: Instant) -> (L2ErrorKind, Option<redis::RedisError>) {
-        match self.connect_errors.take_since(asked) {
+        let cause = self.connect_errors.last(Some(asked)).or_else(|| {
+            (self.pool.state().connections == 0)
+                .then(|| self.connect_errors.last(None))
+                .flatten()
+        });
+        match cause {
             Some(e) => (L2ErrorKind::Connection, Some(e)),
             None => (L2ErrorKind::Timeout, None),
         }

@@ -15,7 +15,10 @@ use crate::auth;
 use crate::state::AppState;
 
 pub use stale::STALE_HEADER;
-pub use webhook::{MAX_CALL_SID_LEN, WebhookRequest, WebhookResponse};
+pub use webhook::{
+    DynamicVariables, GREETING_SOURCE_HEADER, GreetingSource, MAX_CALL_SID_LEN, WebhookRequest,
+    WebhookResponse,
+};
 
 /// Largest request body accepted (a 413 past it): a message of `MAX_TEXT_LEN` characters,
 /// each escaped as `\uXXXX\uXXXX`, fits with room to spare.

@@ -5,12 +5,20 @@
 //! for what L1 lacks, else one batched query (see `Repository::call`). It answers within
 //! the webhook budget: past it, it answers with what it has (the organization's default
 //! greeting, marked `deadline_default`) rather than letting the platform time out.
+//!
+//! The contract is the platform's (ElevenLabs' conversation initiation client data): fields
+//! the request carries that this service does not know are ignored (and counted), and the
+//! answer is exactly `{type, dynamic_variables, conversation_config_override}`, with every
+//! dynamic variable present and a scalar of one type in every answer, never `null`.
 
+use std::fmt;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderName, HeaderValue};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use tiercache::Slot;
 use tiercache::log_throttle::{LOG_INTERVAL, LogThrottle};
@@ -21,9 +29,15 @@ use crate::error::ApiError;
 use crate::routes::domain::phone;
 use crate::state::AppState;
 
-/// What the platform sends when a call starts.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The response header naming where the first message came from (a [`GreetingSource`]), for
+/// logs and load generators that do not parse the body; the body says it too, in the
+/// `greeting_source` dynamic variable.
+pub const GREETING_SOURCE_HEADER: &str = "tiercache-greeting-source";
+
+/// What the platform sends when a call starts. Fields it adds that this service does not
+/// know are ignored and counted ([`unknown_fields`](Self::unknown_fields)), so the platform
+/// adding one is not a 400; a known field of the wrong type still is, naming the field.
+#[derive(Debug)]
 pub struct WebhookRequest {
     /// The caller's number.
     pub caller_id: String,
@@ -32,51 +46,83 @@ pub struct WebhookRequest {
     /// The platform's id for the call: 1 to [`MAX_CALL_SID_LEN`] visible ASCII characters.
     pub call_sid: String,
     /// The platform's agent, when it sends one.
-    #[serde(default)]
     pub agent_id: Option<String>,
+    /// How many top-level fields the body held that this service does not know.
+    pub unknown_fields: u64,
 }
 
-/// What the agent starts the conversation with.
+/// What the agent starts the conversation with: the platform's conversation initiation
+/// client data, exactly (it defines no other top-level field).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookResponse {
     /// Always `conversation_initiation_client_data`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The agent's dynamic variables (scalars only, as the platform requires).
+    /// The agent's dynamic variables.
     pub dynamic_variables: DynamicVariables,
     /// The first message the agent says.
     pub conversation_config_override: ConfigOverride,
-    /// Where the greeting came from: `lead`, `new_caller` or `deadline_default`.
-    pub greeting_source: String,
 }
 
-/// The agent's dynamic variables.
+/// The agent's dynamic variables. The platform takes strings, numbers and booleans, and
+/// expects every variable the agent defines in every call: each is present in every answer,
+/// with one type, never `null`. What is not known for this call (a new caller's lead, an
+/// organization not resolved before the deadline) is the empty string, `0` or `false`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DynamicVariables {
     /// The platform's id for the call.
     pub call_sid: String,
-    /// The organization called, when resolved.
-    pub org_id: Option<i64>,
-    /// Its name.
-    pub org_name: Option<String>,
-    /// The agent's name.
-    pub agent_name: Option<String>,
-    /// The lead, when the caller is known.
-    pub lead_id: Option<i64>,
-    /// Whether the caller is not (yet) a lead of the organization.
-    pub is_new_lead: bool,
-    /// The lead's name.
-    pub lead_name: Option<String>,
-    /// The lead's status.
-    pub lead_status: Option<String>,
-    /// Messages exchanged so far.
+    /// The organization called; `0` when not resolved (past the deadline).
+    pub org_id: i64,
+    /// Its name; empty when not resolved.
+    pub org_name: String,
+    /// The agent's name; empty when the organization sets none.
+    pub agent_name: String,
+    /// The lead; `0` unless the caller is known.
+    pub lead_id: i64,
+    /// Whether the answer is about a known lead (`false` for a new caller, and past the
+    /// deadline, when the lead was not read).
+    pub is_known_caller: bool,
+    /// The lead's name; empty unless the caller is known.
+    pub lead_name: String,
+    /// The lead's status; empty unless the caller is known.
+    pub lead_status: String,
+    /// Messages exchanged so far; `0` unless the caller is known.
     pub message_count: i64,
-    /// What the lead talked about last.
-    pub last_topic: Option<String>,
+    /// What the lead talked about last; empty when nothing (or the caller is not known).
+    pub last_topic: String,
+    /// Where the first message came from.
+    pub greeting_source: GreetingSource,
+}
+
+/// Where the first message came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GreetingSource {
+    /// The lead's own greeting: a known caller.
+    Lead,
+    /// The organization's greeting for a caller who is not one of its leads.
+    NewCaller,
+    /// The organization's greeting, answered past the budget with what was resolved.
+    DeadlineDefault,
+}
+
+impl GreetingSource {
+    /// The name, as in the body and the header.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GreetingSource::Lead => "lead",
+            GreetingSource::NewCaller => "new_caller",
+            GreetingSource::DeadlineDefault => "deadline_default",
+        }
+    }
 }
 
 /// The platform's override block.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConfigOverride {
     /// Agent settings.
     pub agent: AgentOverride,
@@ -84,6 +130,7 @@ pub struct ConfigOverride {
 
 /// The agent's first message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AgentOverride {
     /// What the agent says first.
     pub first_message: String,
@@ -99,8 +146,11 @@ struct Partial {
 pub async fn conversation_initiation(
     State(state): State<AppState>,
     body: Result<Json<WebhookRequest>, JsonRejection>,
-) -> Result<Json<WebhookResponse>, ApiError> {
+) -> Result<([(HeaderName, HeaderValue); 1], Json<WebhookResponse>), ApiError> {
     let Json(request) = body?;
+    if request.unknown_fields > 0 {
+        state.metrics.webhook_unknown_fields(request.unknown_fields);
+    }
     let called = phone("called_number", &request.called_number)?;
     let caller = phone("caller_id", &request.caller_id)?;
     check_call_sid(&request.call_sid)?;
@@ -129,10 +179,10 @@ pub async fn conversation_initiation(
     };
     let response = match resolved {
         Some(Ok((org, Some((lead, Some(context), Some(greeting)))))) => {
-            known_caller(&request.call_sid, &org, &lead, &context, &greeting)
+            known_caller(request.call_sid, &org, &lead, &context, &greeting)
         }
         // The lead vanished between reads (deleted meanwhile): greet as a new caller.
-        Some(Ok((org, _))) => new_caller(&request.call_sid, Some(&org), "new_caller"),
+        Some(Ok((org, _))) => new_caller(request.call_sid, Some(&org), GreetingSource::NewCaller),
         Some(Err(e)) => return Err(e),
         None => {
             state.metrics.webhook_fallback();
@@ -147,13 +197,20 @@ pub async fn conversation_initiation(
                 );
             }
             new_caller(
-                &request.call_sid,
+                request.call_sid,
                 partial.org.as_deref(),
-                "deadline_default",
+                GreetingSource::DeadlineDefault,
             )
         }
     };
-    Ok(Json(response))
+    let source = response.dynamic_variables.greeting_source.as_str();
+    Ok((
+        [(
+            HeaderName::from_static(GREETING_SOURCE_HEADER),
+            HeaderValue::from_static(source),
+        )],
+        Json(response),
+    ))
 }
 
 /// Longest `call_sid` accepted: the platforms' ids are far shorter (Twilio's have 34
@@ -174,7 +231,7 @@ fn check_call_sid(sid: &str) -> Result<(), ApiError> {
 }
 
 fn known_caller(
-    call_sid: &str,
+    call_sid: String,
     org: &Org,
     lead: &Lead,
     context: &Context,
@@ -183,27 +240,29 @@ fn known_caller(
     WebhookResponse {
         kind: KIND.to_owned(),
         dynamic_variables: DynamicVariables {
-            call_sid: call_sid.to_owned(),
-            org_id: Some(org.id),
-            org_name: Some(org.name.clone()),
-            agent_name: context.agent_name.clone(),
-            lead_id: Some(lead.id),
-            is_new_lead: false,
-            lead_name: Some(lead.name.clone()),
-            lead_status: Some(lead.status.clone()),
+            call_sid,
+            org_id: org.id,
+            org_name: org.name.clone(),
+            agent_name: context.agent_name.clone().unwrap_or_default(),
+            lead_id: lead.id,
+            is_known_caller: true,
+            lead_name: lead.name.clone(),
+            lead_status: lead.status.clone(),
             message_count: context.message_count,
-            last_topic: context.last_topics.first().cloned(),
+            last_topic: context.last_topics.first().cloned().unwrap_or_default(),
+            greeting_source: GreetingSource::Lead,
         },
         conversation_config_override: ConfigOverride {
             agent: AgentOverride {
                 first_message: greeting.text.clone(),
             },
         },
-        greeting_source: "lead".to_owned(),
     }
 }
 
-fn new_caller(call_sid: &str, org: Option<&Org>, source: &str) -> WebhookResponse {
+/// The answer without a lead: a new caller's, or the deadline's with whatever organization
+/// was resolved (none: `org_id` 0, `org_name` empty, greeted on behalf of "us").
+fn new_caller(call_sid: String, org: Option<&Org>, source: GreetingSource) -> WebhookResponse {
     let agent_name = org.and_then(|o| o.settings.agent_name.clone());
     let first_message = new_caller_greeting(
         org.map_or("us", |o| o.name.as_str()),
@@ -213,22 +272,155 @@ fn new_caller(call_sid: &str, org: Option<&Org>, source: &str) -> WebhookRespons
     WebhookResponse {
         kind: KIND.to_owned(),
         dynamic_variables: DynamicVariables {
-            call_sid: call_sid.to_owned(),
-            org_id: org.map(|o| o.id),
-            org_name: org.map(|o| o.name.clone()),
-            agent_name,
-            lead_id: None,
-            is_new_lead: source == "new_caller",
-            lead_name: None,
-            lead_status: None,
+            call_sid,
+            org_id: org.map_or(0, |o| o.id),
+            org_name: org.map(|o| o.name.clone()).unwrap_or_default(),
+            agent_name: agent_name.unwrap_or_default(),
+            lead_id: 0,
+            is_known_caller: false,
+            lead_name: String::new(),
+            lead_status: String::new(),
             message_count: 0,
-            last_topic: None,
+            last_topic: String::new(),
+            greeting_source: source,
         },
         conversation_config_override: ConfigOverride {
             agent: AgentOverride { first_message },
         },
-        greeting_source: source.to_owned(),
     }
 }
 
 const KIND: &str = "conversation_initiation_client_data";
+
+/// The request's fields; any other name is `Unknown` (its value skipped, not kept).
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    CallerId,
+    CalledNumber,
+    CallSid,
+    AgentId,
+    #[serde(other)]
+    Unknown,
+}
+
+const FIELDS: &[&str] = &["caller_id", "called_number", "call_sid", "agent_id"];
+
+/// By hand rather than derived, to count the fields it ignores. Errors read as the derived
+/// ones did (serde's own `missing field`, `duplicate field`), and axum's path tracking
+/// still names the field a bad value sits in.
+impl<'de> Deserialize<'de> for WebhookRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_struct("WebhookRequest", FIELDS, RequestVisitor)
+    }
+}
+
+struct RequestVisitor;
+
+impl<'de> Visitor<'de> for RequestVisitor {
+    type Value = WebhookRequest;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with caller_id, called_number and call_sid")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WebhookRequest, A::Error> {
+        fn once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, v: T) -> Result<(), E> {
+            if slot.replace(v).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
+        let (mut caller_id, mut called_number, mut call_sid) = (None, None, None);
+        let mut agent_id: Option<Option<String>> = None;
+        let mut unknown_fields = 0u64;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::CallerId => once(&mut caller_id, "caller_id", map.next_value()?)?,
+                Field::CalledNumber => {
+                    once(&mut called_number, "called_number", map.next_value()?)?;
+                }
+                Field::CallSid => once(&mut call_sid, "call_sid", map.next_value()?)?,
+                Field::AgentId => once(&mut agent_id, "agent_id", map.next_value()?)?,
+                Field::Unknown => {
+                    map.next_value::<IgnoredAny>()?;
+                    unknown_fields += 1;
+                }
+            }
+        }
+        Ok(WebhookRequest {
+            caller_id: caller_id.ok_or_else(|| de::Error::missing_field("caller_id"))?,
+            called_number: called_number
+                .ok_or_else(|| de::Error::missing_field("called_number"))?,
+            call_sid: call_sid.ok_or_else(|| de::Error::missing_field("call_sid"))?,
+            agent_id: agent_id.flatten(),
+            unknown_fields,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<WebhookRequest, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_whatever_their_value_and_counted() {
+        let request = parse(
+            r#"{"conversation_id":"c","caller_id":"+1","called_number":"+2",
+                "meta":{"a":[1,{"b":null}]},"call_sid":"CA1","agent_id":"ag","list":[true]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                request.caller_id.as_str(),
+                request.called_number.as_str(),
+                request.call_sid.as_str(),
+                request.agent_id.as_deref(),
+                request.unknown_fields,
+            ),
+            ("+1", "+2", "CA1", Some("ag"), 3)
+        );
+        let request =
+            parse(r#"{"caller_id":"+1","called_number":"+2","call_sid":"C","agent_id":null}"#)
+                .unwrap();
+        assert_eq!((request.agent_id, request.unknown_fields), (None, 0));
+    }
+
+    #[test]
+    fn known_fields_are_still_checked() {
+        let missing = parse(r#"{"caller_id":"+1","called_number":"+2","x":1}"#).unwrap_err();
+        assert!(
+            missing.to_string().contains("missing field `call_sid`"),
+            "{missing}"
+        );
+        let twice =
+            parse(r#"{"caller_id":"+1","caller_id":"+3","called_number":"+2","call_sid":"C"}"#)
+                .unwrap_err();
+        assert!(
+            twice.to_string().contains("duplicate field `caller_id`"),
+            "{twice}"
+        );
+        let typed = parse(r#"{"caller_id":1,"called_number":"+2","call_sid":"C"}"#).unwrap_err();
+        assert!(typed.to_string().contains("invalid type"), "{typed}");
+        for not_an_object in ["[]", "null", "\"s\""] {
+            assert!(parse(not_an_object).is_err(), "{not_an_object}");
+        }
+    }
+
+    #[test]
+    fn an_answer_with_nothing_resolved_has_no_null() {
+        let answer = new_caller("CA1".to_owned(), None, GreetingSource::DeadlineDefault);
+        let value = serde_json::to_value(&answer).unwrap();
+        let variables = value["dynamic_variables"].as_object().unwrap();
+        assert!(variables.values().all(|v| !v.is_null()), "{value}");
+        assert_eq!(variables["greeting_source"], "deadline_default");
+        assert_eq!(
+            (variables["org_id"].as_i64(), variables["org_name"].as_str()),
+            (Some(0), Some(""))
+        );
+    }
+}
