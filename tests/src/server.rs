@@ -1,13 +1,19 @@
 //! The real server on a loopback port, for the HTTP suites.
+//!
+//! Each server started on a database gets an operator API key of its own, which its
+//! `client` sends by default, so suites about other things need not think of keys;
+//! [`TestServer::client_with`] sends another key, or none.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use tiercache::{CacheObserver, Fanout, TwoTierCache};
+use tiercache::{CacheConfig, CacheObserver, Fanout, TwoTierCache};
 use tiercache_monitoring::{Metrics, MonitorTask};
+use tiercache_repository::api_key::{self, Scope};
 use tiercache_repository::{DbListener, Repository};
+use tiercache_server::auth::{ApiKeys, KeyRefreshTask};
 use tiercache_server::config::HttpConfig;
 use tiercache_server::{AppState, Config, router};
 use tokio::sync::oneshot;
@@ -26,9 +32,13 @@ pub struct TestServer {
     pub state: AppState,
     /// The database change listener, when [`Options::db_notify`] asked for one.
     pub db_listener: Option<DbListener>,
+    /// The API key `client` sends (an operator's), if any.
+    pub api_key: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _monitor: MonitorTask,
+    key_refresh: Option<KeyRefreshTask>,
+    keys_db: Option<TestDb>,
 }
 
 /// How often a test server's monitor samples and evaluates alerts.
@@ -60,6 +70,9 @@ pub struct Options<'a> {
     pub db_notify: bool,
     /// More environment variables, set after the ones above.
     pub vars: Vec<(&'a str, String)>,
+    /// Re-reads the API keys in the background, as the service does. Off only where a
+    /// test counts SQL statements, which the re-reads would add to.
+    pub refresh_api_keys: bool,
 }
 
 impl<'a> Options<'a> {
@@ -73,6 +86,7 @@ impl<'a> Options<'a> {
             admin_token: None,
             db_notify: false,
             vars: Vec::new(),
+            refresh_api_keys: true,
         }
     }
 }
@@ -119,11 +133,25 @@ impl TestServer {
             TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers))).unwrap();
         let db_listener =
             tiercache_server::startup::spawn_db_listener(&config.database, &cache).unwrap();
+        let (info, key) = api_key::create(pool.pool(), Scope::Operator, "test-fixture")
+            .await
+            .unwrap();
+        assert_eq!(info.scope, Scope::Operator);
+        let api_keys = ApiKeys::new(
+            pool.pool().clone(),
+            config.cache.staleness_bound(),
+            config.production,
+        );
+        api_keys.refresh().await.unwrap();
+        let key_refresh = opts.refresh_api_keys.then(|| api_keys.spawn_refresh());
         let repo = Repository::new(pool, cache).with_clock(stepping_clock());
         let state = AppState::new(repo, metrics, config.webhook_budget)
-            .with_admin_token(opts.admin_token.map(str::to_owned));
-        let mut server = Self::serve_with(state, config.http).await;
+            .with_admin_token(opts.admin_token.map(str::to_owned))
+            .with_api_keys(api_keys)
+            .with_webhook_secret(config.webhook_secret.clone());
+        let mut server = Self::serve_as(state, config.http, Some(key.expose().to_owned())).await;
         server.db_listener = db_listener;
+        server.key_refresh = key_refresh;
         server
     }
 
@@ -161,7 +189,26 @@ impl TestServer {
         )
         .unwrap();
         let repo = Repository::new(pool, cache);
-        Self::serve(AppState::new(repo, metrics, Duration::from_secs(2))).await
+        Self::serve_with_keys_apart(AppState::new(repo, metrics, Duration::from_secs(2))).await
+    }
+
+    /// Serves `state` with its API keys read once from a database of their own (holding an
+    /// operator key, which the client sends), whatever `state`'s repository reaches: an
+    /// instance whose PostgreSQL went down after it read its keys, which it then uses
+    /// through their grace.
+    pub async fn serve_with_keys_apart(state: AppState) -> TestServer {
+        let db = TestDb::migrated("keys").await;
+        let pool = db.pool().await;
+        let (_, key) = api_key::create(&pool, Scope::Operator, "test-fixture")
+            .await
+            .unwrap();
+        let keys = ApiKeys::new(pool, CacheConfig::DEFAULT_STALENESS_BOUND, false);
+        keys.refresh().await.unwrap();
+        let state = state.with_api_keys(keys);
+        let key = Some(key.expose().to_owned());
+        let mut server = Self::serve_as(state, HttpConfig::default(), key).await;
+        server.keys_db = Some(db);
+        server
     }
 
     /// Serves `state` on a free loopback port, its monitor ticking every 100 ms.
@@ -171,6 +218,11 @@ impl TestServer {
 
     /// [`serve`](Self::serve) with these read bounds.
     pub async fn serve_with(state: AppState, http: HttpConfig) -> TestServer {
+        Self::serve_as(state, http, None).await
+    }
+
+    /// [`serve_with`](Self::serve_with), its client sending `api_key`.
+    async fn serve_as(state: AppState, http: HttpConfig, api_key: Option<String>) -> TestServer {
         let monitor = state.spawn_monitor(MONITOR_TICK);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -186,13 +238,21 @@ impl TestServer {
         });
         TestServer {
             base,
-            client: reqwest::Client::new(),
+            client: client_with(api_key.as_deref()),
             state,
             db_listener: None,
+            api_key,
             stop: Some(stop),
             task: Some(task),
             _monitor: monitor,
+            key_refresh: None,
+            keys_db: None,
         }
+    }
+
+    /// A client sending `api_key` (`None`: no `Authorization` header at all).
+    pub fn client_with(&self, api_key: Option<&str>) -> reqwest::Client {
+        client_with(api_key)
     }
 
     /// `GET path`: (status, body).
@@ -241,6 +301,18 @@ impl TestServer {
             task.await.unwrap();
         }
     }
+}
+
+fn client_with(api_key: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).unwrap();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 impl Drop for TestServer {

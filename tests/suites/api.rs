@@ -592,11 +592,16 @@ async fn a_webhook_costs_one_query_cold_one_redis_round_trip_warm_and_nothing_ho
     let redis_url = redis.url();
     let (recorder, _) = Recorder::new();
     let rec = Arc::new(recorder);
+    // Statements are counted: no API key re-reads in the background.
+    let quiet = || Options {
+        refresh_api_keys: false,
+        ..Options::new(&ns, Some(&redis_url))
+    };
     let a = TestServer::start(
         &db,
         Options {
             observer: Some(rec.clone()),
-            ..Options::new(&ns, Some(&redis_url))
+            ..quiet()
         },
     )
     .await;
@@ -631,7 +636,7 @@ async fn a_webhook_costs_one_query_cold_one_redis_round_trip_warm_and_nothing_ho
     assert_eq!(command_count(&mut admin, "get").await, gets);
 
     // Another instance (cold L1, warm Redis): one script round trip, no SQL.
-    let b = TestServer::start(&db, Options::new(&ns, Some(&redis_url))).await;
+    let b = TestServer::start(&db, quiet()).await;
     let sql = tiercache_tests::sql_counter::statements();
     let (_, warm) = b.send(Method::POST, hook, &call).await;
     assert_eq!(warm, cold);
@@ -674,7 +679,16 @@ async fn the_quick_start_works_from_no_database_at_all() {
     .await
     .expect("the change listener listens within 10 s")
     .unwrap();
+    assert!(service.demo_api_key, "development has the demo key");
     let server = TestServer::serve(service.state).await;
+    // The README's read, with the demo key start-up prints.
+    let demo = server.client_with(Some(tiercache_repository::seed::DEMO_API_KEY));
+    let response = demo
+        .get(format!("{}/api/leads/1", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
     // The call start-up prints.
     let (status, body) = server
         .send(
@@ -773,7 +787,12 @@ async fn shutdown_lets_a_request_in_flight_finish() {
 async fn an_updated_lead_is_read_back_on_the_same_instance_without_a_query() {
     let db = TestDb::seeded("readback", 1, 10).await;
     let ns = unique_namespace("readback");
-    let server = TestServer::start(&db, Options::new(&ns, Some(SHARED_REDIS_URL))).await;
+    // Statements are counted: no API key re-reads in the background.
+    let options = Options {
+        refresh_api_keys: false,
+        ..Options::new(&ns, Some(SHARED_REDIS_URL))
+    };
+    let server = TestServer::start(&db, options).await;
     let (status, before) = server.get("/api/leads/5").await;
     assert_eq!(status, 200, "{before}");
     let (status, updated) = server

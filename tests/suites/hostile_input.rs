@@ -151,6 +151,14 @@ async fn a_nul_byte_in_text_is_a_400_naming_the_field_and_reaches_no_database() 
     assert!(server_errors.is_empty(), "{server_errors:?}");
 }
 
+/// The `authorization` header line with the server's API key, for requests written by hand.
+fn authorization(server: &TestServer) -> String {
+    format!(
+        "authorization: Bearer {}\r\n",
+        server.api_key.as_deref().unwrap()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_or_idle_connection_is_closed_within_the_header_bound() {
     let (_db, server) = server("hsilent", None).await;
@@ -205,8 +213,12 @@ async fn a_partial_body_is_a_408_and_closed_within_the_body_bound() {
     let mut stream = TcpStream::connect(http_address(&server)).await.unwrap();
     stream
         .write_all(
-            b"PATCH /api/leads/1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-              content-length: 100\r\n\r\n{\"name\":",
+            format!(
+                "PATCH /api/leads/1 HTTP/1.1\r\nhost: x\r\n{}content-type: application/json\r\n\
+                 content-length: 100\r\n\r\n{{\"name\":",
+                authorization(&server)
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
@@ -232,8 +244,12 @@ async fn a_trickled_body_is_closed_within_the_body_bound() {
     let (mut reader, mut writer) = stream.into_split();
     writer
         .write_all(
-            b"POST /api/leads/1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-              content-length: 60000\r\n\r\n{\"channel\":\"sms\",\"direction\":\"inbound\",\"body\":\"",
+            format!(
+                "POST /api/leads/1/messages HTTP/1.1\r\nhost: x\r\n{}content-type: application/json\r\n\
+                 content-length: 60000\r\n\r\n{{\"channel\":\"sms\",\"direction\":\"inbound\",\"body\":\"",
+                authorization(&server)
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
@@ -255,8 +271,9 @@ async fn a_request_sent_in_pieces_within_the_bounds_is_served() {
     let mut stream = TcpStream::connect(http_address(&server)).await.unwrap();
     let body = r#"{"name":"Pieces"}"#;
     let head = format!(
-        "PATCH /api/leads/1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+        "PATCH /api/leads/1 HTTP/1.1\r\nhost: x\r\n{}content-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n",
+        authorization(&server),
         body.len()
     );
     let (head_a, head_b) = head.split_at(20);
@@ -305,8 +322,9 @@ async fn a_body_over_the_limit_is_a_413_with_the_json_error() {
     ] {
         let mut stream = TcpStream::connect(http_address(&server)).await.unwrap();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+            "{method} {path} HTTP/1.1\r\nhost: x\r\n{}content-type: application/json\r\n\
              content-length: {}\r\n\r\n",
+            authorization(&server),
             body.len()
         );
         let _ = stream.write_all(head.as_bytes()).await;
@@ -324,8 +342,9 @@ async fn a_body_over_the_limit_is_a_413_with_the_json_error() {
     let mut stream = TcpStream::connect(http_address(&server)).await.unwrap();
     let chunk = "x".repeat(100 * 1024);
     let request = format!(
-        "PATCH /api/leads/1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+        "PATCH /api/leads/1 HTTP/1.1\r\nhost: x\r\n{}content-type: application/json\r\n\
          transfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+        authorization(&server),
         chunk.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();

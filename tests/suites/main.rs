@@ -2,6 +2,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod auth;
 mod bus;
 mod cache_call;
 mod cache_concurrency;
@@ -16,6 +17,7 @@ mod fixtures;
 mod hostile_input;
 mod log_floods;
 mod monitoring;
+mod monitoring_privacy;
 mod pg_server;
 mod postgres_down;
 mod postgres_restart;

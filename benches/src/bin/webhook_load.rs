@@ -32,6 +32,7 @@ use tiercache_benches::{delete_prefix, redis_connection};
 use tiercache_monitoring::{Metrics, MonitorTask};
 use tiercache_repository::Repository;
 use tiercache_repository::seed::{DEMO_LEADS, DEMO_ORGS, demo_lead_phone, demo_org_phone};
+use tiercache_server::auth::WebhookSecret;
 use tiercache_server::state::MONITOR_INTERVAL;
 use tiercache_server::{AppState, Config, router, startup};
 use tokio::net::TcpListener;
@@ -43,6 +44,9 @@ use tokio::sync::oneshot;
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tiercache_bench";
 /// Not the built-in development secret, so keys look like production's; 32 characters.
 const KEY_SECRET: &str = "webhook-load-bench-key-secret-32";
+/// The webhook's shared secret, checked on every call as in production (`WEBHOOK_SECRET`,
+/// sent in the default header).
+const WEBHOOK_SECRET: &str = "webhook-load-bench-webhook-secret";
 /// The seed of the caller sequence: every run and every mode replays the same callers.
 const SEED: u64 = 42;
 /// The Zipf exponent: the k-th most frequent caller calls about 1/k as often as the first.
@@ -293,6 +297,7 @@ impl Env {
             ("L1_ENABLED", if mode.l1() { "true" } else { "false" }),
             ("CACHE_PREFIX", prefix),
             ("CACHE_KEY_SECRET", KEY_SECRET),
+            ("WEBHOOK_SECRET", WEBHOOK_SECRET),
             ("APP_ENV", "bench"),
         ];
         Config::from_vars(vars.map(|(k, v)| (k.to_owned(), v.to_owned())))
@@ -662,7 +667,8 @@ impl Server {
         let cache = TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers)))
             .context("building the cache")?;
         let repo = Repository::new(db, cache);
-        let state = AppState::new(repo, metrics, config.webhook_budget);
+        let state = AppState::new(repo, metrics, config.webhook_budget)
+            .with_webhook_secret(config.webhook_secret.clone());
         let monitor = state.spawn_monitor(MONITOR_INTERVAL);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -719,7 +725,13 @@ async fn drive(
     mode: Mode,
     counters: &Arc<Counters>,
 ) -> anyhow::Result<(ModeRun, Vec<Value>)> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        WebhookSecret::DEFAULT_HEADER,
+        reqwest::header::HeaderValue::from_static(WEBHOOK_SECRET),
+    );
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.concurrency)
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)

@@ -2,6 +2,7 @@
 //! cached [`Repository`] that reads through the `tiercache` engine and invalidates it on
 //! writes, and the [`DbListener`] that invalidates it on writes that bypass the service.
 
+pub mod api_key;
 pub mod error;
 pub mod greeting;
 pub mod listener;

@@ -4,16 +4,42 @@
 //!   (`+18005550001`);
 //! - lead `j` (0-based, 100,000 of them) has id `j + 1`, belongs to organization
 //!   `(j % 100) + 1` and has phone `+16462` + `j` in 6 digits (`+16462000042`);
-//! - each lead has a voice and an sms conversation with three messages in all.
+//! - each lead has a voice and an sms conversation with three messages in all;
+//! - in development, one operator API key, [`DEMO_API_KEY`] ([`ensure_demo_api_key`]).
 //!
 //! Generated inside PostgreSQL (`generate_series`), in one transaction: seconds, not minutes.
 
 use sqlx::PgPool;
 
+use crate::api_key::{self, ApiKeySecret, Scope};
+
 /// Organizations in the demo data.
 pub const DEMO_ORGS: i64 = 100;
 /// Leads in the demo data.
 pub const DEMO_LEADS: i64 = 100_000;
+
+/// The demo API key: an operator key named `demo`, public (the README quotes it), so it
+/// is loaded in development only and refused when `APP_ENV` is production.
+pub const DEMO_API_KEY: &str = "tck_demo_development_only";
+
+/// The demo API key's name.
+pub const DEMO_API_KEY_NAME: &str = "demo";
+
+/// Stores [`DEMO_API_KEY`] unless a key with its digest exists (a revoked one stays
+/// revoked); whether it was added.
+pub async fn ensure_demo_api_key(pool: &PgPool) -> Result<bool, crate::Error> {
+    let secret = ApiKeySecret::from_text(DEMO_API_KEY);
+    Ok(
+        api_key::insert(pool, Scope::Operator, DEMO_API_KEY_NAME, &secret)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Whether [`DEMO_API_KEY`] is stored and not revoked.
+pub async fn demo_api_key_active(pool: &PgPool) -> Result<bool, crate::Error> {
+    api_key::is_active(pool, &ApiKeySecret::from_text(DEMO_API_KEY)).await
+}
 
 /// The phone number of demo organization `i` (1-based).
 pub fn demo_org_phone(i: i64) -> String {

@@ -15,7 +15,10 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use axum::http::HeaderName;
 use tiercache::{BreakerConfig, CacheConfig, EncryptionKey, Entity, EntityPolicy, RedisConfig};
+
+use crate::auth::WebhookSecret;
 
 /// Every variable read, in the order their problems are reported.
 pub const VARS: &[&str] = &[
@@ -31,6 +34,7 @@ pub const VARS: &[&str] = &[
     "REDIS_COMMAND_TIMEOUT_MS",
     "REDIS_CONNECT_TIMEOUT_MS",
     "BIND_ADDR",
+    "MONITORING_BIND_ADDR",
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_BODY_TIMEOUT_MS",
     "CACHE_KEY_SECRET",
@@ -63,6 +67,8 @@ pub const VARS: &[&str] = &[
     "CACHE_TTL_HISTORY_NEGATIVE_SECS",
     "CACHE_TTL_JITTER",
     "WEBHOOK_BUDGET_MS",
+    "WEBHOOK_SECRET",
+    "WEBHOOK_SECRET_HEADER",
     "ADMIN_TOKEN",
 ];
 
@@ -130,6 +136,14 @@ pub struct Config {
     pub key_secret_is_default: bool,
     /// Whether the cache has a Redis tier (`REDIS_ENABLED`).
     pub redis_enabled: bool,
+    /// Where the monitoring routes listen on their own (`MONITORING_BIND_ADDR`); `None`:
+    /// on `bind_addr`, beside the API.
+    pub monitoring_bind_addr: Option<SocketAddr>,
+    /// The webhook's shared secret and the header it comes in (`WEBHOOK_SECRET`,
+    /// `WEBHOOK_SECRET_HEADER`); `None` leaves the webhook open (refused in production).
+    pub webhook_secret: Option<WebhookSecret>,
+    /// Whether `APP_ENV` is production: development secrets and the demo API key refused.
+    pub production: bool,
 }
 
 impl Config {
@@ -151,6 +165,18 @@ impl Config {
     pub const DEV_KEY_SECRET: &'static str = "tiercache-development-key-secret";
     /// `APP_ENV` values (any case) that refuse the development key secret.
     pub const PRODUCTION_ENVS: [&'static str; 2] = ["prod", "production"];
+    /// Shortest webhook secret accepted.
+    pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
+    /// Headers that cannot carry the webhook's secret (HTTP itself reads them).
+    pub const RESERVED_HEADERS: [&'static str; 7] = [
+        "host",
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+    ];
 
     /// Reads the process environment; see [`VARS`] for the variables.
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -206,6 +232,9 @@ impl fmt::Debug for Config {
             admin_token,
             key_secret_is_default,
             redis_enabled,
+            monitoring_bind_addr,
+            webhook_secret,
+            production,
         } = self;
         f.debug_struct("Config")
             .field("database", database)
@@ -216,6 +245,10 @@ impl fmt::Debug for Config {
             .field("admin_token", &set_or_not(admin_token.is_some()))
             .field("key_secret_is_default", key_secret_is_default)
             .field("redis_enabled", redis_enabled)
+            .field("monitoring_bind_addr", monitoring_bind_addr)
+            // The header's name, and "***" for the secret.
+            .field("webhook_secret", webhook_secret)
+            .field("production", production)
             .finish()
     }
 }
@@ -374,6 +407,9 @@ struct RawConfig {
     ttl_jitter: f64,
     webhook_budget: Duration,
     admin_token: Option<String>,
+    monitoring_bind_addr: Option<SocketAddr>,
+    webhook_secret: Option<String>,
+    webhook_secret_header: HeaderName,
 }
 
 /// One entity's TTL overrides; `None` keeps [`EntityPolicy::seed`]'s value.
@@ -469,6 +505,19 @@ impl RawConfig {
                 .millis("WEBHOOK_BUDGET_MS")
                 .unwrap_or(Config::DEFAULT_WEBHOOK_BUDGET),
             admin_token: env.get("ADMIN_TOKEN").map(str::to_owned),
+            monitoring_bind_addr: env.parse(
+                "MONITORING_BIND_ADDR",
+                "host:port such as 127.0.0.1:9100",
+                |s| s.parse().ok(),
+            ),
+            webhook_secret: env.get("WEBHOOK_SECRET").map(str::to_owned),
+            webhook_secret_header: env
+                .parse(
+                    "WEBHOOK_SECRET_HEADER",
+                    "a header name of letters, digits and '-' that HTTP does not reserve",
+                    webhook_secret_header,
+                )
+                .unwrap_or(HeaderName::from_static(WebhookSecret::DEFAULT_HEADER)),
         }
     }
 
@@ -504,6 +553,9 @@ impl RawConfig {
             ttl_jitter,
             webhook_budget,
             admin_token,
+            monitoring_bind_addr,
+            webhook_secret,
+            webhook_secret_header,
         } = self;
 
         // Only the scheme is checked here. sqlx's own parser reads PG* variables and
@@ -563,6 +615,42 @@ impl RawConfig {
                 );
             }
         }
+        let production = Config::PRODUCTION_ENVS
+            .iter()
+            .any(|env| app_env.eq_ignore_ascii_case(env));
+        if let Some(monitoring) = monitoring_bind_addr
+            && monitoring == bind_addr
+            && monitoring.port() != 0
+        {
+            problems.add(
+                "MONITORING_BIND_ADDR",
+                format!("must differ from BIND_ADDR ({bind_addr})"),
+            );
+        }
+        match &webhook_secret {
+            Some(secret) => {
+                let len = secret.chars().count();
+                // A header value; spaces could be trimmed on the way, so none at all.
+                if len < Config::MIN_WEBHOOK_SECRET_LEN
+                    || !secret.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    problems.add(
+                        "WEBHOOK_SECRET",
+                        format!(
+                            "must be at least {} visible ASCII characters without spaces, got {len} characters",
+                            Config::MIN_WEBHOOK_SECRET_LEN
+                        ),
+                    );
+                }
+            }
+            None if production => problems.add(
+                "WEBHOOK_SECRET",
+                format!("must be set when APP_ENV is {app_env:?}: the webhook would answer anyone"),
+            ),
+            None => {}
+        }
+        let webhook_secret =
+            webhook_secret.map(|secret| WebhookSecret::new(webhook_secret_header, &secret));
         let key_secret = key_secret.unwrap_or_else(|| Config::DEV_KEY_SECRET.to_owned());
         // Setting the public secret by hand is no better than leaving it unset.
         let key_secret_is_default = key_secret == Config::DEV_KEY_SECRET;
@@ -659,6 +747,9 @@ impl RawConfig {
                 admin_token,
                 key_secret_is_default,
                 redis_enabled,
+                monitoring_bind_addr,
+                webhook_secret,
+                production,
             }),
             _ => Err(problems.into_error()),
         }
@@ -808,6 +899,20 @@ impl Problems {
         problems.sort_by_key(|p| VARS.iter().position(|v| *v == p.var).unwrap_or(VARS.len()));
         ConfigError { problems }
     }
+}
+
+/// `WEBHOOK_SECRET_HEADER` as a header name: letters, digits and `-` (no token
+/// punctuation a proxy might mangle), not one HTTP reads itself.
+fn webhook_secret_header(value: &str) -> Option<HeaderName> {
+    let plain = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let name = HeaderName::from_bytes(value.as_bytes())
+        .ok()
+        .filter(|_| plain)?;
+    (!Config::RESERVED_HEADERS.contains(&name.as_str())).then_some(name)
 }
 
 fn set_or_not(set: bool) -> &'static str {
@@ -1475,12 +1580,13 @@ IGuM6glUEFs+GgckIp+6SUqKs7fuIczUt0Qs/5rGrkkV
     #[test]
     fn production_refuses_the_default_secret() {
         for app_env in ["prod", "production", "PROD"] {
-            let err = load(&[("APP_ENV", app_env)]).unwrap_err();
+            let err = load(&[("APP_ENV", app_env), WEBHOOK_SECRET]).unwrap_err();
             assert_eq!(problem_vars(&err), ["CACHE_KEY_SECRET"], "{app_env}");
             // Setting the public secret by hand is refused too.
             let err = load(&[
                 ("APP_ENV", app_env),
                 ("CACHE_KEY_SECRET", Config::DEV_KEY_SECRET),
+                WEBHOOK_SECRET,
             ])
             .unwrap_err();
             assert_eq!(problem_vars(&err), ["CACHE_KEY_SECRET"], "{app_env}");
@@ -1488,6 +1594,7 @@ IGuM6glUEFs+GgckIp+6SUqKs7fuIczUt0Qs/5rGrkkV
         let config = load(&[
             ("APP_ENV", "prod"),
             ("CACHE_KEY_SECRET", "0123456789abcdef"),
+            WEBHOOK_SECRET,
         ])
         .unwrap();
         assert!(!config.key_secret_is_default);
@@ -1496,6 +1603,86 @@ IGuM6glUEFs+GgckIp+6SUqKs7fuIczUt0Qs/5rGrkkV
                 .unwrap()
                 .key_secret_is_default
         );
+    }
+
+    /// A webhook secret production accepts.
+    const WEBHOOK_SECRET: (&str, &str) = ("WEBHOOK_SECRET", "a-webhook-secret-long-enough");
+
+    #[test]
+    fn the_webhook_secret_is_checked_and_production_requires_it() {
+        let config = load(&[]).unwrap();
+        assert!(config.webhook_secret.is_none() && !config.production);
+        let config = load(&[WEBHOOK_SECRET]).unwrap();
+        let secret = config.webhook_secret.as_ref().unwrap();
+        assert_eq!(secret.header(), "x-webhook-secret");
+        let config = load(&[
+            WEBHOOK_SECRET,
+            ("WEBHOOK_SECRET_HEADER", "X-Platform-Token"),
+        ])
+        .unwrap();
+        assert_eq!(config.webhook_secret.unwrap().header(), "x-platform-token");
+
+        let err = load(&[
+            ("APP_ENV", "prod"),
+            ("CACHE_KEY_SECRET", "0123456789abcdef"),
+        ])
+        .unwrap_err();
+        assert_eq!(problem_vars(&err), ["WEBHOOK_SECRET"]);
+        assert!(err.to_string().contains("would answer anyone"), "{err}");
+        let config = load(&[
+            ("APP_ENV", "Production"),
+            ("CACHE_KEY_SECRET", "0123456789abcdef"),
+            WEBHOOK_SECRET,
+        ])
+        .unwrap();
+        assert!(config.production);
+
+        for (bad, shown) in [("tiny-secret", "11"), ("a secret with spaces in it", "26")] {
+            let err = load(&[("WEBHOOK_SECRET", bad)]).unwrap_err();
+            assert_eq!(problem_vars(&err), ["WEBHOOK_SECRET"]);
+            let text = err.to_string();
+            assert!(!text.contains(bad) && text.contains(shown), "{text}");
+        }
+        for bad in [
+            "",
+            "x_secret",
+            "x secret",
+            "content-type",
+            "Host",
+            &"x".repeat(65),
+        ] {
+            let err = load(&[WEBHOOK_SECRET, ("WEBHOOK_SECRET_HEADER", bad)]).unwrap_err();
+            assert_eq!(problem_vars(&err), ["WEBHOOK_SECRET_HEADER"], "{bad:?}");
+        }
+        let text = format!("{:?}", load(&[WEBHOOK_SECRET]).unwrap());
+        assert!(!text.contains("long-enough"), "{text}");
+        assert!(text.contains("x-webhook-secret"), "{text}");
+    }
+
+    #[test]
+    fn monitoring_can_listen_apart_from_the_api() {
+        assert_eq!(load(&[]).unwrap().monitoring_bind_addr, None);
+        let config = load(&[("MONITORING_BIND_ADDR", "127.0.0.1:9100")]).unwrap();
+        assert_eq!(
+            config.monitoring_bind_addr,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        let err = load(&[
+            ("BIND_ADDR", "127.0.0.1:9100"),
+            ("MONITORING_BIND_ADDR", "127.0.0.1:9100"),
+        ])
+        .unwrap_err();
+        assert_eq!(problem_vars(&err), ["MONITORING_BIND_ADDR"]);
+        // Two ephemeral ports are two listeners.
+        assert!(
+            load(&[
+                ("BIND_ADDR", "127.0.0.1:0"),
+                ("MONITORING_BIND_ADDR", "127.0.0.1:0")
+            ])
+            .is_ok()
+        );
+        let err = load(&[("MONITORING_BIND_ADDR", "localhost")]).unwrap_err();
+        assert_eq!(problem_vars(&err), ["MONITORING_BIND_ADDR"]);
     }
 
     #[test]

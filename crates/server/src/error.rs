@@ -54,6 +54,42 @@ pub enum ApiError {
     /// Anything else: a bug or an unexpected database error.
     #[error("internal error")]
     Internal(#[source] RepoError),
+    /// Credentials missing or wrong (a 401; with `WWW-Authenticate` for an API key).
+    #[error("{0}")]
+    Unauthorized(Unauthorized),
+    /// API keys cannot be checked: never read from PostgreSQL, or not for longer than
+    /// their grace (`crate::auth::ApiKeys`).
+    #[error("API keys cannot be checked: the database is unavailable")]
+    KeysUnavailable,
+}
+
+/// Why a request was refused with a 401.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthorized {
+    /// No `Authorization` header.
+    #[error("an API key is required: send `Authorization: Bearer <key>`")]
+    MissingKey,
+    /// An `Authorization` header that is not `Bearer <key>`.
+    #[error("the Authorization header must be `Bearer <key>`")]
+    MalformedHeader,
+    /// A key that is unknown or revoked (the two are not told apart).
+    #[error("the API key is not valid")]
+    InvalidKey,
+    /// The webhook's shared secret is missing or wrong.
+    #[error("the webhook secret is missing or wrong")]
+    WebhookSecret,
+}
+
+impl Unauthorized {
+    /// The `WWW-Authenticate` challenge (RFC 6750) for an API key; none for the webhook.
+    fn challenge(self) -> Option<&'static str> {
+        match self {
+            Unauthorized::MissingKey => Some("Bearer"),
+            Unauthorized::MalformedHeader => Some(r#"Bearer error="invalid_request""#),
+            Unauthorized::InvalidKey => Some(r#"Bearer error="invalid_token""#),
+            Unauthorized::WebhookSecret => None,
+        }
+    }
 }
 
 impl ApiError {
@@ -77,6 +113,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 
@@ -115,7 +153,16 @@ impl IntoResponse for ApiError {
         if let Some(field) = self.field() {
             error["field"] = json!(field);
         }
-        (status, Json(json!({ "error": error }))).into_response()
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let ApiError::Unauthorized(why) = &self
+            && let Some(challenge) = why.challenge()
+        {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(challenge),
+            );
+        }
+        response
     }
 }
 

@@ -1,6 +1,8 @@
 //! The Tiercache service: configuration from the environment, start-up, and the HTTP API
 //! (the domain routes and the voice agent's webhook).
 
+pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db_error;
 pub mod error;

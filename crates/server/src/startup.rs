@@ -1,5 +1,6 @@
 //! Start-up: the database (created if missing, migrated, seeded when empty), the cache,
-//! the repositories, the database change listener, and serving with graceful shutdown.
+//! the repositories, the API keys, the database change listener, and serving (one
+//! listener, or two with `MONITORING_BIND_ADDR`) with graceful shutdown.
 
 use std::future::Future;
 use std::str::FromStr;
@@ -13,12 +14,14 @@ use std::sync::Arc;
 
 use tiercache::TwoTierCache;
 use tiercache_monitoring::{Metrics, MonitorTask};
-use tiercache_repository::seed::{Seeded, seed_if_empty};
+use tiercache_repository::seed::{self, Seeded, seed_if_empty};
 use tiercache_repository::{DbListener, DbPool, MIGRATOR, Repository};
 use tokio::net::TcpListener;
 
+use crate::auth::{ApiKeys, KeyRefreshTask};
 use crate::config::{Config, DatabaseConfig, HttpConfig};
 use crate::db_error;
+use crate::routes::{api_router, monitoring_router, router};
 use crate::state::{AppState, MONITOR_INTERVAL};
 
 /// A service ready to serve.
@@ -31,6 +34,10 @@ pub struct Service {
     pub monitor: MonitorTask,
     /// The database change listener (`None` with `DB_NOTIFY_ENABLED=false`); stops when dropped.
     pub db_listener: Option<DbListener>,
+    /// Re-reads the API keys; stops when dropped.
+    pub key_refresh: KeyRefreshTask,
+    /// Whether the public demo API key works here (development, the key not revoked).
+    pub demo_api_key: bool,
 }
 
 /// Creates the database if missing, migrates, seeds when empty, builds cache and repositories.
@@ -43,20 +50,55 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
     let seeded = seed_if_empty(pool.pool())
         .await
         .context("loading demo data")?;
+    let demo_api_key = demo_api_key(config, pool.pool()).await?;
     let metrics = Arc::new(Metrics::new());
     let cache = TwoTierCache::with_observer(config.cache.clone(), metrics.clone())
         .context("building the cache")?;
     let db_listener = spawn_db_listener(&config.database, &cache)?;
+    let api_keys = ApiKeys::new(
+        pool.pool().clone(),
+        config.cache.staleness_bound(),
+        config.production,
+    );
+    api_keys.refresh().await.context("reading API keys")?;
+    let key_refresh = api_keys.spawn_refresh();
     let repo = Repository::new(pool, cache);
     let state = AppState::new(repo, metrics, config.webhook_budget)
-        .with_admin_token(config.admin_token.clone());
+        .with_admin_token(config.admin_token.clone())
+        .with_api_keys(api_keys)
+        .with_webhook_secret(config.webhook_secret.clone());
     let monitor = state.spawn_monitor(MONITOR_INTERVAL);
     Ok(Service {
         state,
         seeded,
         monitor,
         db_listener,
+        key_refresh,
+        demo_api_key,
     })
+}
+
+/// In development, makes sure the demo API key exists (unless it was revoked) and says
+/// whether it works; in production it never does, and one left in the database is named.
+async fn demo_api_key(config: &Config, pool: &sqlx::PgPool) -> anyhow::Result<bool> {
+    if config.production {
+        if seed::demo_api_key_active(pool)
+            .await
+            .context("looking for the demo API key")?
+        {
+            tracing::warn!(
+                "the public demo API key is in the database; it is refused in production, \
+                 revoke it with `api-key revoke`"
+            );
+        }
+        return Ok(false);
+    }
+    seed::ensure_demo_api_key(pool)
+        .await
+        .context("adding the demo API key")?;
+    seed::demo_api_key_active(pool)
+        .await
+        .context("looking for the demo API key")
 }
 
 /// Starts the listener that invalidates `cache` on writes that bypass the service, on a
@@ -112,6 +154,63 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     crate::http::serve(listener, router, HttpConfig::default(), shutdown).await
+}
+
+/// The service's listeners, bound.
+pub struct Listeners {
+    /// The API's (`BIND_ADDR`); monitoring's too when it has none of its own.
+    pub api: TcpListener,
+    /// Monitoring's own (`MONITORING_BIND_ADDR`), when set.
+    pub monitoring: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `BIND_ADDR`, and `MONITORING_BIND_ADDR` when set.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let api = TcpListener::bind(config.bind_addr)
+            .await
+            .with_context(|| format!("binding BIND_ADDR {}", config.bind_addr))?;
+        let monitoring = match config.monitoring_bind_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding MONITORING_BIND_ADDR {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { api, monitoring })
+    }
+
+    /// Serves `state` on them until `shutdown` resolves: the whole router on the API's
+    /// listener, or the API there and monitoring on its own. Both let in-flight requests
+    /// finish; a failure of either ends both.
+    pub async fn serve(
+        self,
+        state: AppState,
+        http: HttpConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Some(monitoring) = self.monitoring else {
+            return crate::http::serve(self.api, router(state), http, shutdown).await;
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let until_stopped = || {
+            let mut stopped = stopped.clone();
+            async move {
+                // An error means the sender is gone, which only the shutdown sends from.
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        tokio::try_join!(
+            crate::http::serve(self.api, api_router(state.clone()), http, until_stopped()),
+            crate::http::serve(monitoring, monitoring_router(state), http, until_stopped()),
+        )?;
+        Ok(())
+    }
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -5,9 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tiercache::CacheConfig;
 use tiercache_monitoring::alerts::THRESHOLDS;
 use tiercache_monitoring::{DatabaseProbe, Metrics, Monitor, MonitorTask, MonitoringState};
 use tiercache_repository::Repository;
+
+use crate::auth::{ApiKeys, WebhookSecret};
 
 /// Handler state: cheap to clone.
 #[derive(Clone)]
@@ -22,22 +25,47 @@ pub struct AppState {
     pub monitor: Arc<Monitor>,
     /// The bearer token of the admin API; no token, no admin API.
     pub admin_token: Option<Arc<str>>,
+    /// The API keys the domain routes take.
+    pub api_keys: ApiKeys,
+    /// The webhook's shared secret; `None` leaves the webhook open (development only).
+    pub webhook_secret: Option<WebhookSecret>,
 }
 
 /// How often the monitor samples, evaluates alerts and publishes a snapshot.
 pub const MONITOR_INTERVAL: Duration = Duration::from_secs(5);
 
 impl AppState {
-    /// State around `repo`, whose cache reports to `metrics`.
+    /// State around `repo`, whose cache reports to `metrics`. Its API keys are read from
+    /// `repo`'s pool with the default staleness bound, none until they are refreshed
+    /// ([`with_api_keys`](Self::with_api_keys) sets others); the webhook is open.
     pub fn new(repo: Repository, metrics: Arc<Metrics>, webhook_budget: Duration) -> Self {
         let monitor = Monitor::new(Arc::clone(&metrics), repo.cache().clone(), THRESHOLDS);
+        let api_keys = ApiKeys::new(
+            repo.pool().clone(),
+            CacheConfig::DEFAULT_STALENESS_BOUND,
+            false,
+        );
         AppState {
             repo,
             webhook_budget,
             metrics,
             monitor,
             admin_token: None,
+            api_keys,
+            webhook_secret: None,
         }
+    }
+
+    /// Checks API keys with `keys`.
+    pub fn with_api_keys(mut self, keys: ApiKeys) -> Self {
+        self.api_keys = keys;
+        self
+    }
+
+    /// Requires this secret on the webhook (`None`: open).
+    pub fn with_webhook_secret(mut self, secret: Option<WebhookSecret>) -> Self {
+        self.webhook_secret = secret;
+        self
     }
 
     /// Turns the admin API on with this bearer token.

@@ -1,10 +1,14 @@
 //! The domain API: organizations, leads and their derived views, and the two writes.
+//!
+//! Every handler runs behind `auth::require_key` and takes the key's [`Scope`]: data of
+//! an organization the key does not speak for is a 404 with the body a missing entity
+//! gets, so a key cannot learn what exists elsewhere.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -14,6 +18,7 @@ use tiercache_repository::model::{
     Context, Greeting, HistoryPage, Lead, LeadPatch, Message, NewMessage, Org, Summary,
 };
 
+use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -34,50 +39,75 @@ where
     }
 }
 
+/// Passes when `scope` may see lead `id`; a lead of another organization is "lead not
+/// found", as a missing one is. An operator's key needs no lookup; an organization's
+/// reads the lead through the cache (a lead's organization never changes through the API).
+async fn lead_in_scope(state: &AppState, scope: Scope, id: i64) -> Result<(), ApiError> {
+    if scope == Scope::Operator {
+        return Ok(());
+    }
+    match state.repo.lead(id).await? {
+        Some(lead) if scope.admits(lead.org_id) => Ok(()),
+        _ => Err(ApiError::NotFound("lead")),
+    }
+}
+
 /// `GET /api/orgs/by-phone/{phone}`
 pub async fn org_by_phone(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Org> {
     let Path(raw) = path?;
     let phone = phone("phone", &raw)?;
-    found(state.repo.org_by_phone(&phone).await?, "organization")
+    let org = state.repo.org_by_phone(&phone).await?;
+    found(org.filter(|org| scope.admits(org.id)), "organization")
 }
 
 /// `GET /api/orgs/{org_id}/leads/by-phone/{phone}`
 pub async fn lead_by_phone(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     path: Result<Path<(i64, String)>, PathRejection>,
 ) -> ApiResult<Lead> {
     let Path((org_id, raw)) = path?;
     let phone = phone("phone", &raw)?;
+    if !scope.admits(org_id) {
+        return Err(ApiError::NotFound("lead"));
+    }
     found(state.repo.lead_by_phone(&phone, org_id).await?, "lead")
 }
 
 /// `GET /api/leads/{id}`
 pub async fn lead(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     path: Result<Path<i64>, PathRejection>,
 ) -> ApiResult<Lead> {
     let Path(id) = path?;
-    found(state.repo.lead(id).await?, "lead")
+    let lead = state.repo.lead(id).await?;
+    found(lead.filter(|lead| scope.admits(lead.org_id)), "lead")
 }
 
 /// `GET /api/leads/{id}/context`
 pub async fn context(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     path: Result<Path<i64>, PathRejection>,
 ) -> ApiResult<Context> {
     let Path(id) = path?;
+    lead_in_scope(&state, scope, id).await?;
     found(state.repo.context(id).await?, "lead")
 }
 
 /// `GET /api/leads/{id}/summary`
 pub async fn summary(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     path: Result<Path<i64>, PathRejection>,
 ) -> ApiResult<Summary> {
     let Path(id) = path?;
+    lead_in_scope(&state, scope, id).await?;
     found(state.repo.summary(id).await?, "lead")
 }
 
@@ -91,6 +121,7 @@ pub struct GreetingQuery {
 /// `GET /api/leads/{id}/greeting?channel=voice|sms|web` (voice when absent)
 pub async fn greeting(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     path: Result<Path<i64>, PathRejection>,
     query: Result<Query<GreetingQuery>, QueryRejection>,
 ) -> ApiResult<Greeting> {
@@ -102,6 +133,7 @@ pub async fn greeting(
             .parse::<Channel>()
             .map_err(|e| ApiError::bad("channel", e.to_string()))?,
     };
+    lead_in_scope(&state, scope, id).await?;
     found(state.repo.greeting(id, channel).await?, "lead")
 }
 
@@ -119,11 +151,13 @@ const DEFAULT_PAGE_LIMIT: u32 = 20;
 /// `GET /api/leads/{id}/history?limit=&offset=`
 pub async fn history(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     path: Result<Path<i64>, PathRejection>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult<HistoryPage> {
     let Path(id) = path?;
     let Query(query) = query?;
+    lead_in_scope(&state, scope, id).await?;
     let page = state
         .repo
         .history(
@@ -138,11 +172,13 @@ pub async fn history(
 /// `PATCH /api/leads/{id}` with `{name?, status?, notes?}`
 pub async fn update_lead(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     path: Result<Path<i64>, PathRejection>,
     body: Result<Json<LeadPatch>, JsonRejection>,
 ) -> ApiResult<Lead> {
     let Path(id) = path?;
     let Json(patch) = body?;
+    lead_in_scope(&state, scope, id).await?;
     match state.repo.update_lead(id, &patch).await? {
         Some(lead) => Ok(Json(lead)),
         None => Err(ApiError::NotFound("lead")),
@@ -152,11 +188,13 @@ pub async fn update_lead(
 /// `POST /api/leads/{id}/messages` with `{channel, direction, body}`
 pub async fn add_message(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     path: Result<Path<i64>, PathRejection>,
     body: Result<Json<NewMessage>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
     let Path(id) = path?;
     let Json(message) = body?;
+    lead_in_scope(&state, scope, id).await?;
     match state.repo.add_message(id, &message).await? {
         Some(message) => Ok((StatusCode::CREATED, Json(message))),
         None => Err(ApiError::NotFound("lead")),

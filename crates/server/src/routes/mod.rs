@@ -11,6 +11,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
+use crate::auth;
 use crate::state::AppState;
 
 pub use stale::STALE_HEADER;
@@ -24,16 +25,32 @@ pub use webhook::{
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const _: () = assert!(tiercache_repository::MAX_TEXT_LEN * 12 < MAX_BODY_BYTES);
 
-/// The service's routes: the domain API, the webhook, monitoring, and (with a token) admin.
-/// Every request is counted by route template through the metrics layer. Errors, a wrong
-/// method's 405 and an unknown route's 404 included, are JSON (`crate::error`).
+/// The service's routes on one listener: the API (domain routes behind API keys, the
+/// webhook behind its secret, admin with a token) and monitoring. Every request is counted
+/// by route template through the metrics layer. Errors, a wrong method's 405 and an
+/// unknown route's 404 included, are JSON (`crate::error`).
 pub fn router(state: AppState) -> Router {
-    let metrics = Arc::clone(&state.metrics);
-    let mut app = Router::new()
-        .route(
-            "/api/webhooks/conversation-initiation",
-            post(webhook::conversation_initiation),
-        )
+    finish(
+        api_routes(&state).merge(tiercache_monitoring::router(state.monitoring())),
+        &state,
+    )
+}
+
+/// The API alone, for the public listener when monitoring has its own
+/// (`MONITORING_BIND_ADDR`): a monitoring route is an unknown route here (404).
+pub fn api_router(state: AppState) -> Router {
+    finish(api_routes(&state), &state)
+}
+
+/// Monitoring alone, for its own listener (`MONITORING_BIND_ADDR`).
+pub fn monitoring_router(state: AppState) -> Router {
+    finish(tiercache_monitoring::router(state.monitoring()), &state)
+}
+
+/// The domain routes (each behind an API key), the webhook (behind its secret, when one
+/// is set) and, with a token, admin.
+fn api_routes(state: &AppState) -> Router {
+    let domain = Router::new()
         .route("/api/orgs/by-phone/{phone}", get(domain::org_by_phone))
         .route(
             "/api/orgs/{org_id}/leads/by-phone/{phone}",
@@ -47,20 +64,40 @@ pub fn router(state: AppState) -> Router {
         .route("/api/leads/{id}/summary", get(domain::summary))
         .route("/api/leads/{id}/greeting", get(domain::greeting))
         .route("/api/leads/{id}/history", get(domain::history))
-        .route("/api/leads/{id}/messages", post(domain::add_message));
+        .route("/api/leads/{id}/messages", post(domain::add_message))
+        // Applies to the routes above only, and only when one matched.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.api_keys.clone(),
+            auth::require_key,
+        ));
+    let mut webhook = Router::new().route(
+        "/api/webhooks/conversation-initiation",
+        post(webhook::conversation_initiation),
+    );
+    if let Some(secret) = &state.webhook_secret {
+        webhook = webhook.route_layer(axum::middleware::from_fn_with_state(
+            secret.clone(),
+            auth::require_secret,
+        ));
+    }
+    let mut app = domain.merge(webhook);
     // Without a token the admin routes do not exist (404), rather than exist and refuse.
     if state.admin_token.is_some() {
         app = app.route("/api/admin/invalidate", post(admin::invalidate));
     }
     app.layer(axum::middleware::from_fn(stale::mark))
         .with_state(state.clone())
-        .merge(tiercache_monitoring::router(state.monitoring()))
+}
+
+/// What every listener's routes share: JSON 404s and 405s, the body limit, HTTP metrics.
+fn finish(routes: Router, state: &AppState) -> Router {
+    routes
         .fallback(domain::not_found)
         // After every route is in: it applies to the routes registered before it.
         .method_not_allowed_fallback(domain::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
-            metrics,
+            Arc::clone(&state.metrics),
             tiercache_monitoring::track_http,
         ))
 }
