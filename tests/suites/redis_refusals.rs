@@ -85,7 +85,11 @@ async fn a_wrong_or_missing_password_is_a_connection_error_that_opens_the_breake
         let last = cache.last_l2_error().expect("the failure is reported");
         assert_eq!(last.kind, tiercache::L2ErrorKind::Connection, "{url}");
         let health = tiercache_monitoring::health::redis(&cache).await;
-        assert_eq!(health.writable, Some(false), "{url}: a refused Redis takes no writes");
+        assert_eq!(
+            health.writable,
+            Some(false),
+            "{url}: a refused Redis takes no writes"
+        );
     }
 }
 
