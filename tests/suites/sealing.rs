@@ -272,8 +272,10 @@ async fn a_sealed_webhook_costs_one_redis_round_trip_warm() {
     let db = TestDb::seeded("sealcost", 2, 10).await;
     let ns = unique_namespace("sealcost");
     let redis_url = redis.url();
+    // Statements are counted: no background re-read of the API keys among them.
     let options = || Options {
         vars: vec![("CACHE_ENCRYPTION_KEY", KEY_HEX.to_owned())],
+        refresh_api_keys: false,
         ..Options::new(&ns, Some(&redis_url))
     };
     let a = TestServer::start(&db, options()).await;
