@@ -283,11 +283,8 @@ async fn invalidating_a_key_that_is_not_cached_is_harmless() {
 /// history, and each instance drops the pages it indexed itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_cached_while_its_index_write_failed_is_dropped_by_another_instances_write() {
-    let ns = unique_namespace("pageidx");
-    let (a, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
-    let (b, b_rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let (ns, a, b, b_rec) = two_on_the_bus("pageidx").await;
     let mut redis = shared_redis().await;
-    tiercache_tests::bus_subscribers(&mut redis, &ns, 2).await;
     let keys = a.keys().clone();
     let index = format!("{ns}:test:v1:history-pages:5");
     let () = redis.set(&index, "not a set").await.unwrap();
@@ -303,12 +300,7 @@ async fn a_page_cached_while_its_index_write_failed_is_dropped_by_another_instan
         InvalidationSource::Write,
     )
     .await;
-    assert!(
-        b_rec
-            .wait_count("invalidated.context.bus", 1, Duration::from_secs(5))
-            .await,
-        "b heard a's write"
-    );
+    heard_context(&b_rec).await;
     let (v, loaded) = probe(&b, page, TestLead::new(5, 2)).await;
     assert!(loaded && v.version == 2, "b dropped its page");
 }
@@ -317,10 +309,7 @@ async fn a_page_cached_while_its_index_write_failed_is_dropped_by_another_instan
 /// under whichever of its keys happens to come first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_invalidation_is_counted_under_the_entity_that_changed() {
-    let ns = unique_namespace("busentity");
-    let (a, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
-    let (b, b_rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
-    tiercache_tests::bus_subscribers(&mut shared_redis().await, &ns, 2).await;
+    let (_, a, _b, b_rec) = two_on_the_bus("busentity").await;
     let keys = a.keys().clone();
     a.invalidate(
         Invalidation::lead(&keys, 5, 9, "+16462000005"),
@@ -332,13 +321,34 @@ async fn a_bus_invalidation_is_counted_under_the_entity_that_changed() {
         InvalidationSource::Write,
     )
     .await;
-    assert!(
-        b_rec
-            .wait_count("invalidated.context.bus", 1, Duration::from_secs(5))
-            .await,
-        "b heard the message's write"
-    );
+    heard_context(&b_rec).await;
     assert_eq!(b_rec.count("invalidated.lead.bus"), 1, "the lead's write");
     assert_eq!(b_rec.count("invalidated.context.bus"), 1, "the new message");
-    drop(b);
+}
+
+/// Two instances on one namespace of the shared Redis, both subscribed to its bus; the
+/// second's recorder.
+async fn two_on_the_bus(
+    tag: &str,
+) -> (
+    String,
+    TwoTierCache,
+    TwoTierCache,
+    Arc<tiercache_tests::Recorder>,
+) {
+    let ns = unique_namespace(tag);
+    let (a, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let (b, b_rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    tiercache_tests::bus_subscribers(&mut shared_redis().await, &ns, 2).await;
+    (ns, a, b, b_rec)
+}
+
+/// Waits (up to 5 s) until `recorder`'s instance heard a conversation's invalidation.
+async fn heard_context(recorder: &tiercache_tests::Recorder) {
+    assert!(
+        recorder
+            .wait_count("invalidated.context.bus", 1, Duration::from_secs(5))
+            .await,
+        "the other instance's write was heard"
+    );
 }

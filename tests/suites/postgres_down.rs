@@ -49,6 +49,19 @@ async fn post_call(server: &TestServer) -> (u16, Option<String>, String) {
 
 /// Stale leads served, for either reason: the load fails once the pool gives up on
 /// connecting (its acquire timeout), and the soft timeout usually comes first.
+/// A throwaway PostgreSQL with a migrated database holding 2 organizations and 20 leads.
+async fn seeded_server() -> (PgServer, String) {
+    let pg = PgServer::start().await;
+    let url = pg.create_database("tiercache").await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    tiercache_repository::MIGRATOR.run(&pool).await.unwrap();
+    tiercache_repository::seed::seed_sized(&pool, 2, 20)
+        .await
+        .unwrap();
+    pool.close().await;
+    (pg, url)
+}
+
 fn stale_served(metrics: &str) -> f64 {
     metrics
         .lines()
@@ -59,16 +72,7 @@ fn stale_served(metrics: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_postgres_down_cached_values_are_served_stale_and_the_rest_is_a_clear_503() {
-    let mut pg = PgServer::start().await;
-    let url = pg.create_database("tiercache").await;
-    {
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        tiercache_repository::MIGRATOR.run(&pool).await.unwrap();
-        tiercache_repository::seed::seed_sized(&pool, 2, 20)
-            .await
-            .unwrap();
-        pool.close().await;
-    }
+    let (mut pg, url) = seeded_server().await;
     let ns = unique_namespace("pgdown");
     let mut options = Options::new(&ns, None);
     // Values fresh in L1 for 1 s, then kept for the default grace window (300 s).
@@ -132,16 +136,7 @@ async fn with_postgres_down_cached_values_are_served_stale_and_the_rest_is_a_cle
 /// but the value is within its grace: served from Redis, marked stale, instead of a 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_postgres_down_a_value_only_redis_holds_is_served_stale() {
-    let mut pg = PgServer::start().await;
-    let url = pg.create_database("tiercache").await;
-    {
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        tiercache_repository::MIGRATOR.run(&pool).await.unwrap();
-        tiercache_repository::seed::seed_sized(&pool, 2, 20)
-            .await
-            .unwrap();
-        pool.close().await;
-    }
+    let (mut pg, url) = seeded_server().await;
     let ns = unique_namespace("pgdownl2");
     let redis = tiercache_tests::SHARED_REDIS_URL;
     let with_listener = || Options {
