@@ -104,6 +104,38 @@ pub async fn command_count<C: ConnectionLike + Send>(conn: &mut C, cmd: &str) ->
     parse_command_calls(&info, cmd)
 }
 
+/// What a warm webhook call costs, counted around it: SQL statements, script calls and
+/// `GET`s on a [`RedisServer`] one test owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallCost {
+    /// SQL statements this process ran.
+    pub sql: u64,
+    /// `EVALSHA` calls.
+    pub evals: u64,
+    /// `GET`s, inside scripts or not.
+    pub gets: u64,
+}
+
+impl CallCost {
+    /// The counts now.
+    pub async fn now<C: ConnectionLike + Send>(conn: &mut C) -> CallCost {
+        CallCost {
+            sql: sql_counter::statements(),
+            evals: command_count(conn, "evalsha").await,
+            gets: command_count(conn, "get").await,
+        }
+    }
+
+    /// Asserts that what ran since `self` was one script round trip with `gets` GETs inside
+    /// it, and no SQL.
+    pub async fn assert_one_round_trip<C: ConnectionLike + Send>(self, conn: &mut C, gets: u64) {
+        let after = CallCost::now(conn).await;
+        assert_eq!(after.sql, self.sql, "no SQL");
+        assert_eq!(after.evals, self.evals + 1, "one Redis round trip");
+        assert_eq!(after.gets, self.gets + gets, "the script's GETs");
+    }
+}
+
 /// How many connections the server has accepted since it started
 /// (`total_connections_received` in `INFO stats`).
 pub async fn connections_received<C: ConnectionLike + Send>(conn: &mut C) -> u64 {

@@ -637,18 +637,12 @@ async fn a_webhook_costs_one_query_cold_one_redis_round_trip_warm_and_nothing_ho
 
     // Another instance (cold L1, warm Redis): one script round trip, no SQL.
     let b = TestServer::start(&db, quiet()).await;
-    let sql = tiercache_tests::sql_counter::statements();
+    let before = tiercache_tests::CallCost::now(&mut admin).await;
     let (_, warm) = b.send(Method::POST, hook, &call).await;
     assert_eq!(warm, cold);
-    assert_eq!(tiercache_tests::sql_counter::statements(), sql, "no SQL");
-    assert_eq!(
-        command_count(&mut admin, "evalsha").await,
-        evals + 1,
-        "one Redis round trip"
-    );
     // The script's GETs (four values, three invalidation epochs) run inside that round
     // trip; no GET was sent on its own.
-    assert_eq!(command_count(&mut admin, "get").await, gets + 7);
+    before.assert_one_round_trip(&mut admin, 7).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -314,20 +314,10 @@ async fn a_sealed_webhook_costs_one_redis_round_trip_warm() {
         },
     )
     .await;
-    let (sql, evals, gets) = (
-        tiercache_tests::sql_counter::statements(),
-        command_count(&mut admin, "evalsha").await,
-        command_count(&mut admin, "get").await,
-    );
+    let before = tiercache_tests::CallCost::now(&mut admin).await;
     let (_, warm) = b.send(Method::POST, HOOK, &call).await;
     assert_eq!(warm, cold);
-    assert_eq!(tiercache_tests::sql_counter::statements(), sql, "no SQL");
-    assert_eq!(
-        command_count(&mut admin, "evalsha").await,
-        evals + 1,
-        "one Redis round trip"
-    );
-    assert_eq!(command_count(&mut admin, "get").await, gets + 7);
+    before.assert_one_round_trip(&mut admin, 7).await;
     for entity in ["org", "lead", "context", "greeting"] {
         assert_eq!(rec.count(&format!("lookup.{entity}.l2.hit")), 1, "{entity}");
     }
