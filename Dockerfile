@@ -2,6 +2,10 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+# `.git` is not in the context: pass the commit for tiercache_build_info
+# (`docker build --build-arg TIERCACHE_COMMIT=$(git rev-parse --short=12 HEAD) .`).
+ARG TIERCACHE_COMMIT=unknown
+ENV TIERCACHE_COMMIT=$TIERCACHE_COMMIT
 RUN cargo build --release -p tiercache-server
 
 FROM debian:bookworm-slim

@@ -387,24 +387,47 @@ async fn a_method_a_route_lacks_is_a_405_with_the_json_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_nobody_knows_adds_no_metric_series() {
     let (_db, server) = server("brew", None).await;
-    let brew = Method::from_bytes(b"BREW").unwrap();
-    let response = server
-        .client
-        .request(brew, format!("{}/api/leads/1", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 405);
-    let scrape = server.scrape().await;
-    let leaked: Vec<_> = scrape.keys().filter(|k| k.contains("BREW")).collect();
-    assert!(leaked.is_empty(), "{leaked:?}");
+    let send = |method: &str, path: &str| {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let request = server
+            .client
+            .request(method, format!("{}{path}", server.base));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // One of each kind first: the series they fall into exist from then on.
+    assert_eq!(send("BREW", "/api/leads/1").await, 405);
+    assert_eq!(send("GET", "/api/nothing").await, 404);
+    assert_eq!(send("BREW", "/api/nothing").await, 404);
+    let before = server.scrape().await;
     assert!(
-        scrape
+        before
             .keys()
             .any(|k| k.starts_with("tiercache_http_requests_total")
-                && k.contains("method=\"other\"")),
+                && k.contains(r#"method="other""#)),
         "the request is still counted"
     );
+    // Every answer of these is 404 or 405; none may add a series.
+    for i in 0..20 {
+        let junk_method = format!("BREW{i}");
+        let junk_path = format!("/api/junk{i}/x%20{i}");
+        assert_eq!(send(&junk_method, "/api/leads/1").await, 405);
+        assert_eq!(send(&junk_method, &junk_path).await, 404);
+        assert_eq!(send("GET", &junk_path).await, 404);
+        assert_eq!(send("PROPFIND", &format!("/{i}")).await, 404);
+    }
+    let after = server.scrape().await;
+    let mut added: Vec<_> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+    added.sort();
+    assert!(added.is_empty(), "series added: {added:#?}");
+    assert_eq!(after.len(), before.len());
+    let leaked: Vec<_> = after
+        .keys()
+        .filter(|k| k.contains("BREW") || k.contains("junk") || k.contains("PROPFIND"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+    // Still counted, under the fixed labels.
+    let series = r#"tiercache_http_requests_total{method="other",route="unmatched",status="404"}"#;
+    assert_eq!(after[series] - before[series], 40.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,6 +146,123 @@ async fn promtool_accepts_a_real_scrape() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_and_health_probes_are_not_counted_as_requests() {
+    let db = TestDb::seeded("uncounted", 2, 10).await;
+    let ns = unique_namespace("uncounted");
+    let server = TestServer::start(&db, Options::new(&ns, None)).await;
+    server.scrape().await;
+    for path in [
+        "/api/monitoring/health",
+        "/api/monitoring/health/live",
+        "/api/monitoring/health/ready",
+        "/api/monitoring/health/redis",
+        "/api/monitoring/metrics",
+    ] {
+        assert_eq!(server.get(path).await.0, 200, "{path}");
+    }
+    assert_eq!(server.get("/api/leads/1").await.0, 200);
+    assert_eq!(server.get("/api/monitoring/stats/cache").await.0, 200);
+    let scrape = server.scrape().await;
+    let requests: Vec<_> = scrape
+        .iter()
+        .filter(|(k, _)| k.starts_with("tiercache_http_request"))
+        .collect();
+    let probes: Vec<_> = requests
+        .iter()
+        .filter(|(k, _)| {
+            k.contains("/api/monitoring/metrics") || k.contains("/api/monitoring/health")
+        })
+        .collect();
+    assert!(probes.is_empty(), "{probes:#?}");
+    // The rest is counted: the API and the other monitoring routes.
+    let total: f64 = requests
+        .iter()
+        .filter(|(k, _)| k.starts_with("tiercache_http_requests_total"))
+        .map(|(_, v)| **v)
+        .sum();
+    assert_eq!(total, 2.0, "{requests:#?}");
+    assert_eq!(
+        scrape[r#"tiercache_http_requests_total{method="GET",route="/api/monitoring/stats/cache",status="200"}"#],
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrape_has_process_build_and_postgres_pool_metrics_and_buckets_to_10_s() {
+    let db = TestDb::seeded("poolmetrics", 2, 10).await;
+    let ns = unique_namespace("poolmetrics");
+    let options = Options {
+        vars: vec![("DATABASE_POOL_SIZE", "3".to_owned())],
+        ..Options::new(&ns, None)
+    };
+    let server = TestServer::start(&db, options).await;
+    let acquires = "tiercache_postgres_pool_acquire_duration_seconds_count";
+    let s0 = server.scrape().await;
+    // A cold read loads from PostgreSQL (one checkout); a write takes one more.
+    assert_eq!(server.get("/api/leads/3").await.0, 200);
+    assert_eq!(
+        server
+            .send(Method::PATCH, "/api/leads/3", r#"{"status":"customer"}"#)
+            .await
+            .0,
+        200
+    );
+    let s1 = server.scrape().await;
+    assert!(
+        delta(&s0, &s1, acquires) >= 2.0,
+        "{}",
+        delta(&s0, &s1, acquires)
+    );
+    assert_eq!(s1["tiercache_postgres_pool_acquire_failures_total"], 0.0);
+    assert_eq!(s1["tiercache_postgres_pool_max_connections"], 3.0);
+    let size = s1["tiercache_postgres_pool_connections"];
+    let idle = s1["tiercache_postgres_pool_idle_connections"];
+    assert!((1.0..=3.0).contains(&size) && idle <= size, "{size} {idle}");
+    assert_eq!(s1["tiercache_postgres_pool_waiting"], 0.0);
+    // Build information: the version, and a commit (`unknown` outside a git checkout).
+    let build: Vec<_> = s1
+        .iter()
+        .filter(|(k, _)| k.starts_with("tiercache_build_info{"))
+        .collect();
+    assert_eq!(build.len(), 1, "{build:?}");
+    let (labels, value) = build[0];
+    assert_eq!(*value, 1.0);
+    assert!(
+        labels.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION")))
+            && labels.contains(r#"commit=""#)
+            && !labels.contains(r#"commit="""#),
+        "{labels}"
+    );
+    // The process, from /proc.
+    for name in [
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        assert!(
+            s1.get(name).is_some_and(|v| *v > 0.0),
+            "{name}: {:?}",
+            s1.get(name)
+        );
+    }
+    assert!(s1.contains_key("process_cpu_seconds_total"));
+    // A request as slow as the 2 s timeouts still lands in a bucket of its own.
+    for le in ["2.5", "5", "10"] {
+        let bucket = format!(
+            r#"tiercache_http_request_duration_seconds_bucket{{method="GET",route="/api/leads/{{id}}",le="{le}"}}"#
+        );
+        assert_eq!(s1.get(&bucket), Some(&1.0), "{bucket}");
+    }
+    // No L1 lookup latency: L1 lookups are not timed.
+    assert!(
+        !s1.keys()
+            .any(|k| k.starts_with("tiercache_cache_lookup_duration_seconds")
+                && k.contains(r#"tier="l1""#))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_degraded_while_redis_is_down_and_ok_when_it_returns() {
     let mut redis = RedisServer::start().await;
     let db = TestDb::seeded("health", 2, 10).await;

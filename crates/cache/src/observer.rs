@@ -72,6 +72,9 @@ impl Tier {
     /// Every variant, in declaration order (the order of `self as usize`).
     pub const ALL: [Tier; 2] = [Tier::L1, Tier::L2];
 
+    /// The tiers whose lookups carry a duration: L2 only (see [`CacheObserver::lookup`]).
+    pub const TIMED: [Tier; 1] = [Tier::L2];
+
     /// The label value for this tier.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -169,6 +172,15 @@ impl CorruptKind {
             CorruptKind::Version => "version",
             CorruptKind::Type => "type",
             CorruptKind::Seal => "seal",
+        }
+    }
+
+    /// Whether a payload in `tier` can be found corrupt this way: L1 holds typed values, so
+    /// only [`Type`](Self::Type) there; L2 holds bytes, never of the wrong Rust type.
+    pub fn occurs_in(self, tier: Tier) -> bool {
+        match tier {
+            Tier::L1 => self == CorruptKind::Type,
+            Tier::L2 => self != CorruptKind::Type,
         }
     }
 }

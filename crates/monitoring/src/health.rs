@@ -14,6 +14,24 @@ use tiercache::TwoTierCache;
 pub trait DatabaseProbe: Send + Sync + 'static {
     /// Runs a trivial query; `Err` carries a message fit for an operator.
     fn ping(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+
+    /// How full the PostgreSQL pool is now, read at scrape time; `None` when unknown.
+    fn pool(&self) -> Option<DbPoolState> {
+        None
+    }
+}
+
+/// The PostgreSQL pool's occupancy, as the server reads it from its pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DbPoolState {
+    /// Connections open, idle or in use.
+    pub size: u32,
+    /// Of those, connections idle in the pool.
+    pub idle: u32,
+    /// The pool's bound.
+    pub max: u32,
+    /// Callers waiting for a connection.
+    pub waiting: u32,
 }
 
 /// Bound on each probe, so a health check answers even when a dependency hangs.

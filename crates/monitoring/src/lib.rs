@@ -10,7 +10,7 @@ pub mod monitor;
 pub mod routes;
 pub mod stats;
 
-pub use health::DatabaseProbe;
+pub use health::{DatabaseProbe, DbPoolState};
 pub use metrics::Metrics;
 pub use monitor::{Monitor, MonitorTask};
 pub use routes::{MonitoringState, router, track_http};

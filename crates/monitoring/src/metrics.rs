@@ -3,13 +3,16 @@
 //!
 //! Names follow Prometheus conventions (`tiercache_<what>_<unit>`, `_total` on counters,
 //! seconds and bytes). Labels come from the cache crate's enums and from route templates,
-//! so their sets are fixed: never a key, a phone number or an id.
+//! so their sets are fixed: never a key, a phone number or an id. Only label combinations
+//! the engine can report are exported (no L1 lookup latency: L1 lookups are not timed),
+//! so no series sits at zero forever.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::age::AgeHistograms;
+use crate::health::DbPoolState;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -20,10 +23,16 @@ use tiercache::{
     L2ErrorKind, LoadOutcome, Outcome, StaleReason, Tier, TwoTierCache,
 };
 
-/// Latency buckets: 50 µs to 250 ms, where a cache's and a webhook's answers fall.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+/// Latency buckets: 50 µs, where an L2 hit falls, to 10 s, past the longest deadline on a
+/// request's path (the 2 s load, statement and acquire timeouts), so a slow incident shows
+/// its size instead of piling up in the last bucket.
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
+
+/// The commit the binary was built from (`build.rs`), or `unknown`.
+pub const COMMIT: &str = env!("TIERCACHE_COMMIT");
 
 /// Age buckets: 100 ms to an hour (the longest L2 TTL is 30 minutes).
 pub const AGE_BUCKETS: [f64; 12] = [
@@ -33,6 +42,7 @@ pub const AGE_BUCKETS: [f64; 12] = [
 const E: usize = Entity::ALL.len();
 const T: usize = Tier::ALL.len();
 const O: usize = Outcome::ALL.len();
+const K: usize = CorruptKind::ALL.len();
 
 /// Every metric, registered in one [`Registry`].
 pub struct Metrics {
@@ -43,7 +53,8 @@ pub struct Metrics {
     load_seconds: Vec<Histogram>,
     coalesced: Vec<IntCounter>,
     stale: Vec<IntCounter>,
-    corrupt: Vec<IntCounter>,
+    /// Indexed by (entity, tier, kind); `None` where the engine never reports the pair.
+    corrupt: Vec<Option<IntCounter>>,
     l2_errors: Vec<IntCounter>,
     evictions: Vec<IntCounter>,
     invalidations: Vec<IntCounter>,
@@ -63,6 +74,12 @@ pub struct Metrics {
     redis_enabled: IntGauge,
     redis_pool_connections: IntGauge,
     redis_pool_idle: IntGauge,
+    db_pool_connections: IntGauge,
+    db_pool_idle: IntGauge,
+    db_pool_max: IntGauge,
+    db_pool_waiting: IntGauge,
+    db_acquire_seconds: Histogram,
+    db_acquire_failures: IntCounter,
     http_requests: IntCounterVec,
     http_seconds: HistogramVec,
     webhook_fallbacks: IntCounter,
@@ -118,11 +135,11 @@ fn invalid_definition<T>(e: prometheus::Error) -> T {
     panic!("invalid metric definition: {e}")
 }
 
-/// Every (entity, tier, outcome), in index order.
-fn entity_tier_outcome() -> Vec<Vec<&'static str>> {
-    let mut out = Vec::with_capacity(E * T * O);
+/// Every (entity, tier, outcome) for `tiers`, in index order.
+fn entity_tier_outcome(tiers: &[Tier]) -> Vec<Vec<&'static str>> {
+    let mut out = Vec::with_capacity(E * tiers.len() * O);
     for e in Entity::ALL {
-        for t in Tier::ALL {
+        for t in tiers {
             for o in Outcome::ALL {
                 out.push(vec![e.as_str(), t.as_str(), o.as_str()]);
             }
@@ -152,15 +169,16 @@ impl Metrics {
             "tiercache_cache_requests_total",
             "Cache lookups by entity, tier and result.",
             &["entity", "tier", "result"],
-            entity_tier_outcome(),
+            entity_tier_outcome(&Tier::ALL),
         );
+        // Only the timed tiers: an L1 series would never get a sample.
         let lookup_seconds = histograms(
             &r,
             "tiercache_cache_lookup_duration_seconds",
-            "Time to look a key up in one tier.",
+            "Time to look a key up in one tier (L2 only: L1 lookups are not timed).",
             &LATENCY_BUCKETS,
             &["entity", "tier", "result"],
-            entity_tier_outcome(),
+            entity_tier_outcome(&Tier::TIMED),
         );
         let loads = counters(
             &r,
@@ -197,21 +215,27 @@ impl Metrics {
             &["entity", "reason"],
             stale_labels,
         );
-        let mut corrupt_labels = Vec::new();
+        let corrupt_vec = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tiercache_corrupt_entries_total",
+                    "Unreadable cached payloads, treated as misses.",
+                ),
+                &["entity", "tier", "kind"],
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let mut corrupt = Vec::with_capacity(E * T * K);
         for e in Entity::ALL {
             for t in Tier::ALL {
                 for k in CorruptKind::ALL {
-                    corrupt_labels.push(vec![e.as_str(), t.as_str(), k.as_str()]);
+                    corrupt.push(k.occurs_in(t).then(|| {
+                        corrupt_vec.with_label_values(&[e.as_str(), t.as_str(), k.as_str()])
+                    }));
                 }
             }
         }
-        let corrupt = counters(
-            &r,
-            "tiercache_corrupt_entries_total",
-            "Unreadable cached payloads, treated as misses.",
-            &["entity", "tier", "kind"],
-            corrupt_labels,
-        );
         let l2_errors = counters(
             &r,
             "tiercache_l2_errors_total",
@@ -323,6 +347,62 @@ impl Metrics {
             "tiercache_redis_pool_idle_connections",
             "Idle Redis connections.",
         );
+        let db_pool_connections = gauge(
+            "tiercache_postgres_pool_connections",
+            "Open PostgreSQL connections, idle or in use.",
+        );
+        let db_pool_idle = gauge(
+            "tiercache_postgres_pool_idle_connections",
+            "Idle PostgreSQL connections.",
+        );
+        let db_pool_max = gauge(
+            "tiercache_postgres_pool_max_connections",
+            "The PostgreSQL pool's bound.",
+        );
+        let db_pool_waiting = gauge(
+            "tiercache_postgres_pool_waiting",
+            "Requests waiting for a PostgreSQL connection.",
+        );
+        let db_acquire_seconds = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "tiercache_postgres_pool_acquire_duration_seconds",
+                    "Time a request waited for a PostgreSQL connection, got or not.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let db_acquire_failures = register(
+            &r,
+            IntCounter::new(
+                "tiercache_postgres_pool_acquire_failures_total",
+                "Requests that got no PostgreSQL connection (acquire timeout, refused).",
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        let build_info = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tiercache_build_info",
+                    "Always 1; the version and commit the binary was built from.",
+                ),
+                &["version", "commit"],
+            )
+            .unwrap_or_else(invalid_definition),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), COMMIT])
+            .set(1);
+        // CPU, memory, open files and start time (process_*), read from /proc at scrape time.
+        #[cfg(target_os = "linux")]
+        if let Err(e) = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::error!(error = %e, "metric registered twice");
+        }
         let http_requests = register(
             &r,
             IntCounterVec::new(
@@ -402,6 +482,12 @@ impl Metrics {
             redis_enabled,
             redis_pool_connections,
             redis_pool_idle,
+            db_pool_connections,
+            db_pool_idle,
+            db_pool_max,
+            db_pool_waiting,
+            db_acquire_seconds,
+            db_acquire_failures,
             http_requests,
             http_seconds,
             webhook_fallbacks,
@@ -458,6 +544,22 @@ impl Metrics {
         self.admin_actions
             .with_label_values(&[action, result])
             .inc();
+    }
+
+    /// Records one wait for a PostgreSQL connection, which got one (`ok`) or not.
+    pub fn db_acquired(&self, took: Duration, ok: bool) {
+        self.db_acquire_seconds.observe(took.as_secs_f64());
+        if !ok {
+            self.db_acquire_failures.inc();
+        }
+    }
+
+    /// Sets the PostgreSQL pool gauges, read before each scrape.
+    pub fn set_db_pool(&self, pool: DbPoolState) {
+        self.db_pool_connections.set(i64::from(pool.size));
+        self.db_pool_idle.set(i64::from(pool.idle));
+        self.db_pool_max.set(i64::from(pool.max));
+        self.db_pool_waiting.set(i64::from(pool.waiting));
     }
 
     /// Whether Redis answered the last health probe.
@@ -549,13 +651,19 @@ fn lookup_index(entity: Entity, tier: Tier, outcome: Outcome) -> usize {
     (entity as usize * T + tier as usize) * O + outcome as usize
 }
 
+/// Where a lookup's duration goes, if its tier is timed.
+fn timed_index(entity: Entity, tier: Tier, outcome: Outcome) -> Option<usize> {
+    let t = Tier::TIMED.iter().position(|&timed| timed == tier)?;
+    Some((entity as usize * Tier::TIMED.len() + t) * O + outcome as usize)
+}
+
 impl CacheObserver for Metrics {
     fn lookup(&self, entity: Entity, tier: Tier, outcome: Outcome, took: Duration) {
         let i = lookup_index(entity, tier, outcome);
         self.requests[i].inc();
         // L1 lookups are not timed (see `CacheObserver::lookup`): only L2 has a duration.
-        if tier == Tier::L2 {
-            self.lookup_seconds[i].observe(took.as_secs_f64());
+        if let Some(t) = timed_index(entity, tier, outcome) {
+            self.lookup_seconds[t].observe(took.as_secs_f64());
         }
     }
 
@@ -577,9 +685,10 @@ impl CacheObserver for Metrics {
     }
 
     fn corrupt(&self, entity: Entity, tier: Tier, kind: CorruptKind) {
-        self.corrupt
-            [(entity as usize * T + tier as usize) * CorruptKind::ALL.len() + kind as usize]
-            .inc();
+        let i = (entity as usize * T + tier as usize) * K + kind as usize;
+        if let Some(counter) = &self.corrupt[i] {
+            counter.inc();
+        }
     }
 
     fn l2_error(&self, kind: L2ErrorKind) {
@@ -626,6 +735,7 @@ mod tests {
             Duration::from_micros(80),
         );
         m.corrupt(Entity::History, Tier::L1, CorruptKind::Type);
+        m.corrupt(Entity::History, Tier::L2, CorruptKind::Seal);
         m.invalidated(Entity::Org, InvalidationSource::Database);
         m.load(
             Entity::Summary,
@@ -642,6 +752,7 @@ mod tests {
         for line in [
             r#"tiercache_cache_requests_total{entity="greeting",result="negative_hit",tier="l2"} 1"#,
             r#"tiercache_corrupt_entries_total{entity="history",kind="type",tier="l1"} 1"#,
+            r#"tiercache_corrupt_entries_total{entity="history",kind="seal",tier="l2"} 1"#,
             r#"tiercache_invalidations_total{entity="org",source="database"} 1"#,
             r#"tiercache_loads_total{entity="summary",result="timeout"} 1"#,
             r#"tiercache_cache_lookup_duration_seconds_bucket{entity="greeting",result="negative_hit",tier="l2",le="0.0001"} 1"#,
@@ -656,6 +767,140 @@ mod tests {
             m.requests(Entity::Greeting, Tier::L1, Outcome::NegativeHit),
             0
         );
+    }
+
+    /// Sends every event the engine can report, each label combination it can use.
+    fn everything_the_engine_reports(m: &Metrics) {
+        let took = Duration::from_millis(1);
+        for e in Entity::ALL {
+            for t in Tier::ALL {
+                for o in Outcome::ALL {
+                    m.lookup(e, t, o, took);
+                }
+                m.served(e, t, took);
+                for k in CorruptKind::ALL.into_iter().filter(|k| k.occurs_in(t)) {
+                    m.corrupt(e, t, k);
+                }
+            }
+            for o in LoadOutcome::ALL {
+                m.load(e, o, took);
+            }
+            m.coalesced(e);
+            for reason in StaleReason::ALL {
+                m.stale_served(e, reason);
+            }
+            for cause in EvictionCause::ALL {
+                m.evicted(e, cause);
+            }
+            for source in InvalidationSource::ALL {
+                m.invalidated(e, source);
+            }
+        }
+        for kind in L2ErrorKind::ALL {
+            m.l2_error(kind);
+        }
+        for state in CircuitState::ALL {
+            m.circuit_changed(CircuitState::Closed, state);
+        }
+        m.owed_replayed(1);
+        m.bus_received(took);
+        m.bus_gap();
+        m.webhook_fallback();
+        m.webhook_unknown_fields(1);
+        m.db_acquired(took, false);
+        m.http("/api/leads/{id}", "GET", 200, took);
+        m.admin_action("invalidate", "ok");
+    }
+
+    #[test]
+    fn every_exported_counter_and_histogram_series_can_get_a_sample() {
+        let m = Metrics::new();
+        everything_the_engine_reports(&m);
+        let mut empty = Vec::new();
+        for family in m.registry.gather() {
+            // The process collector's are the kernel's to fill.
+            if !family.name().starts_with("tiercache_") {
+                continue;
+            }
+            for metric in family.get_metric() {
+                let sampled = match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => {
+                        metric.get_counter().get_value() > 0.0
+                    }
+                    prometheus::proto::MetricType::HISTOGRAM => {
+                        metric.get_histogram().get_sample_count() > 0
+                    }
+                    _ => true,
+                };
+                if !sampled {
+                    let labels: Vec<String> = metric
+                        .get_label()
+                        .iter()
+                        .map(|l| format!("{}={}", l.name(), l.value()))
+                        .collect();
+                    empty.push(format!("{}{{{}}}", family.name(), labels.join(",")));
+                }
+            }
+        }
+        assert!(empty.is_empty(), "never sampled: {empty:#?}");
+    }
+
+    #[test]
+    fn no_l1_lookup_latency_and_only_possible_corruptions_are_exported() {
+        let m = Metrics::new();
+        let families = m.registry.gather();
+        let count = |name: &str| {
+            families
+                .iter()
+                .find(|f| f.name() == name)
+                .map_or(0, |f| f.get_metric().len())
+        };
+        assert_eq!(count("tiercache_cache_lookup_duration_seconds"), E * O);
+        // L1: `type` only; L2: decode, version, seal.
+        assert_eq!(count("tiercache_corrupt_entries_total"), E * 4);
+    }
+
+    #[test]
+    fn the_scrape_carries_build_info_process_metrics_and_buckets_to_10_s() {
+        let m = Metrics::new();
+        m.db_acquired(Duration::from_secs(3), true);
+        m.set_db_pool(DbPoolState {
+            size: 4,
+            idle: 1,
+            max: 10,
+            waiting: 2,
+        });
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let build = format!(
+            r#"tiercache_build_info{{commit="{COMMIT}",version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        for line in [
+            build.as_str(),
+            "tiercache_postgres_pool_connections 4",
+            "tiercache_postgres_pool_idle_connections 1",
+            "tiercache_postgres_pool_max_connections 10",
+            "tiercache_postgres_pool_waiting 2",
+            r#"tiercache_postgres_pool_acquire_duration_seconds_bucket{le="2.5"} 0"#,
+            r#"tiercache_postgres_pool_acquire_duration_seconds_bucket{le="5"} 1"#,
+            "tiercache_postgres_pool_acquire_failures_total 0",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
+        assert!(!COMMIT.is_empty());
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_open_fds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "missing {name}");
+        }
     }
 
     #[test]

@@ -32,11 +32,17 @@ pub struct MonitoringState {
     pub monitor: Arc<Monitor>,
 }
 
+/// The route Prometheus scrapes.
+pub const METRICS_PATH: &str = "/api/monitoring/metrics";
+
+/// The health routes: this one and those under it.
+pub const HEALTH_PATH: &str = "/api/monitoring/health";
+
 /// `/api/monitoring/*`.
 pub fn router(state: MonitoringState) -> Router {
     Router::new()
-        .route("/api/monitoring/metrics", get(metrics))
-        .route("/api/monitoring/health", get(health))
+        .route(METRICS_PATH, get(metrics))
+        .route(HEALTH_PATH, get(health))
         .route(
             "/api/monitoring/health/live",
             get(|| async { Json(serde_json::json!({"live": true})) }),
@@ -52,6 +58,9 @@ pub fn router(state: MonitoringState) -> Router {
 async fn metrics(State(state): State<MonitoringState>) -> impl IntoResponse {
     // L1's entry count and size are estimates until its housekeeping has run.
     state.cache.run_pending_tasks().await;
+    if let Some(pool) = state.db.pool() {
+        state.metrics.set_db_pool(pool);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -151,25 +160,58 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Middleware: counts every request by route template (never the raw path), method and
-/// status, with its duration. Add it with `Router::layer` so the route is known.
+/// Whether requests to `route` are counted. Scrapes and health probes are not: a
+/// Prometheus or a load balancer polling would otherwise weigh in the request rate, the
+/// latency and the error ratio (and their alerts) as if it were traffic.
+fn counted(route: &str) -> bool {
+    route != METRICS_PATH
+        && route
+            .strip_prefix(HEALTH_PATH)
+            .is_none_or(|rest| !rest.is_empty() && !rest.starts_with('/'))
+}
+
+/// Middleware: counts every request but scrapes and health probes by route template
+/// (`unmatched` for a path no route has: never the raw path), method and status, with its
+/// duration. Add it with `Router::layer` so the route is known.
 pub async fn track_http(
     State(metrics): State<Arc<Metrics>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    if !counted(route) {
+        return next.run(request).await;
+    }
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    metrics.http(
-        &route,
-        method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    metrics.http(route, method, response.status().as_u16(), started.elapsed());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrapes_and_health_probes_are_not_counted_and_the_rest_is() {
+        for route in [
+            METRICS_PATH,
+            HEALTH_PATH,
+            "/api/monitoring/health/live",
+            "/api/monitoring/health/ready",
+            "/api/monitoring/health/redis",
+        ] {
+            assert!(!counted(route), "{route}");
+        }
+        for route in [
+            "/api/leads/{id}",
+            "/api/monitoring/stats/cache",
+            "/api/monitoring/healthy",
+            "unmatched",
+        ] {
+            assert!(counted(route), "{route}");
+        }
+    }
 }

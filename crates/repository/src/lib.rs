@@ -16,7 +16,7 @@ pub mod seed;
 pub use error::{DbError, Error};
 pub use listener::{DbListener, ListenerStatus};
 pub use phone::{Phone, PhoneError};
-pub use pool::DbPool;
+pub use pool::{DbPool, PoolObserver, PoolState};
 pub use repository::{
     CallSlots, CallView, Clock, MAX_PAGE_LIMIT, MAX_PAGE_OFFSET, MAX_TEXT_LEN, Repository,
 };

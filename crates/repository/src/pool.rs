@@ -1,17 +1,18 @@
 //! [`DbPool`]: the PostgreSQL pool and what it knows of broken connections. A connection
 //! that breaks (PostgreSQL restarted or crashed, the socket dropped) takes every connection
 //! opened before it out of the pool at their next checkout, and a read that met it runs
-//! once more on a new connection.
+//! once more on a new connection. Every checkout through it is timed for a
+//! [`PoolObserver`], and [`DbPool::state`] says how full the pool is.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::error::DbError;
 
@@ -35,6 +36,72 @@ use crate::error::DbError;
 pub struct DbPool {
     pool: PgPool,
     breaks: Breaks,
+    acquires: Arc<Acquires>,
+}
+
+/// What the pool reports; every method defaults to doing nothing. Called on the request
+/// path: an implementation bumps a counter and never blocks.
+pub trait PoolObserver: Send + Sync + 'static {
+    /// A checkout through [`DbPool`] ended after `took`, with a connection or (`ok` false)
+    /// without one (the acquire timeout passed, or PostgreSQL refused).
+    fn acquired(&self, _took: Duration, _ok: bool) {}
+}
+
+struct NoopPoolObserver;
+
+impl PoolObserver for NoopPoolObserver {}
+
+/// How full the pool is at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolState {
+    /// Connections open, idle or in use.
+    pub size: u32,
+    /// Of those, connections idle in the pool.
+    pub idle: u32,
+    /// The pool's bound (`max_connections`).
+    pub max: u32,
+    /// Callers waiting for a connection through [`DbPool`] right now (sqlx does not count
+    /// its own waiters; the few reads that use the bare pool are not among them).
+    pub waiting: u32,
+}
+
+/// The observer of checkouts and the number waiting for one.
+struct Acquires {
+    observer: Arc<dyn PoolObserver>,
+    waiting: AtomicU32,
+}
+
+impl std::fmt::Debug for Acquires {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acquires")
+            .field("waiting", &self.waiting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Acquires {
+    fn shared(observer: Arc<dyn PoolObserver>) -> Arc<Self> {
+        Arc::new(Acquires {
+            observer,
+            waiting: AtomicU32::new(0),
+        })
+    }
+}
+
+/// Counts one caller as waiting while it lives, so a dropped checkout stops counting.
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn start(waiting: &'a AtomicU32) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl DbPool {
@@ -45,12 +112,61 @@ impl DbPool {
     ) -> Result<DbPool, sqlx::Error> {
         let breaks = Breaks::new();
         let pool = breaks.install(options).connect_with(connect).await?;
-        Ok(DbPool { pool, breaks })
+        Ok(DbPool {
+            pool,
+            breaks,
+            acquires: Acquires::shared(Arc::new(NoopPoolObserver)),
+        })
     }
 
-    /// The sqlx pool.
+    /// This pool reporting its checkouts to `observer` (clones made before keep theirs).
+    pub fn observed(mut self, observer: Arc<dyn PoolObserver>) -> Self {
+        self.acquires = Acquires::shared(observer);
+        self
+    }
+
+    /// The sqlx pool. Checkouts made on it directly are neither timed nor counted as
+    /// waiting: use [`acquire`](Self::acquire) on request paths.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// How full the pool is now.
+    pub fn state(&self) -> PoolState {
+        PoolState {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+            waiting: self.acquires.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A pooled connection, its wait timed for the observer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future gives up the place in the queue; the wait is then not reported.
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let started = Instant::now();
+        let conn = {
+            let _waiting = Waiting::start(&self.acquires.waiting);
+            self.pool.acquire().await
+        };
+        self.acquires
+            .observer
+            .acquired(started.elapsed(), conn.is_ok());
+        conn
+    }
+
+    /// A transaction on a pooled connection, its checkout timed as [`acquire`](Self::acquire)'s.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the connection, which sqlx rolls back or closes.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let conn = self.acquire().await?;
+        // What `PgPool::begin` does after its own checkout (public, though hidden from docs).
+        Transaction::begin(conn, None).await
     }
 
     /// Runs the read `query` on a pooled connection. If that connection broke, the break is
@@ -71,7 +187,7 @@ impl DbPool {
         loop {
             // No connection at all (PostgreSQL down, the pool exhausted): another try would
             // only wait out another acquire timeout.
-            let conn = self.pool.acquire().await.map_err(DbError::from)?;
+            let conn = self.acquire().await.map_err(DbError::from)?;
             let error = match query(conn).await {
                 Ok(value) => return Ok(value),
                 Err(e) => self.checked(e),
@@ -100,6 +216,7 @@ impl From<PgPool> for DbPool {
         DbPool {
             pool,
             breaks: Breaks::new(),
+            acquires: Acquires::shared(Arc::new(NoopPoolObserver)),
         }
     }
 }
@@ -166,6 +283,17 @@ impl Breaks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiter_is_counted_until_its_checkout_ends_or_is_dropped() {
+        let waiting = AtomicU32::new(0);
+        let first = Waiting::start(&waiting);
+        let second = Waiting::start(&waiting);
+        assert_eq!(waiting.load(Ordering::Relaxed), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(waiting.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn every_connection_is_kept_until_one_breaks() {

@@ -15,7 +15,7 @@ use crate::model::{
     Summary,
 };
 use crate::phone::Phone;
-use crate::pool::DbPool;
+use crate::pool::{DbPool, PoolObserver, PoolState};
 use crate::queries;
 
 /// Largest history page.
@@ -122,6 +122,17 @@ impl Repository {
     /// The PostgreSQL pool.
     pub fn pool(&self) -> &PgPool {
         self.db.pool()
+    }
+
+    /// How full the PostgreSQL pool is now.
+    pub fn pool_state(&self) -> PoolState {
+        self.db.state()
+    }
+
+    /// This repository with its pool's checkouts reported to `observer`.
+    pub fn with_pool_observer(mut self, observer: Arc<dyn PoolObserver>) -> Self {
+        self.db = self.db.observed(observer);
+        self
     }
 
     /// Whether PostgreSQL answers (`SELECT 1`), for health checks; retried like any read.
@@ -452,7 +463,9 @@ impl Repository {
         let ticket = self.cache.write_ticket(&by_id);
         // One statement, committed on its own (it marks itself as the service's write). Not
         // run again if its connection broke: it may have committed first.
-        let updated = queries::update_lead(self.db.pool(), id, patch, (self.clock)()).await;
+        let mut conn = self.db.acquire().await.map_err(|e| self.db.checked(e))?;
+        let updated = queries::update_lead(&mut *conn, id, patch, (self.clock)()).await;
+        drop(conn);
         let Some(lead) = updated.map_err(|e| self.db.checked(e))? else {
             return Ok(None);
         };
@@ -493,18 +506,14 @@ impl Repository {
         check_text("body", &message.body, true)?;
         // Only the `BEGIN` is run again when its connection broke: past it, the transaction
         // may have committed before the break was seen.
-        let mut tx = match self.db.pool().begin().await {
+        let mut tx = match self.db.begin().await {
             Ok(tx) => tx,
             Err(e) => {
                 let error = self.db.checked(e);
                 if !error.is_broken_connection() {
                     return Err(error.into());
                 }
-                self.db
-                    .pool()
-                    .begin()
-                    .await
-                    .map_err(|e| self.db.checked(e))?
+                self.db.begin().await.map_err(|e| self.db.checked(e))?
             }
         };
         let written = async {

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use tiercache::CacheConfig;
 use tiercache_monitoring::alerts::THRESHOLDS;
-use tiercache_monitoring::{DatabaseProbe, Metrics, Monitor, MonitorTask, MonitoringState};
-use tiercache_repository::Repository;
+use tiercache_monitoring::{
+    DatabaseProbe, DbPoolState, Metrics, Monitor, MonitorTask, MonitoringState,
+};
+use tiercache_repository::{PoolObserver, Repository};
 
 use crate::auth::{ApiKeys, WebhookSecret};
 
@@ -35,10 +37,12 @@ pub struct AppState {
 pub const MONITOR_INTERVAL: Duration = Duration::from_secs(5);
 
 impl AppState {
-    /// State around `repo`, whose cache reports to `metrics`. Its API keys are read from
-    /// `repo`'s pool with the default staleness bound, none until they are refreshed
-    /// ([`with_api_keys`](Self::with_api_keys) sets others); the webhook is open.
+    /// State around `repo`, whose cache reports to `metrics`, as its pool's checkouts will.
+    /// Its API keys are read from `repo`'s pool with the default staleness bound, none until
+    /// they are refreshed ([`with_api_keys`](Self::with_api_keys) sets others); the webhook
+    /// is open.
     pub fn new(repo: Repository, metrics: Arc<Metrics>, webhook_budget: Duration) -> Self {
+        let repo = repo.with_pool_observer(Arc::new(PoolMetrics(Arc::clone(&metrics))));
         let monitor = Monitor::new(Arc::clone(&metrics), repo.cache().clone(), THRESHOLDS);
         let api_keys = ApiKeys::new(
             repo.pool().clone(),
@@ -97,6 +101,26 @@ struct PgProbe(Repository);
 impl DatabaseProbe for PgProbe {
     fn ping(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move { self.0.ping().await.map_err(|e| error_chain(&e)) })
+    }
+
+    fn pool(&self) -> Option<DbPoolState> {
+        let pool = self.0.pool_state();
+        Some(DbPoolState {
+            size: pool.size,
+            idle: pool.idle,
+            max: pool.max,
+            waiting: pool.waiting,
+        })
+    }
+}
+
+/// The pool's checkouts, timed into the metrics (monitoring knows no sqlx, the
+/// repository no prometheus).
+struct PoolMetrics(Arc<Metrics>);
+
+impl PoolObserver for PoolMetrics {
+    fn acquired(&self, took: Duration, ok: bool) {
+        self.0.db_acquired(took, ok);
     }
 }
 
