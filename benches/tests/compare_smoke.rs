@@ -23,13 +23,53 @@ const MODES: [&str; 9] = [
     "cashews",
 ];
 
-/// Runs the binary with `args`, its output under `name` in the target's scratch folder;
-/// asserts it exits 0 and returns its standard output and `results.jsonl`.
+/// A database of this run's own for the binary (`COMPARE_DATABASE_URL`), dropped when the
+/// test ends, passed or failed, so that none is left behind on the shared server.
+struct ScratchDatabase {
+    url: String,
+}
+
+impl ScratchDatabase {
+    fn new(name: &str) -> ScratchDatabase {
+        let url = format!(
+            "postgres://postgres@127.0.0.1:5432/tiercache_{}_{}",
+            name.replace('-', "_"),
+            std::process::id()
+        );
+        drop_database(&url);
+        ScratchDatabase { url }
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        drop_database(&self.url);
+    }
+}
+
+/// Drops the database at `url` if it exists; a failure is printed, not raised (it may run
+/// while a failed test unwinds).
+fn drop_database(url: &str) {
+    use sqlx::migrate::MigrateDatabase as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime to drop the database");
+    if let Err(e) = runtime.block_on(sqlx::Postgres::drop_database(url)) {
+        eprintln!("could not drop {url}: {e}");
+    }
+}
+
+/// Runs the binary with `args` on a database of its own, its output under `name` in the
+/// target's scratch folder; asserts it exits 0 and returns its standard output and
+/// `results.jsonl`.
 fn run_compare(name: &str, args: &[&str]) -> (String, String) {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&out);
+    let database = ScratchDatabase::new(name);
     let output = Command::new(env!("CARGO_BIN_EXE_compare"))
         .args(args)
+        .env("COMPARE_DATABASE_URL", &database.url)
         .arg("--out")
         .arg(&out)
         .output()
@@ -90,8 +130,8 @@ fn a_quick_run_reports_every_mode_and_no_stale_read_from_tiercache() {
 #[test]
 fn an_open_loop_run_offers_its_rate_and_no_more() {
     let rate = 2_000.0;
-    // Its own data set (a database of its own), as the other test may run meanwhile and
-    // resets the rows it wrote.
+    // Its own data set (each run has a database of its own), as the other test may run
+    // meanwhile and resets the rows it wrote.
     let (stdout, text) = run_compare(
         "compare-smoke-rate",
         &[

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod db;
+pub mod logs;
 mod pg_server;
 mod recorder;
 mod redis_server;

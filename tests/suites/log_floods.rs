@@ -2,68 +2,22 @@
 //! unreachable) are logged once per interval per kind, the next line saying how many were
 //! left out, while the metrics count every occurrence.
 //!
-//! The lines are captured by a subscriber set as this thread's default, on a current-thread
-//! runtime so that the server's tasks log on this thread too. The throttles are process-wide,
+//! The lines are captured by a subscriber set as this thread's default (`Captured`), on a
+//! current-thread runtime so that the server's tasks log on this thread too. The throttles are process-wide,
 //! and nextest runs each test in a process of its own.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tiercache::log_throttle::LOG_INTERVAL;
 use tiercache_monitoring::Metrics;
 use tiercache_repository::Repository;
 use tiercache_server::AppState;
+use tiercache_tests::logs::Captured;
 use tiercache_tests::server::TestServer;
-use tracing_subscriber::fmt::MakeWriter;
 
 /// How many times each condition is driven.
 const OCCURRENCES: u64 = 40;
-
-/// Log output, kept in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    /// Installs a WARN-and-above subscriber writing here as this thread's default.
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(self.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    /// The captured lines that contain `text`.
-    fn lines(&self, text: &str) -> Vec<String> {
-        let bytes = self.0.lock().unwrap();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|line| line.contains(text))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// A service (L1 only) whose PostgreSQL pool points at a port where nothing listens: a
 /// checkout gives up after 300 ms, so a webhook with a 20 ms budget always runs past it.

@@ -16,6 +16,7 @@ mod db_notify;
 mod fixtures;
 mod hostile_input;
 mod log_floods;
+mod logs;
 mod monitoring;
 mod monitoring_privacy;
 mod pg_server;

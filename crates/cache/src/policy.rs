@@ -98,7 +98,7 @@ impl EntityPolicy {
         if !(0.0..=0.5).contains(&self.jitter) {
             out.push((
                 "jitter",
-                format!("must be within 0.0..=0.5, got {}", self.jitter),
+                format!("must be between 0.0 and 0.5, got {}", self.jitter),
             ));
         }
         out
@@ -115,8 +115,17 @@ pub(crate) fn apply_jitter(ttl: Duration, jitter: f64, rng: &mut impl Rng) -> Du
 }
 
 /// One policy per entity.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Policies([EntityPolicy; 6]);
+
+impl std::fmt::Debug for Policies {
+    /// A map by entity name, so the start-up log says whose policy each one is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(Entity::ALL.iter().map(|e| (e.as_str(), self.get(*e))))
+            .finish()
+    }
+}
 
 impl Policies {
     /// The policy for `entity`.
@@ -142,6 +151,17 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
+
+    #[test]
+    fn debug_names_each_entity() {
+        let text = format!("{:?}", Policies::default());
+        for e in Entity::ALL {
+            assert!(
+                text.contains(&format!("\"{e}\": EntityPolicy {{")),
+                "{e}: {text}"
+            );
+        }
+    }
 
     #[test]
     fn seed_ttls_follow_the_design() {

@@ -417,7 +417,7 @@ impl Repository {
         if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
             return Err(Error::Invalid {
                 field: "limit",
-                message: format!("must be within 1..={MAX_PAGE_LIMIT}, got {limit}"),
+                message: format!("must be between 1 and {MAX_PAGE_LIMIT}, got {limit}"),
             });
         }
         if offset > MAX_PAGE_OFFSET {

@@ -1,6 +1,8 @@
-//! The binary's command line: no arguments serves; `api-key create|list|revoke` manages
-//! the API keys in PostgreSQL. A small hand parser: three subcommands and three flags do
-//! not need clap, and the binary stays configured by environment variables alone.
+//! The binary's command line: `serve` (the default, no arguments), `help`/`--help`,
+//! `version`/`--version`, and `api-key create|list|revoke`, which manages the API keys in
+//! PostgreSQL. A small hand parser: a handful of subcommands and three flags do not need
+//! clap (its derive would add a proc-macro build for one screen of parsing, and every
+//! setting stays an environment variable).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -14,12 +16,17 @@ use crate::config::Config;
 /// What `help` prints.
 pub const USAGE: &str = "\
 usage:
-  tiercache-server                                   serve (set up by environment variables)
+  tiercache-server [serve]                           serve the API (the default)
   tiercache-server api-key create --org <id> --name <name>
   tiercache-server api-key create --operator --name <name>
   tiercache-server api-key list [--org <id>]
   tiercache-server api-key revoke <id>
-  tiercache-server help
+  tiercache-server help | --help | -h                this text
+  tiercache-server version | --version | -V          the version
+
+Every setting is an environment variable (README, Configuration): DATABASE_URL, REDIS_URL,
+REDIS_ENABLED, BIND_ADDR, L1_MAX_BYTES (such as 64MiB), RUST_LOG (info by default),
+LOG_FORMAT (text or json), and more; a bad value stops start-up naming the variable.
 
 create prints the new key once, alone on standard output (notes go to standard error):
 only its SHA-256 digest is stored. An --org key sees that organization's data only; an
@@ -34,6 +41,8 @@ pub enum Command {
     Serve,
     /// Print [`USAGE`].
     Help,
+    /// Print the name and version.
+    Version,
     /// Manage API keys.
     ApiKey(ApiKeyCommand),
 }
@@ -83,21 +92,36 @@ where
                 .map_err(|_| usage("arguments must be valid UTF-8"))
         })
         .collect::<Result<Vec<String>, _>>()?;
+    // Asking for help anywhere gets it, rather than a complaint about the rest.
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        return Ok(Command::Help);
+    }
     let mut args = args.into_iter();
     let Some(first) = args.next() else {
         return Ok(Command::Serve);
     };
-    match first.as_str() {
-        "help" | "--help" | "-h" => Ok(Command::Help),
+    let command = match first.as_str() {
+        "serve" => Command::Serve,
+        "help" => Command::Help,
+        "version" | "--version" | "-V" => Command::Version,
         "api-key" => {
             let sub = args
                 .next()
                 .ok_or_else(|| usage("api-key needs a command: create, list or revoke"))?;
             let flags = Flags::parse(args)?;
-            parse_api_key(&sub, flags).map(Command::ApiKey)
+            return parse_api_key(&sub, flags).map(Command::ApiKey);
         }
-        other => Err(usage(format!("unknown command {other:?}"))),
+        other => return Err(usage(format!("unknown command {other:?}"))),
+    };
+    match args.next() {
+        Some(extra) => Err(usage(format!("unexpected argument {extra:?}"))),
+        None => Ok(command),
     }
+}
+
+/// What `version` prints: the binary's name and version.
+pub fn version() -> String {
+    format!("tiercache-server {}", env!("CARGO_PKG_VERSION"))
 }
 
 fn parse_api_key(sub: &str, flags: Flags) -> Result<ApiKeyCommand, UsageError> {
@@ -318,8 +342,12 @@ mod tests {
     #[test]
     fn commands_parse() {
         assert_eq!(parse(Vec::<String>::new()), Ok(Command::Serve));
-        for help in ["help", "--help", "-h"] {
-            assert_eq!(parsed(help), Ok(Command::Help));
+        assert_eq!(parsed("serve"), Ok(Command::Serve));
+        for help in ["help", "--help", "-h", "serve --help", "api-key create -h"] {
+            assert_eq!(parsed(help), Ok(Command::Help), "{help}");
+        }
+        for version in ["version", "--version", "-V"] {
+            assert_eq!(parsed(version), Ok(Command::Version), "{version}");
         }
         let create = |scope, name: &str| {
             Ok(Command::ApiKey(ApiKeyCommand::Create {
@@ -360,7 +388,9 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         for (line, says) in [
-            ("serve", "unknown command"),
+            ("serve now", "unexpected argument \"now\""),
+            ("--serve", "unknown command"),
+            ("--version 2", "unexpected argument"),
             ("api-key", "needs a command"),
             ("api-key rotate 3", "unknown api-key command"),
             ("api-key create --name x", "exactly one of --org"),

@@ -484,7 +484,7 @@ impl RawConfig {
                 .unwrap_or(CacheConfig::DEFAULT_SCHEMA),
             l1_enabled: env.flag("L1_ENABLED").unwrap_or(true),
             l1_max_bytes: env
-                .parse("L1_MAX_BYTES", "a number of bytes", |s| s.parse().ok())
+                .bytes("L1_MAX_BYTES")
                 .unwrap_or(CacheConfig::DEFAULT_L1_MAX_BYTES),
             load_timeout: env
                 .millis("LOAD_TIMEOUT_MS")
@@ -576,7 +576,7 @@ impl RawConfig {
             problems.add(
                 "DATABASE_POOL_SIZE",
                 format!(
-                    "must be within 1..={}, got {database_pool_size}",
+                    "must be between 1 and {}, got {database_pool_size}",
                     DatabaseConfig::MAX_POOL_SIZE
                 ),
             );
@@ -597,7 +597,7 @@ impl RawConfig {
             problems.add(
                 "WEBHOOK_BUDGET_MS",
                 format!(
-                    "must be within 1..{}, got {}",
+                    "must be at least 1 and less than {} milliseconds, got {}",
                     Config::MAX_WEBHOOK_BUDGET.as_millis(),
                     webhook_budget.as_millis()
                 ),
@@ -848,6 +848,15 @@ impl Env {
         parsed.ok()
     }
 
+    /// A size in bytes: a whole number, or one with a `KiB`, `MiB` or `GiB` suffix.
+    fn bytes(&mut self, name: &str) -> Option<u64> {
+        self.parse(
+            name,
+            "a number of bytes, or one with KiB, MiB or GiB (such as 64MiB)",
+            parse_bytes,
+        )
+    }
+
     fn millis(&mut self, name: &str) -> Option<Duration> {
         let millis: u64 = self.parse(name, "milliseconds", |s| s.parse().ok())?;
         self.at_most(name, millis, MAX_MILLIS, "milliseconds (one day)")
@@ -913,6 +922,26 @@ fn webhook_secret_header(value: &str) -> Option<HeaderName> {
         .ok()
         .filter(|_| plain)?;
     (!Config::RESERVED_HEADERS.contains(&name.as_str())).then_some(name)
+}
+
+/// `67108864`, `65536KiB`, `64MiB`, `64 MiB` or `1GiB` (units in any case, as binary
+/// multiples; `MB` is refused, as it could mean 10^6 or 2^20); `None` for anything else or
+/// a size past `u64`.
+fn parse_bytes(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let digits = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let multiple: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiple)
 }
 
 fn set_or_not(set: bool) -> &'static str {
@@ -1204,9 +1233,61 @@ mod tests {
             text.contains(r#"REDIS_COMMAND_TIMEOUT_MS: expected milliseconds, got "fast""#),
             "{text}"
         );
+        // Ranges in words, not Rust's `1..=1000`.
         assert!(
-            text.starts_with("invalid configuration: DATABASE_POOL_SIZE: must be within 1..=1000"),
+            text.starts_with(
+                "invalid configuration: DATABASE_POOL_SIZE: must be between 1 and 1000, got 0"
+            ),
             "{text}"
+        );
+        assert!(
+            text.contains(
+                "WEBHOOK_BUDGET_MS: must be at least 1 and less than 10000 milliseconds, got 10000"
+            ),
+            "{text}"
+        );
+        let err = load(&[("CACHE_TTL_JITTER", "0.9")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("CACHE_TTL_JITTER: must be between 0.0 and 0.5, got 0.9"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        // The README writes the default as 64 MiB; every spelling of it is taken.
+        for value in [
+            "67108864",
+            "64MiB",
+            "64 MiB",
+            "64mib",
+            "65536KiB",
+            "65536 kib",
+        ] {
+            let config = load(&[("L1_MAX_BYTES", value)]).unwrap();
+            let text = format!("{:?}", config.cache);
+            assert!(text.contains("l1_max_bytes: 67108864,"), "{value}: {text}");
+        }
+        assert_eq!(parse_bytes("1GiB"), Some(1 << 30));
+        assert_eq!(parse_bytes("512B"), Some(512));
+        for value in [
+            "",
+            "MiB",
+            "64MB",
+            "64 M",
+            "-1",
+            "1.5GiB",
+            "64MiB!",
+            "99999999999999GiB",
+        ] {
+            assert_eq!(parse_bytes(value), None, "{value:?}");
+        }
+        let err = load(&[("L1_MAX_BYTES", "64MB")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: L1_MAX_BYTES: expected a number of bytes, or one with KiB, \
+             MiB or GiB (such as 64MiB), got \"64MB\""
         );
     }
 

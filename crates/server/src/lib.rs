@@ -7,6 +7,7 @@ pub mod config;
 pub mod db_error;
 pub mod error;
 pub mod http;
+pub mod logging;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use tiercache_repository::seed::{DEMO_API_KEY, Seeded, demo_lead_phone, demo_org_phone};
 use tiercache_server::Config;
 use tiercache_server::cli::{self, Command, USAGE};
+use tiercache_server::logging::LogSettings;
 use tiercache_server::startup::{Listeners, prepare, shutdown_signal};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -20,19 +20,28 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if command == Command::Help {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
+    match command {
+        Command::Help => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("{}", cli::version());
+            return ExitCode::SUCCESS;
+        }
+        Command::Serve | Command::ApiKey(_) => {}
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if matches!(command, Command::ApiKey(_)) {
-        // Standard output carries the new key alone, for scripts.
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = match LogSettings::from_env() {
+        Ok(logs) => logs,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // For api-key, standard output carries the new key alone, for scripts.
+    if let Err(e) = logs.install(matches!(command, Command::ApiKey(_))) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -51,7 +60,9 @@ async fn main() -> ExitCode {
             )
             .await
         }
-        Command::Serve | Command::Help => run(config).await,
+        Command::Serve => run(config).await,
+        // Answered above, before any configuration was read.
+        Command::Help | Command::Version => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,7 +74,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    tracing::info!(config = ?config, "starting");
+    log_config(&config);
     if config.key_secret_is_default {
         tracing::warn!("CACHE_KEY_SECRET is not set: using the built-in development secret");
     }
@@ -87,6 +98,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
              production refuses to start without it)"
         ),
     }
+    let redis = redis_at_start(&service.state).await;
     let listeners = Listeners::bind(&config).await?;
     let base = format!(
         "http://{}",
@@ -107,7 +119,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     print_where_to_look(&Where {
         base: &base,
         monitoring: &monitoring_base,
-        redis_enabled: config.redis_enabled,
+        redis: &redis,
         admin: service.state.admin_token.is_some(),
         demo_api_key: service.demo_api_key,
         webhook_secret_header: config.webhook_secret.as_ref().map(|s| s.header().as_str()),
@@ -129,6 +141,69 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs the effective configuration in a few lines, secrets as "set" or "not set".
+fn log_config(config: &Config) {
+    // Destructured so that a new field cannot be forgotten here.
+    let Config {
+        database,
+        cache,
+        bind_addr,
+        http,
+        webhook_budget,
+        admin_token,
+        key_secret_is_default: _, // Warned about on its own.
+        redis_enabled,
+        monitoring_bind_addr,
+        webhook_secret,
+        production,
+    } = config;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        %bind_addr,
+        ?monitoring_bind_addr,
+        ?http,
+        ?webhook_budget,
+        admin_token = if admin_token.is_some() { "set" } else { "not set" },
+        ?webhook_secret,
+        production,
+        redis_enabled,
+        "starting"
+    );
+    tracing::info!(?database, "configuration: PostgreSQL");
+    tracing::info!(?cache, "configuration: cache (TTL policies by entity)");
+}
+
+/// Whether Redis answered at start-up.
+enum RedisAtStart {
+    /// `REDIS_ENABLED=false`.
+    Off,
+    /// It answered a `PING`.
+    Answering,
+    /// It did not, for this reason.
+    Unreachable(String),
+}
+
+/// Pings Redis once, warning when it does not answer: the service starts anyway (it runs on
+/// L1 and PostgreSQL meanwhile), but a first run should not look healthy when it is not.
+async fn redis_at_start(state: &tiercache_server::AppState) -> RedisAtStart {
+    match state.repo.cache().ping_l2().await {
+        None => RedisAtStart::Off,
+        Some(Ok(_)) => RedisAtStart::Answering,
+        Some(Err(e)) => {
+            let reason = match &e.source {
+                Some(source) => format!("{e}: {source}"),
+                None => e.to_string(),
+            };
+            tracing::warn!(
+                error = %reason,
+                "Redis does not answer at start-up: serving from L1 and PostgreSQL until it \
+                 does (REDIS_URL, or REDIS_ENABLED=false to run without it)"
+            );
+            RedisAtStart::Unreachable(reason)
+        }
+    }
+}
+
 /// How long an exit waits for loaded values and invalidations on their way to Redis.
 const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -136,7 +211,7 @@ const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 struct Where<'a> {
     base: &'a str,
     monitoring: &'a str,
-    redis_enabled: bool,
+    redis: &'a RedisAtStart,
     admin: bool,
     demo_api_key: bool,
     webhook_secret_header: Option<&'a str>,
@@ -160,7 +235,7 @@ fn print_where_to_look(at: &Where<'_>) {
         None => String::new(),
     };
     println!(
-        "\nTiercache is serving on {base} (Redis tier {}).\n\
+        "\nTiercache is serving on {base} ({}).\n\
          \n  API key:   {key}   ({key_note})\n\
          \n  API:       curl -H 'authorization: Bearer {key}' {base}/api/leads/1\n\
          \x20            (also {base}/api/orgs/by-phone/%2B18005550001)\n\
@@ -172,7 +247,14 @@ fn print_where_to_look(at: &Where<'_>) {
          \n  Stats:     {monitoring}/api/monitoring/stats/cache   Alerts: {monitoring}/api/monitoring/alerts\n\
          \n  Stream:    curl -N {monitoring}/api/monitoring/stream\n\
          \n  Admin:     {admin}\n",
-        if at.redis_enabled { "on" } else { "off" },
+        match at.redis {
+            RedisAtStart::Off => "Redis tier off".to_owned(),
+            RedisAtStart::Answering => "Redis tier on".to_owned(),
+            RedisAtStart::Unreachable(reason) => format!(
+                "Redis tier on, but Redis DOES NOT ANSWER ({reason}): serving from L1 and \
+                 PostgreSQL until it does"
+            ),
+        },
         admin = if at.admin {
             format!("POST {base}/api/admin/invalidate with 'authorization: Bearer $ADMIN_TOKEN'")
         } else {

@@ -7,9 +7,9 @@ use std::str::FromStr;
 
 use anyhow::Context as _;
 use axum::Router;
-use sqlx::Postgres;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Postgres};
 use std::sync::Arc;
 
 use tiercache::TwoTierCache;
@@ -47,9 +47,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
         .run(pool.pool())
         .await
         .context("running database migrations")?;
-    let seeded = seed_if_empty(pool.pool())
-        .await
-        .context("loading demo data")?;
+    let seeded = seed_quietly(&config.database).await?;
     let demo_api_key = demo_api_key(config, pool.pool()).await?;
     let metrics = Arc::new(Metrics::new());
     let cache = TwoTierCache::with_observer(config.cache.clone(), metrics.clone())
@@ -128,12 +126,7 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
             .await
             .map_err(|e| db_error::explain(e, config, "creating the database"))?;
     }
-    let options = PgConnectOptions::from_str(&config.url)
-        .context("parsing DATABASE_URL")?
-        .options([(
-            "statement_timeout",
-            config.statement_timeout.as_millis().to_string(),
-        )]);
+    let options = connect_options(config)?;
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(config.acquire_timeout)
@@ -144,6 +137,33 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
     DbPool::connect(pool, options)
         .await
         .map_err(|e| db_error::explain(e, config, "connecting to PostgreSQL"))
+}
+
+/// The pool's connection options: `DATABASE_URL` with the statement timeout.
+fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(&config.url)
+        .context("parsing DATABASE_URL")?
+        .options([(
+            "statement_timeout",
+            config.statement_timeout.as_millis().to_string(),
+        )]))
+}
+
+/// Loads the demo data when the database is empty, on a connection of its own whose
+/// statements sqlx does not log: its bulk inserts take seconds, and would otherwise each be
+/// a "slow statement" warning quoting its whole SQL on every first start. The service's
+/// pool keeps sqlx's warning for a statement over a second.
+async fn seed_quietly(config: &DatabaseConfig) -> anyhow::Result<Seeded> {
+    let options = connect_options(config)?.disable_statement_logging();
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(options)
+        .await
+        .map_err(|e| db_error::explain(e, config, "connecting to PostgreSQL"))?;
+    let seeded = seed_if_empty(&pool).await.context("loading demo data");
+    pool.close().await;
+    seeded
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, letting in-flight requests finish,

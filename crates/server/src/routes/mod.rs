@@ -2,6 +2,7 @@
 
 mod admin;
 mod domain;
+mod request_id;
 mod stale;
 mod webhook;
 
@@ -14,6 +15,7 @@ use axum::routing::{get, post};
 use crate::auth;
 use crate::state::AppState;
 
+pub use request_id::{MAX_REQUEST_ID_LEN, REQUEST_ID_HEADER};
 pub use stale::STALE_HEADER;
 pub use webhook::{
     DynamicVariables, GREETING_SOURCE_HEADER, GreetingSource, MAX_CALL_SID_LEN, WebhookRequest,
@@ -89,9 +91,10 @@ fn api_routes(state: &AppState) -> Router {
         .with_state(state.clone())
 }
 
-/// What every listener's routes share: JSON 404s and 405s, the body limit, HTTP metrics.
+/// What every listener's routes share: JSON 404s and 405s, the body limit, HTTP metrics,
+/// and, around all of it, the request id (`request_id`).
 fn finish(routes: Router, state: &AppState) -> Router {
-    routes
+    let routes = routes
         .fallback(domain::not_found)
         // After every route is in: it applies to the routes registered before it.
         .method_not_allowed_fallback(domain::method_not_allowed)
@@ -99,5 +102,6 @@ fn finish(routes: Router, state: &AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             tiercache_monitoring::track_http,
-        ))
+        ));
+    request_id::layer(routes)
 }
