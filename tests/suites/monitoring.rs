@@ -540,6 +540,19 @@ async fn without_a_token_the_admin_api_does_not_exist() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../grafana/prometheus");
+    // Every rule has a unit test, and the Alertmanager inhibits by a rule that exists.
+    let unit_tests = include_str!("../../grafana/prometheus/alerts_test.yml");
+    for kind in tiercache_monitoring::alerts::AlertKind::ALL {
+        assert!(
+            unit_tests.contains(&format!("alertname: {}\n", kind.name())),
+            "alerts_test.yml does not test {}",
+            kind.name()
+        );
+    }
+    let alertmanager = include_str!("../../grafana/alertmanager/alertmanager.yml");
+    assert!(
+        alertmanager.contains(r#"source_matchers: ['alertname="TiercacheRedisDisconnected"']"#)
+    );
     for args in [
         ["check", "rules", "alerts.yml"],
         ["test", "rules", "alerts_test.yml"],

@@ -21,10 +21,19 @@ pub struct Thresholds {
     pub redis_down_for: Duration,
     /// The window the rates are computed over.
     pub window: Duration,
+    /// How long Prometheus waits before a low hit rate fires (its `for:`).
+    pub low_hit_rate_for: Duration,
+    /// How long Prometheus waits before slow responses fire.
+    pub slow_responses_for: Duration,
+    /// How long Prometheus waits before a high error rate fires.
+    pub high_error_rate_for: Duration,
+    /// How long Prometheus waits before a failed or missing scrape target fires.
+    pub service_down_for: Duration,
 }
 
 /// The thresholds of the design: hit rate below 50 % after warm-up, average response above
-/// 100 ms, error rate above 5 %, Redis disconnected 30 s or more.
+/// 100 ms, error rate above 5 %, Redis disconnected 30 s or more; in Prometheus, each
+/// condition must also hold a while (a blip pages nobody).
 pub const THRESHOLDS: Thresholds = Thresholds {
     min_hit_rate: 0.5,
     warmup_lookups: 100,
@@ -32,7 +41,18 @@ pub const THRESHOLDS: Thresholds = Thresholds {
     max_error_rate: 0.05,
     redis_down_for: Duration::from_secs(30),
     window: Duration::from_secs(60),
+    low_hit_rate_for: Duration::from_secs(120),
+    slow_responses_for: Duration::from_secs(120),
+    high_error_rate_for: Duration::from_secs(60),
+    service_down_for: Duration::from_secs(60),
 };
+
+/// Where each alert's runbook lives: the README's "Runbook" section, one heading per alert
+/// (relative to the repository, as the service has no hosted documentation).
+pub const RUNBOOK: &str = "README.md";
+
+/// The Prometheus job the service is scraped as (`docker-compose.yml`'s Prometheus config).
+pub const JOB: &str = "tiercache";
 
 /// Which alert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -46,15 +66,21 @@ pub enum AlertKind {
     HighErrorRate,
     /// Redis has been unreachable for a while.
     RedisDisconnected,
+    /// Prometheus cannot scrape an instance (Prometheus only: a process that answers is up).
+    ServiceDown,
+    /// Prometheus has no instance of the job at all (Prometheus only).
+    ServiceAbsent,
 }
 
 impl AlertKind {
     /// Every alert.
-    pub const ALL: [AlertKind; 4] = [
+    pub const ALL: [AlertKind; 6] = [
         AlertKind::LowHitRate,
         AlertKind::SlowResponses,
         AlertKind::HighErrorRate,
         AlertKind::RedisDisconnected,
+        AlertKind::ServiceDown,
+        AlertKind::ServiceAbsent,
     ];
 
     /// The alert's name, as in the Prometheus rules.
@@ -64,7 +90,14 @@ impl AlertKind {
             AlertKind::SlowResponses => "TiercacheSlowResponses",
             AlertKind::HighErrorRate => "TiercacheHighErrorRate",
             AlertKind::RedisDisconnected => "TiercacheRedisDisconnected",
+            AlertKind::ServiceDown => "TiercacheServiceDown",
+            AlertKind::ServiceAbsent => "TiercacheServiceAbsent",
         }
+    }
+
+    /// The link to the alert's runbook: the README heading named after it.
+    pub fn runbook_url(self) -> String {
+        format!("{RUNBOOK}#{}", self.name().to_lowercase())
     }
 }
 
@@ -103,9 +136,14 @@ pub struct Window {
 }
 
 /// The alerts `window` fires under `t`, each with its value.
+///
+/// This is the condition now, without Prometheus's `for:` (the in-process view shows an
+/// alert as soon as Prometheus would start its pending period). A low hit rate is not an
+/// alert of its own while Redis is unreachable: it is a consequence, as in the rule's
+/// `unless`.
 pub fn evaluate(t: &Thresholds, window: &Window) -> Vec<(AlertKind, f64, f64)> {
     let mut firing = Vec::new();
-    if window.lookups >= t.warmup_lookups {
+    if window.lookups >= t.warmup_lookups && window.redis_down_for.is_none() {
         let rate = window.hits as f64 / window.lookups as f64;
         if rate < t.min_hit_rate {
             firing.push((AlertKind::LowHitRate, rate, t.min_hit_rate));
@@ -158,6 +196,9 @@ pub fn message(kind: AlertKind, value: f64, threshold: f64) -> String {
         AlertKind::RedisDisconnected => {
             format!("Redis unreachable for {value:.0} s (alerting from {threshold:.0} s)")
         }
+        AlertKind::ServiceDown | AlertKind::ServiceAbsent => {
+            format!("the service is not scraped (up = {value:.0})")
+        }
     }
 }
 
@@ -171,79 +212,135 @@ pub struct Rule {
     /// The quantities the condition compares, each a query that returns series whenever
     /// the service is scraped (whether or not the alert fires).
     pub measures: Vec<String>,
-    /// How long the condition must hold, if at all.
-    pub for_seconds: Option<u64>,
+    /// How long the condition must hold before the alert fires (every rule has one).
+    pub hold: Duration,
     /// `warning` or `critical`.
     pub severity: &'static str,
     /// One line for the operator.
     pub summary: String,
+    /// What is wrong, with the measured value (a Prometheus template).
+    pub description: String,
 }
 
-/// The Prometheus rules for `t`.
+/// The Prometheus rules for `t`. Ratios are per instance (`by (job, instance)`), so one bad
+/// instance is not averaged away and its alert names it.
 pub fn rules(t: &Thresholds) -> Vec<Rule> {
     let w = format!("{}s", t.window.as_secs());
+    let by = "sum by (job, instance)";
     let hit_rate = format!(
-        "(sum(rate(tiercache_cache_requests_total{{tier=~\"l1|l2\",result=~\"hit|negative_hit\"}}[{w}])) / sum(rate(tiercache_cache_requests_total{{tier=\"l1\"}}[{w}])))"
+        "({by} (rate(tiercache_cache_requests_total{{tier=~\"l1|l2\",result=~\"hit|negative_hit\"}}[{w}])) / {by} (rate(tiercache_cache_requests_total{{tier=\"l1\"}}[{w}])))"
     );
-    let lookups = format!("sum(increase(tiercache_cache_requests_total{{tier=\"l1\"}}[{w}]))");
+    let lookups = format!("{by} (increase(tiercache_cache_requests_total{{tier=\"l1\"}}[{w}]))");
+    let redis_down = "tiercache_redis_up == 0 and tiercache_redis_enabled == 1";
     let avg = format!(
-        "(sum(rate(tiercache_http_request_duration_seconds_sum[{w}])) / sum(rate(tiercache_http_request_duration_seconds_count[{w}])))"
+        "({by} (rate(tiercache_http_request_duration_seconds_sum[{w}])) / {by} (rate(tiercache_http_request_duration_seconds_count[{w}])))"
     );
-    let errors = format!(
-        "(sum(rate(tiercache_http_requests_total{{status=~\"5..\"}}[{w}])) / sum(rate(tiercache_http_requests_total[{w}])))"
-    );
-    let errors_measure = format!(
-        "(sum(rate(tiercache_http_requests_total{{status=~\"5..\"}}[{w}]) or vector(0)) / sum(rate(tiercache_http_requests_total[{w}])))"
-    );
+    let all = format!("{by} (rate(tiercache_http_requests_total[{w}]))");
+    let server_errors =
+        format!("{by} (rate(tiercache_http_requests_total{{status=~\"5..\"}}[{w}]))");
+    let errors = format!("({server_errors} / {all})");
+    let errors_measure = format!("(({server_errors} or 0 * {all}) / {all})");
+    let up = format!("up{{job=\"{JOB}\"}}");
+    let secs = |d: Duration| d.as_secs();
     vec![
         Rule {
             kind: AlertKind::LowHitRate,
+            // While Redis is down a low hit rate is its consequence, not a second page.
             expr: format!(
-                "{hit_rate} < {} and {lookups} >= {}",
+                "{hit_rate} < {} and {lookups} >= {} unless on (job, instance) ({redis_down})",
                 t.min_hit_rate, t.warmup_lookups
             ),
             measures: vec![hit_rate.clone(), lookups.clone()],
-            for_seconds: None,
+            hold: t.low_hit_rate_for,
             severity: "warning",
             summary: format!(
                 "Cache hit rate below {} % after warm-up",
                 t.min_hit_rate * 100.0
+            ),
+            description: format!(
+                "{{{{ $labels.instance }}}} answered {{{{ $value | humanizePercentage }}}} of lookups from L1 or L2 over {w} (alerting below {} % after {} lookups, for {} s; not while Redis is down).",
+                t.min_hit_rate * 100.0,
+                t.warmup_lookups,
+                secs(t.low_hit_rate_for)
             ),
         },
         Rule {
             kind: AlertKind::SlowResponses,
             expr: format!("{avg} > {}", t.max_avg_response.as_secs_f64()),
             measures: vec![avg.clone()],
-            for_seconds: None,
+            hold: t.slow_responses_for,
             severity: "warning",
             summary: format!(
                 "Average response time above {} ms",
                 t.max_avg_response.as_millis()
+            ),
+            description: format!(
+                "{{{{ $labels.instance }}}} took {{{{ $value | humanizeDuration }}}} per response on average over {w} (alerting above {} ms, for {} s).",
+                t.max_avg_response.as_millis(),
+                secs(t.slow_responses_for)
             ),
         },
         Rule {
             kind: AlertKind::HighErrorRate,
             expr: format!("{errors} > {}", t.max_error_rate),
             measures: vec![errors_measure],
-            for_seconds: None,
+            hold: t.high_error_rate_for,
             severity: "critical",
             summary: format!("Server error rate above {} %", t.max_error_rate * 100.0),
+            description: format!(
+                "{{{{ $value | humanizePercentage }}}} of the responses of {{{{ $labels.instance }}}} were server errors (5xx) over {w} (alerting above {} %, for {} s).",
+                t.max_error_rate * 100.0,
+                secs(t.high_error_rate_for)
+            ),
         },
         Rule {
             kind: AlertKind::RedisDisconnected,
-            expr: "tiercache_redis_up == 0 and tiercache_redis_enabled == 1".to_owned(),
+            expr: redis_down.to_owned(),
             measures: vec![
                 "tiercache_redis_up".to_owned(),
                 "tiercache_redis_enabled".to_owned(),
             ],
-            for_seconds: Some(t.redis_down_for.as_secs()),
+            hold: t.redis_down_for,
             severity: "critical",
             summary: format!(
                 "Redis unreachable for {} s or more",
                 t.redis_down_for.as_secs()
             ),
+            description: format!(
+                "{{{{ $labels.instance }}}} has reported tiercache_redis_up = {{{{ $value }}}} for {} s or more while Redis is enabled: reads go to PostgreSQL.",
+                secs(t.redis_down_for)
+            ),
+        },
+        Rule {
+            kind: AlertKind::ServiceDown,
+            expr: format!("{up} == 0"),
+            measures: vec![up.clone()],
+            hold: t.service_down_for,
+            severity: "critical",
+            summary: "Tiercache instance down (Prometheus cannot scrape it)".to_owned(),
+            description: format!(
+                "Scrapes of {{{{ $labels.instance }}}} (job {JOB}) have failed for {} s or more (up = {{{{ $value }}}}).",
+                secs(t.service_down_for)
+            ),
+        },
+        Rule {
+            kind: AlertKind::ServiceAbsent,
+            expr: format!("absent({up})"),
+            measures: vec![format!("count({up})")],
+            hold: t.service_down_for,
+            severity: "critical",
+            summary: "No Tiercache instance known to Prometheus".to_owned(),
+            description: format!(
+                "Prometheus has had no target of job {JOB} for {} s or more (absent = {{{{ $value }}}}): check its scrape configuration and service discovery.",
+                secs(t.service_down_for)
+            ),
         },
     ]
+}
+
+/// A YAML single-quoted scalar (templates start with `{`, which a plain scalar cannot).
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The Prometheus alerting rules for `t` (the content of `grafana/prometheus/alerts.yml`).
@@ -252,6 +349,8 @@ pub fn prometheus_rules(t: &Thresholds) -> String {
         "# Generated from tiercache_monitoring::alerts::THRESHOLDS; a test fails when this file
 # and the thresholds differ. Regenerate with:
 #   cargo run -q -p tiercache-monitoring --example alert_rules > grafana/prometheus/alerts.yml
+# Alertmanager (grafana/alertmanager/alertmanager.yml) inhibits warnings of an instance
+# whose Redis alert fires; TiercacheLowHitRate also excludes that case in its expression.
 groups:
   - name: tiercache
     rules:
@@ -259,16 +358,17 @@ groups:
     );
     for rule in rules(t) {
         out.push_str(&format!(
-            "      - alert: {}\n        expr: {}\n",
+            "      - alert: {}\n        expr: {}\n        for: {}s\n",
             rule.kind.name(),
-            rule.expr
+            rule.expr,
+            rule.hold.as_secs()
         ));
-        if let Some(seconds) = rule.for_seconds {
-            out.push_str(&format!("        for: {seconds}s\n"));
-        }
         out.push_str(&format!(
-            "        labels:\n          severity: {}\n        annotations:\n          summary: {}\n",
-            rule.severity, rule.summary
+            "        labels:\n          severity: {}\n        annotations:\n          summary: {}\n          description: {}\n          runbook_url: {}\n",
+            rule.severity,
+            quoted(&rule.summary),
+            quoted(&rule.description),
+            quoted(&rule.kind.runbook_url())
         ));
     }
     out
@@ -368,6 +468,51 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn a_low_hit_rate_is_not_an_alert_of_its_own_while_redis_is_down() {
+        let w = Window {
+            hits: 100,
+            redis_down_for: Some(Duration::from_secs(45)),
+            ..window()
+        };
+        let fired: Vec<AlertKind> = evaluate(&THRESHOLDS, &w)
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .collect();
+        assert_eq!(fired, [AlertKind::RedisDisconnected]);
+    }
+
+    #[test]
+    fn every_rule_waits_names_its_instance_carries_its_value_and_links_its_runbook() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let rules = rules(&THRESHOLDS);
+        assert_eq!(
+            rules.iter().map(|r| r.kind).collect::<Vec<_>>(),
+            AlertKind::ALL
+        );
+        for rule in &rules {
+            let name = rule.kind.name();
+            assert!(rule.hold > Duration::ZERO, "{name} has no for:");
+            assert!(rule.description.contains("$value"), "{name}");
+            // Ratios are per instance; the others select raw per-instance series.
+            assert!(
+                !rule.expr.contains("sum(") && !rule.expr.contains("sum (rate"),
+                "{name}: {}",
+                rule.expr
+            );
+            assert!(
+                readme.contains(&format!("\n### {name}\n")),
+                "README.md has no runbook heading for {name}"
+            );
+            assert_eq!(
+                rule.kind.runbook_url(),
+                format!("README.md#{}", name.to_lowercase())
+            );
+        }
     }
 
     #[test]
