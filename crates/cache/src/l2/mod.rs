@@ -34,6 +34,7 @@ use crate::write_behind::QueuedSet;
 
 pub use error::{L2Error, L2ErrorKind};
 use manager::{ConnectErrors, Manager};
+pub use tls::client;
 
 /// The pool's size right now, for health checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

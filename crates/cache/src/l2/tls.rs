@@ -14,8 +14,9 @@ use crate::config::RedisConfig;
 const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 /// The client for `config`: every connection the pool and the bus subscriber open comes
-/// from it, so both speak TLS (and trust the same CA) or neither does.
-pub(crate) fn client(config: &RedisConfig) -> Result<redis::Client, redis::RedisError> {
+/// from it, so both speak TLS (and trust the same CA) or neither does. Public for other
+/// users of the same Redis (the call log), so they connect as the cache does.
+pub fn client(config: &RedisConfig) -> Result<redis::Client, redis::RedisError> {
     let client = match &config.ca_cert {
         None => redis::Client::open(config.url.as_str())?,
         Some(pem) => redis::Client::build_with_tls(
