@@ -5,14 +5,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redis::streams::StreamReadReply;
+use chrono::Utc;
+use redis::streams::{StreamPendingCountReply, StreamReadReply};
 use tiercache_calls::{Applied, CallLog, SessionStore};
 use tiercache_tests::calls::{
-    BOUND, Counts, call, config, entry, event_rows, eventually, pending, raw_append, session_events,
+    BOUND, Counts, call, config, entry, event_rows, eventually, pending, raw_append,
+    session_events, stream_key,
 };
 use tiercache_tests::db::TestDb;
-use tiercache_tests::{SHARED_REDIS_URL, shared_redis, unique_namespace};
+use tiercache_tests::{PgServer, SHARED_REDIS_URL, shared_redis, unique_namespace};
 
 fn ns(tag: &str) -> String {
     format!("{}:", unique_namespace(tag))
@@ -254,4 +257,79 @@ async fn two_instances_apply_each_event_once_between_them() {
         );
     }
     assert_eq!(a.dead_letters().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_keeps_entries_pending_not_dead_lettered() {
+    let mut pg = PgServer::start().await;
+    let url = pg.create_database("app").await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        // A down server fails each apply at once instead of after sqlx's 30 s default.
+        .acquire_timeout(Duration::from_millis(300))
+        .connect(&url)
+        .await
+        .unwrap();
+    tiercache_repository::MIGRATOR.run(&pool).await.unwrap();
+    let ns = ns("callspgdown");
+    let mut redis = shared_redis().await;
+    let counts = Arc::new(Counts::default());
+    let (log, _tasks) = CallLog::start(
+        tiercache_calls::CallLogConfig {
+            max_deliveries: 2,
+            claim_idle: Duration::from_millis(200),
+            ..config("pgdown")
+        },
+        Some(shared_client()),
+        &ns,
+        SessionStore::new(pool.clone()),
+        counts.clone(),
+    );
+    pg.stop().await;
+    for i in 0..2 {
+        for event in call(&format!("CA-{i}"), 30, 1.0) {
+            log.publish(event);
+        }
+    }
+    tokio::time::timeout(BOUND, log.flush()).await.unwrap();
+    let key = stream_key(&ns, 30, Utc::now());
+    // Delivered past max_deliveries while PostgreSQL is down: failing to apply then is not
+    // the entries' fault.
+    eventually(
+        "every entry is delivered more than max_deliveries times",
+        || {
+            let mut redis = redis.clone();
+            let key = key.clone();
+            async move {
+                let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg("calls")
+                    .arg("-")
+                    .arg("+")
+                    .arg(100)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                pending.ids.len() == 4 && pending.ids.iter().all(|p| p.times_delivered > 2)
+            }
+        },
+    )
+    .await;
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(format!("{ns}calls:dead"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "nothing dead-lettered during the outage");
+
+    pg.start_again().await;
+    eventually("the entries are applied once PostgreSQL is back", || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        let pool = pool.clone();
+        async move { pending(&mut redis, &key).await == 0 && event_rows(&pool).await == 4 }
+    })
+    .await;
+    assert_eq!(Counts::get(&counts.applied), 4);
+    assert_eq!(Counts::get(&counts.dead_lettered), 0);
 }

@@ -13,7 +13,7 @@ use tiercache_calls::{
 };
 use tiercache_tests::calls::{BOUND, Counts, call, config, event_rows, eventually, session_events};
 use tiercache_tests::db::TestDb;
-use tiercache_tests::{RedisServer, unique_namespace};
+use tiercache_tests::{RedisServer, command_count, unique_namespace};
 
 fn ns(tag: &str) -> String {
     format!("{}:", unique_namespace(tag))
@@ -57,6 +57,14 @@ async fn events_queued_while_redis_is_down_all_land_once_after_its_restart() {
     redis.restart().await;
 
     tokio::time::timeout(BOUND, log.flush()).await.unwrap();
+    // The restarted server saw the whole queue go in one batch: one script run holding an
+    // XADD per event and a SET (call → organization) per call_started only.
+    let mut admin = redis.client().await;
+    assert_eq!(command_count(&mut admin, "xadd").await, 2 * CALLS as u64);
+    assert_eq!(command_count(&mut admin, "set").await, CALLS as u64);
+    // Two EVALSHAs: the first finds the empty server without the script (NOSCRIPT), the
+    // client loads it and sends the same one again.
+    assert_eq!(command_count(&mut admin, "evalsha").await, 2);
     let total = 2 + 2 * CALLS as i64;
     eventually("every event is applied", || async {
         event_rows(&pool).await == total
@@ -129,6 +137,32 @@ async fn past_the_queue_bound_drops_are_counted_and_the_rest_land() {
         overflow,
         "no more dropped"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_still_queued_at_shutdown_are_counted_as_dropped() {
+    let db = TestDb::migrated("callsshutdown").await;
+    let mut redis = RedisServer::start().await;
+    let counts = Arc::new(Counts::default());
+    let (log, tasks) = CallLog::start(
+        config("shutdown"),
+        Some(client(&redis.url())),
+        &ns("callsshutdown"),
+        SessionStore::new(db.pool().await),
+        counts.clone(),
+    );
+    redis.stop().await;
+    for event in call("CA-late", 1, 1.0) {
+        log.publish(event);
+    }
+    drop(tasks);
+    assert_eq!(Counts::get(&counts.dropped_shutdown), 2);
+    // A clone still held somewhere publishes into a closed log: dropped too, not queued.
+    let [started, _] = call("CA-later", 1, 1.0);
+    log.publish(started);
+    assert_eq!(Counts::get(&counts.dropped_shutdown), 3);
+    assert_eq!(log.status().queue_depth, 0);
+    assert_eq!(Counts::get(&counts.dropped_full), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

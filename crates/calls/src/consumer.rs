@@ -87,7 +87,9 @@ impl Consumer {
         let config = &self.config;
         let streams = registered(conn, &self.settler.keys, config.stream_ttl).await?;
         if streams.is_empty() {
-            // Nothing to block on; the append script registers the first stream.
+            // Nothing to block on; the append script registers the first stream. Finding
+            // nothing to read is a read all the same (health watches for a stuck consumer).
+            self.settler.stats.read_ok();
             tokio::time::sleep(config.block).await;
         } else {
             self.read(reader, conn, &streams).await?;
