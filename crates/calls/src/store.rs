@@ -126,19 +126,16 @@ impl SessionStore {
             // Only if the row just inserted could not be read back; fold from it alone.
             events.push(event.clone());
         }
-        let org_id = events
-            .iter()
-            .find(|e| e.kind == EventKind::CallStarted)
-            .map_or(event.org_id, |e| e.org_id);
-        let seq: i64 = sqlx::query_scalar(BUMP_CURSOR)
-            .bind(org_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("numbering a session change"))?;
-        let Some(session) = fold(&events, Cursor(seq)) else {
+        let Some(mut session) = fold(&events, Cursor(0)) else {
             // `events` is never empty here; a fold of nothing changes nothing.
             return Ok(Applied::Duplicate);
         };
+        let seq: i64 = sqlx::query_scalar(BUMP_CURSOR)
+            .bind(session.org_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("numbering a session change"))?;
+        session.cursor = Cursor(seq);
         upsert(&mut tx, &session).await?;
         let payload = serde_json::to_string(&session).unwrap_or_default();
         sqlx::query("SELECT pg_notify($1, $2)")
