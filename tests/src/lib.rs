@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cache;
+pub mod calls;
 pub mod db;
 pub mod logs;
 mod pg_server;

@@ -15,15 +15,25 @@
 //! - [`LiveFeed`]: those announcements, per organization, for Server-Sent Events, polling
 //!   and WebSocket clients.
 
+mod claim;
 mod config;
+mod conn;
+mod consumer;
+mod drain;
 mod error;
 mod event;
 mod feed;
+mod fold;
 mod inspect;
 mod log;
 mod observer;
+mod queue;
 mod session;
+mod settle;
+mod stats;
 mod store;
+mod streams;
+mod xinfo;
 
 pub use config::CallLogConfig;
 pub use error::{EventError, StoreError, Unavailable};

@@ -2,11 +2,15 @@
 //! events arrive in, each change numbered per organization and announced (`NOTIFY`).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use serde_json::{Map, Value};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{PgPool, Row};
 
 use crate::error::StoreError;
-use crate::event::CallEvent;
-use crate::session::{CallSession, Cursor};
+use crate::event::{CallEvent, EventKind};
+use crate::fold::fold;
+use crate::session::{CallSession, Cursor, SessionStatus};
 
 /// The channel every session change is announced on (payload: the session as JSON).
 pub const NOTIFY_CHANNEL: &str = "tiercache_calls";
@@ -21,10 +25,54 @@ pub enum Applied {
 }
 
 /// The call sessions' table; cheap to clone.
+///
+/// # Concurrency
+/// Applying takes a transaction-scoped advisory lock on the call, so two instances applying
+/// two events of one call at once fold one after the other (the second sees the first's
+/// event), and then the organization's cursor row, whose lock makes an organization's
+/// changes commit in cursor order. Both are taken in that order by every apply, so they
+/// cannot deadlock.
 #[derive(Clone)]
 pub struct SessionStore {
     pool: PgPool,
 }
+
+/// The session's columns, in the order [`session_from_row`] reads them.
+const SESSION_COLUMNS: &str = "call_sid, org_id, lead_id, caller, greeting_source, status, \
+     started_at, authenticated_at, authentication_failed_at, intent, transfer_initiated_at, \
+     transferred_at, ended_at, duration_seconds, last_event, last_event_at, events, change_seq";
+
+/// Serializes the applies of one call (released at commit or rollback).
+const LOCK_CALL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+/// The event's id travels as text: sqlx's `uuid` feature is not built, and this is the only
+/// place ids cross into SQL.
+const INSERT_EVENT: &str = "INSERT INTO call_events (event_id, call_sid, org_id, kind, at, data) \
+     VALUES ($1::uuid, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING";
+
+const CALL_EVENTS: &str = "SELECT event_id::text, call_sid, org_id, kind, at, data \
+     FROM call_events WHERE call_sid = $1 ORDER BY at, event_id";
+
+const BUMP_CURSOR: &str = "INSERT INTO call_feed_cursors (org_id, seq) VALUES ($1, 1) \
+     ON CONFLICT (org_id) DO UPDATE SET seq = call_feed_cursors.seq + 1 RETURNING seq";
+
+const UPSERT_SESSION: &str = "INSERT INTO call_sessions (call_sid, org_id, lead_id, caller, \
+     greeting_source, status, started_at, authenticated_at, authentication_failed_at, intent, \
+     transfer_initiated_at, transferred_at, ended_at, duration_seconds, last_event, \
+     last_event_at, events, change_seq) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+     ON CONFLICT (call_sid) DO UPDATE SET org_id = EXCLUDED.org_id, \
+     lead_id = EXCLUDED.lead_id, caller = EXCLUDED.caller, \
+     greeting_source = EXCLUDED.greeting_source, status = EXCLUDED.status, \
+     started_at = EXCLUDED.started_at, authenticated_at = EXCLUDED.authenticated_at, \
+     authentication_failed_at = EXCLUDED.authentication_failed_at, intent = EXCLUDED.intent, \
+     transfer_initiated_at = EXCLUDED.transfer_initiated_at, \
+     transferred_at = EXCLUDED.transferred_at, ended_at = EXCLUDED.ended_at, \
+     duration_seconds = EXCLUDED.duration_seconds, last_event = EXCLUDED.last_event, \
+     last_event_at = EXCLUDED.last_event_at, events = EXCLUDED.events, \
+     change_seq = EXCLUDED.change_seq";
+
+const CURSOR_NOW: &str = "SELECT seq FROM call_feed_cursors WHERE org_id = $1";
 
 impl SessionStore {
     /// The store on `pool` (its migrations run).
@@ -34,9 +82,70 @@ impl SessionStore {
 
     /// Applies each event in its own transaction, announcing the changed session at
     /// commit; one outcome per event, in order (a failed one changed nothing).
+    ///
+    /// # Cancel safety
+    /// Dropped mid-way, the event being applied rolls back (its transaction is dropped) and
+    /// the later ones are not applied; applying them again is safe.
     pub async fn apply(&self, events: &[CallEvent]) -> Vec<Result<Applied, StoreError>> {
-        let _ = (&self.pool, events);
-        todo!("issue 24: store")
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            outcomes.push(self.apply_one(event).await);
+        }
+        outcomes
+    }
+
+    async fn apply_one(&self, event: &CallEvent) -> Result<Applied, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("beginning an apply"))?;
+        sqlx::query(LOCK_CALL)
+            .bind(&event.call_sid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("locking a call"))?;
+        let inserted = sqlx::query(INSERT_EVENT)
+            .bind(event.id.to_string())
+            .bind(&event.call_sid)
+            .bind(event.org_id)
+            .bind(event.kind.as_str())
+            .bind(event.at)
+            .bind(Json(&event.data))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("inserting a call event"))?
+            .rows_affected();
+        if inserted == 0 {
+            // Dropping the transaction rolls it back; nothing was written.
+            return Ok(Applied::Duplicate);
+        }
+        let rows = sqlx::query(CALL_EVENTS)
+            .bind(&event.call_sid)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading a call's events"))?;
+        let mut events: Vec<CallEvent> = rows.iter().filter_map(event_from_row).collect();
+        if events.is_empty() {
+            // Only if the row just inserted could not be read back; fold from it alone.
+            events.push(event.clone());
+        }
+        let Some(mut session) = fold(&events, Cursor(0)) else {
+            // `events` is never empty here; a fold of nothing changes nothing.
+            return Ok(Applied::Duplicate);
+        };
+        let seq: i64 = sqlx::query_scalar(BUMP_CURSOR)
+            .bind(session.org_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("numbering a session change"))?;
+        session.cursor = Cursor(seq);
+        upsert(&mut tx, &session).await?;
+        let payload = serde_json::to_string(&session).unwrap_or_default();
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("announcing a session change"))?;
+        tx.commit().await.map_err(db("committing an apply"))?;
+        Ok(Applied::New(Box::new(session)))
     }
 
     /// An organization's sessions that started at or after `since`, and those still in
@@ -48,8 +157,26 @@ impl SessionStore {
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<(Vec<CallSession>, Cursor), StoreError> {
-        let _ = (org_id, since, limit);
-        todo!("issue 24: store")
+        // The cursor is read first: the sessions read next hold every change up to it
+        // (perhaps more, which a feed going on from it shows again, harmlessly).
+        let cursor = self.cursor(org_id).await?;
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM call_sessions WHERE org_id = $1 \
+             AND (started_at >= $2 OR (ended_at IS NULL AND started_at >= now() - interval '1 day')) \
+             ORDER BY started_at DESC, call_sid LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(since)
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing call sessions"))?;
+        let sessions = rows
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((sessions, cursor))
     }
 
     /// An organization's sessions changed after `after`, oldest change first (at most
@@ -60,13 +187,139 @@ impl SessionStore {
         after: Cursor,
         limit: i64,
     ) -> Result<(Vec<CallSession>, Cursor), StoreError> {
-        let _ = (org_id, after, limit);
-        todo!("issue 24: store")
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM call_sessions WHERE org_id = $1 AND change_seq > $2 \
+             ORDER BY change_seq LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(after.0)
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing session changes"))?;
+        let sessions: Vec<CallSession> = rows
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()?;
+        let next = sessions.last().map_or(after, |s| s.cursor);
+        Ok((sessions, next))
     }
 
     /// The organization of a call with a session, if any.
     pub async fn org_of(&self, call_sid: &str) -> Result<Option<i64>, StoreError> {
-        let _ = call_sid;
-        todo!("issue 24: store")
+        sqlx::query_scalar("SELECT org_id FROM call_sessions WHERE call_sid = $1")
+            .bind(call_sid)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("finding a call's organization"))
     }
+
+    /// Whether PostgreSQL answers: tells a failing database from a failing event.
+    pub(crate) async fn reachable(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    async fn cursor(&self, org_id: i64) -> Result<Cursor, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar(CURSOR_NOW)
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a feed cursor"))?;
+        Ok(Cursor(seq.unwrap_or(0)))
+    }
+}
+
+async fn upsert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    s: &CallSession,
+) -> Result<(), StoreError> {
+    sqlx::query(UPSERT_SESSION)
+        .bind(&s.call_sid)
+        .bind(s.org_id)
+        .bind(s.lead_id)
+        .bind(&s.caller)
+        .bind(&s.greeting_source)
+        .bind(status_name(s.status))
+        .bind(s.started_at)
+        .bind(s.authenticated_at)
+        .bind(s.authentication_failed_at)
+        .bind(&s.intent)
+        .bind(s.transfer_initiated_at)
+        .bind(s.transferred_at)
+        .bind(s.ended_at)
+        .bind(s.duration_seconds)
+        .bind(&s.last_event)
+        .bind(s.last_event_at)
+        .bind(s.events)
+        .bind(s.cursor.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("writing a call session"))?;
+    Ok(())
+}
+
+/// A stored event; `None` for a kind this build does not know (written by a newer one).
+fn event_from_row(row: &PgRow) -> Option<CallEvent> {
+    let id: String = row.try_get(0).ok()?;
+    let kind: String = row.try_get(3).ok()?;
+    let data: Json<Map<String, Value>> = row.try_get(5).ok()?;
+    Some(CallEvent {
+        id: id.parse().ok()?,
+        call_sid: row.try_get(1).ok()?,
+        org_id: row.try_get(2).ok()?,
+        kind: EventKind::parse(&kind)?,
+        at: row.try_get(4).ok()?,
+        data: data.0,
+    })
+}
+
+fn session_from_row(row: &PgRow) -> Result<CallSession, StoreError> {
+    let read = |source| StoreError::Database {
+        context: "reading a call session",
+        source,
+    };
+    let status: String = row.try_get("status").map_err(read)?;
+    let status = match status.as_str() {
+        "ended" => SessionStatus::Ended,
+        "transferred" => SessionStatus::Transferred,
+        "transferring" => SessionStatus::Transferring,
+        _ => SessionStatus::InProgress,
+    };
+    Ok(CallSession {
+        call_sid: row.try_get("call_sid").map_err(read)?,
+        org_id: row.try_get("org_id").map_err(read)?,
+        lead_id: row.try_get("lead_id").map_err(read)?,
+        caller: row.try_get("caller").map_err(read)?,
+        greeting_source: row.try_get("greeting_source").map_err(read)?,
+        status,
+        in_progress: status != SessionStatus::Ended,
+        started_at: row.try_get("started_at").map_err(read)?,
+        authenticated_at: row.try_get("authenticated_at").map_err(read)?,
+        authentication_failed_at: row.try_get("authentication_failed_at").map_err(read)?,
+        intent: row.try_get("intent").map_err(read)?,
+        transfer_initiated_at: row.try_get("transfer_initiated_at").map_err(read)?,
+        transferred_at: row.try_get("transferred_at").map_err(read)?,
+        ended_at: row.try_get("ended_at").map_err(read)?,
+        duration_seconds: row.try_get("duration_seconds").map_err(read)?,
+        last_event: row.try_get("last_event").map_err(read)?,
+        last_event_at: row.try_get("last_event_at").map_err(read)?,
+        events: row.try_get("events").map_err(read)?,
+        cursor: Cursor(row.try_get("change_seq").map_err(read)?),
+    })
+}
+
+/// The status as the table's CHECK constraint spells it (the JSON names).
+const fn status_name(status: SessionStatus) -> &'static str {
+    match status {
+        SessionStatus::InProgress => "in_progress",
+        SessionStatus::Transferring => "transferring",
+        SessionStatus::Transferred => "transferred",
+        SessionStatus::Ended => "ended",
+    }
+}
+
+/// Wraps a driver error with what was being done.
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
 }
