@@ -125,9 +125,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
         webhook_secret_header: config.webhook_secret.as_ref().map(|s| s.header().as_str()),
     });
     let cache = service.state.repo.cache().clone();
+    let call_log = service.state.calls.as_ref().map(|calls| calls.log.clone());
     listeners
         .serve(service.state, config.http, shutdown_signal())
         .await?;
+    // Call events the last requests published reach Redis (or the sessions) before exit,
+    // within the same bound; what is left is dropped and counted by the log.
+    if let Some(log) = call_log
+        && tokio::time::timeout(SHUTDOWN_FLUSH, log.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!("call events still queued at exit were not all appended");
+    }
+    drop(service.calls);
     // Values loaded, and invalidations made, just before the signal still reach Redis
     // (bounded: a hung Redis does not hold the exit).
     if tokio::time::timeout(SHUTDOWN_FLUSH, cache.flush_l2_writes())
@@ -156,6 +167,7 @@ fn log_config(config: &Config) {
         monitoring_bind_addr,
         webhook_secret,
         production,
+        calls,
     } = config;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -171,6 +183,7 @@ fn log_config(config: &Config) {
     );
     tracing::info!(?database, "configuration: PostgreSQL");
     tracing::info!(?cache, "configuration: cache (TTL policies by entity)");
+    tracing::info!(?calls, "configuration: call log");
 }
 
 /// Whether Redis answered at start-up.
