@@ -11,6 +11,8 @@ mod cache_invalidation;
 mod cache_l1;
 mod cache_modes;
 mod cache_reads;
+mod calls_api;
+mod calls_feed;
 mod cross_instance;
 mod db_notify;
 mod fixtures;

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
@@ -109,13 +110,18 @@ pub async fn ws(
     path: Result<Path<i64>, PathRejection>,
     query: Result<Query<LiveQuery>, QueryRejection>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let calls = calls(&state)?;
     let Path(org_id) = path?;
     let Query(query) = query?;
     let since = resume_from(&query, &headers)?;
+    // Scope first: another organization's key gets its 404 whatever the request is.
     org_in_scope(&state, scope, org_id).await?;
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
     let follower = Follower::start(calls.store.clone(), calls.feed.clone(), org_id, since).await?;
     let guard = state.metrics.call_log().feed_client(FeedTransport::Ws);
     let heartbeat = calls.heartbeat;
