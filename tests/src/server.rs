@@ -312,6 +312,10 @@ impl TestServer {
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
     pub async fn shutdown(mut self) {
+        // As the service does: live feeds end, or the graceful shutdown would wait on them.
+        if let Some(calls) = &self.state.calls {
+            calls.close_feeds();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

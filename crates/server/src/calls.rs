@@ -14,6 +14,7 @@ use tiercache_calls::{
 };
 use tiercache_monitoring::health::DROPPING_WINDOW;
 use tiercache_monitoring::{CallDropReason, CallLogProbe, CallLogSample, Metrics};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::TicketKey;
@@ -119,9 +120,26 @@ pub struct Calls {
     /// How often live clients hear from an idle feed.
     pub heartbeat: Duration,
     probe: Arc<CallsProbe>,
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Calls {
+    /// Ends every live feed stream (SSE and WebSocket), now and for those opened later:
+    /// at shutdown, since a graceful shutdown waits for responses to end and a feed's never
+    /// would. Clients resume on another instance from their last cursor.
+    pub fn close_feeds(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`close_feeds`](Self::close_feeds) was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error means the sender is gone, which only the state holding it drops.
+            let _ = closing.wait_for(|closing| *closing).await;
+        }
+    }
+
     /// The call log's health probe, for monitoring.
     pub fn probe(&self) -> Arc<dyn CallLogProbe> {
         self.probe.clone()
@@ -177,6 +195,7 @@ pub fn start(
             tickets: config.calls.tickets.clone(),
             heartbeat: config.calls.heartbeat,
             probe,
+            closing: Arc::new(watch::channel(false).0),
         },
         CallsTasks {
             _log: log_tasks,

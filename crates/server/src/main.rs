@@ -125,9 +125,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         webhook_secret_header: config.webhook_secret.as_ref().map(|s| s.header().as_str()),
     });
     let cache = service.state.repo.cache().clone();
-    let call_log = service.state.calls.as_ref().map(|calls| calls.log.clone());
+    let calls = service.state.calls.clone();
+    let call_log = calls.as_ref().map(|calls| calls.log.clone());
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Live feed streams never end on their own; the graceful shutdown waits for them.
+        if let Some(calls) = calls {
+            calls.close_feeds();
+        }
+    };
     listeners
-        .serve(service.state, config.http, shutdown_signal())
+        .serve(service.state, config.http, shutdown)
         .await?;
     // Call events the last requests published reach Redis (or the sessions) before exit,
     // within the same bound; what is left is dropped and counted by the log.

@@ -23,7 +23,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use serde::Deserialize;
 use serde_json::json;
 use tiercache_calls::{CallSession, Cursor, LiveFeed, SessionStore, StoreError};
@@ -96,7 +96,8 @@ pub async fn live(
     }
     let follower = Follower::start(calls.store.clone(), calls.feed.clone(), org_id, since).await?;
     let guard = state.metrics.call_log().feed_client(FeedTransport::Sse);
-    Ok(Sse::new(sse_events(follower, guard, calls.heartbeat))
+    let events = sse_events(follower, guard, calls.heartbeat);
+    Ok(Sse::new(events.take_until(calls.closed()))
         .keep_alive(KeepAlive::new().interval(calls.heartbeat))
         .into_response())
 }
@@ -125,9 +126,15 @@ pub async fn ws(
     let follower = Follower::start(calls.store.clone(), calls.feed.clone(), org_id, since).await?;
     let guard = state.metrics.call_log().feed_client(FeedTransport::Ws);
     let heartbeat = calls.heartbeat;
+    let closed = calls.closed();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| follow_ws(socket, follower, guard, heartbeat)))
+        .on_upgrade(move |socket| async move {
+            tokio::select! {
+                () = follow_ws(socket, follower, guard, heartbeat) => {}
+                () = closed => {}
+            }
+        }))
 }
 
 /// The cursor to resume from: `?since=`, else `Last-Event-ID` (what an `EventSource` sends
