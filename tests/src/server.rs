@@ -14,6 +14,7 @@ use tiercache_monitoring::{Metrics, MonitorTask};
 use tiercache_repository::api_key::{self, Scope};
 use tiercache_repository::{DbListener, Repository};
 use tiercache_server::auth::{ApiKeys, KeyRefreshTask};
+use tiercache_server::calls::CallsTasks;
 use tiercache_server::config::HttpConfig;
 use tiercache_server::{AppState, Config, router};
 use tokio::sync::oneshot;
@@ -39,6 +40,7 @@ pub struct TestServer {
     _monitor: MonitorTask,
     key_refresh: Option<KeyRefreshTask>,
     keys_db: Option<TestDb>,
+    calls: Option<CallsTasks>,
 }
 
 /// How often a test server's monitor samples and evaluates alerts.
@@ -73,6 +75,10 @@ pub struct Options<'a> {
     /// Re-reads the API keys in the background, as the service does. Off only where a
     /// test counts SQL statements, which the re-reads would add to.
     pub refresh_api_keys: bool,
+    /// Runs the live call log, as the service does (its tasks live as long as the server).
+    /// Off unless a test needs it: suites that count Redis commands or SQL statements
+    /// around a webhook call would count the `call_started` it appends and applies.
+    pub calls: bool,
 }
 
 impl<'a> Options<'a> {
@@ -87,6 +93,7 @@ impl<'a> Options<'a> {
             db_notify: false,
             vars: Vec::new(),
             refresh_api_keys: true,
+            calls: false,
         }
     }
 }
@@ -144,14 +151,24 @@ impl TestServer {
         );
         api_keys.refresh().await.unwrap();
         let key_refresh = opts.refresh_api_keys.then(|| api_keys.spawn_refresh());
+        // Started as start-up starts it, on the service's pool and the cache's Redis.
+        let calls = opts.calls.then(|| {
+            tiercache_server::calls::start(&config, &cache, pool.pool().clone(), metrics.clone())
+                .unwrap()
+        });
         let repo = Repository::new(pool, cache).with_clock(stepping_clock());
-        let state = AppState::new(repo, metrics, config.webhook_budget)
+        let mut state = AppState::new(repo, metrics, config.webhook_budget)
             .with_admin_token(opts.admin_token.map(str::to_owned))
             .with_api_keys(api_keys)
             .with_webhook_secret(config.webhook_secret.clone());
+        let calls_tasks = calls.map(|(calls, tasks)| {
+            state = state.clone().with_calls(calls);
+            tasks
+        });
         let mut server = Self::serve_as(state, config.http, Some(key.expose().to_owned())).await;
         server.db_listener = db_listener;
         server.key_refresh = key_refresh;
+        server.calls = calls_tasks;
         server
     }
 
@@ -247,6 +264,7 @@ impl TestServer {
             _monitor: monitor,
             key_refresh: None,
             keys_db: None,
+            calls: None,
         }
     }
 
@@ -294,6 +312,10 @@ impl TestServer {
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
     pub async fn shutdown(mut self) {
+        // As the service does: live feeds end, or the graceful shutdown would wait on them.
+        if let Some(calls) = &self.state.calls {
+            calls.close_feeds();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -21,6 +21,74 @@ pub trait DatabaseProbe: Send + Sync + 'static {
     }
 }
 
+/// How the monitoring crate asks the server about the call log (it knows no call log).
+pub trait CallLogProbe: Send + Sync + 'static {
+    /// The call log's state now; no I/O.
+    fn sample(&self) -> CallLogSample;
+}
+
+/// The call log's state, as the server reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallLogSample {
+    /// Events waiting in this instance's queue.
+    pub queue_depth: usize,
+    /// The queue's bound.
+    pub queue_capacity: usize,
+    /// Whether events were dropped within the last [`DROPPING_WINDOW`].
+    pub dropping: bool,
+    /// How long since this instance's consumer last read; `None` without a consumer
+    /// (no Redis: events go straight to the store).
+    pub consumer_idle: Option<Duration>,
+    /// Everything else the call log says of itself, shown as is.
+    pub detail: serde_json::Value,
+}
+
+/// How recent a drop must be for the call log to count as dropping events.
+pub const DROPPING_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long the consumer may go without reading before the call log is degraded: its reads
+/// block for under a second, so this is many missed reads.
+pub const CONSUMER_STALL: Duration = Duration::from_secs(30);
+
+/// `GET /api/monitoring/health/calls`, and the `calls` component of the health.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CallsHealth {
+    /// `ok` or `degraded` (events dropped, the queue over half full, or the consumer not
+    /// reading): calls are still answered either way.
+    pub status: &'static str,
+    /// What makes it degraded.
+    pub problems: Vec<&'static str>,
+    /// The call log's own report.
+    pub log: serde_json::Value,
+}
+
+/// The call log's health from its sample.
+pub fn calls(probe: &dyn CallLogProbe) -> CallsHealth {
+    let sample = probe.sample();
+    let mut problems = Vec::new();
+    if sample.dropping {
+        problems.push("dropping events");
+    }
+    if sample.queue_depth * 2 > sample.queue_capacity {
+        problems.push("queue over half full");
+    }
+    if sample
+        .consumer_idle
+        .is_some_and(|idle| idle > CONSUMER_STALL)
+    {
+        problems.push("consumer not reading");
+    }
+    CallsHealth {
+        status: if problems.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        },
+        problems,
+        log: sample.detail,
+    }
+}
+
 /// The PostgreSQL pool's occupancy, as the server reads it from its pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DbPoolState {
@@ -59,6 +127,8 @@ pub struct Health {
     pub redis: Option<Dependency>,
     /// The cache itself.
     pub cache: CacheHealth,
+    /// The call log; `null` when it does not run here.
+    pub calls: Option<CallsHealth>,
 }
 
 /// The cache's own state.
@@ -88,12 +158,18 @@ impl Health {
 }
 
 /// Probes every dependency.
-pub async fn check(db: &dyn DatabaseProbe, cache: &TwoTierCache) -> Health {
+pub async fn check(
+    db: &dyn DatabaseProbe,
+    cache: &TwoTierCache,
+    calls_probe: Option<&dyn CallLogProbe>,
+) -> Health {
     let (postgres, redis) = tokio::join!(probe_db(db), probe_redis(cache));
+    let calls = calls_probe.map(calls);
     let status = match (&postgres, &redis) {
         (p, _) if !p.ok => "down",
         (_, Some(r)) if !r.ok => "degraded",
         (_, None) => "degraded",
+        _ if calls.as_ref().is_some_and(|c| c.status != "ok") => "degraded",
         _ => "ok",
     };
     let l1 = cache.l1_stats();
@@ -110,6 +186,7 @@ pub async fn check(db: &dyn DatabaseProbe, cache: &TwoTierCache) -> Health {
             owed_invalidations: cache.owed_invalidations(),
             l1_trusted: cache.l1_trusted(),
         },
+        calls,
     }
 }
 

@@ -4,13 +4,15 @@
 
 mod age;
 pub mod alerts;
+pub mod call_log;
 pub mod health;
 pub mod metrics;
 pub mod monitor;
 pub mod routes;
 pub mod stats;
 
-pub use health::{DatabaseProbe, DbPoolState};
+pub use call_log::{CallDropReason, CallLogMetrics, FeedClientGuard, FeedTransport};
+pub use health::{CallLogProbe, CallLogSample, CallsHealth, DatabaseProbe, DbPoolState};
 pub use metrics::Metrics;
 pub use monitor::{Monitor, MonitorTask};
 pub use routes::{MonitoringState, router, track_http};

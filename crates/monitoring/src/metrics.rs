@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::age::AgeHistograms;
+use crate::call_log::CallLogMetrics;
 use crate::health::DbPoolState;
 use prometheus::core::Collector;
 use prometheus::{
@@ -85,6 +86,7 @@ pub struct Metrics {
     webhook_fallbacks: IntCounter,
     webhook_unknown_fields: IntCounter,
     admin_actions: IntCounterVec,
+    call_log: CallLogMetrics,
     // Totals the alert evaluation reads without gathering every series.
     http_total: AtomicU64,
     http_server_errors: AtomicU64,
@@ -93,7 +95,7 @@ pub struct Metrics {
 
 /// Registers `collector` and returns it; names are static, so a clash is a programming error
 /// caught by the tests, not a runtime condition.
-fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+pub(crate) fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
     if let Err(e) = registry.register(Box::new(collector.clone())) {
         tracing::error!(error = %e, "metric registered twice");
     }
@@ -131,7 +133,7 @@ fn histograms(
 }
 
 /// Metric definitions are static and valid; prometheus only fails on invalid names.
-fn invalid_definition<T>(e: prometheus::Error) -> T {
+pub(crate) fn invalid_definition<T>(e: prometheus::Error) -> T {
     panic!("invalid metric definition: {e}")
 }
 
@@ -454,6 +456,7 @@ impl Metrics {
             )
             .unwrap_or_else(invalid_definition),
         );
+        let call_log = CallLogMetrics::register(&r);
         Metrics {
             registry: r,
             requests,
@@ -493,10 +496,16 @@ impl Metrics {
             webhook_fallbacks,
             webhook_unknown_fields,
             admin_actions,
+            call_log,
             http_total: AtomicU64::new(0),
             http_server_errors: AtomicU64::new(0),
             http_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// The call log's series.
+    pub fn call_log(&self) -> &CallLogMetrics {
+        &self.call_log
     }
 
     /// Records one HTTP request.
@@ -810,6 +819,16 @@ mod tests {
         m.db_acquired(took, false);
         m.http("/api/leads/{id}", "GET", 200, took);
         m.admin_action("invalidate", "ok");
+        let calls = m.call_log();
+        calls.published(1);
+        for reason in crate::call_log::CallDropReason::ALL {
+            calls.dropped(reason, 1);
+        }
+        calls.applied(1);
+        calls.duplicates(1);
+        calls.claimed(1);
+        calls.dead_lettered(1);
+        calls.append_failed();
     }
 
     #[test]

@@ -15,7 +15,7 @@ use futures_util::Stream;
 use tiercache::TwoTierCache;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::health::{self, DatabaseProbe};
+use crate::health::{self, CallLogProbe, DatabaseProbe};
 use crate::metrics::Metrics;
 use crate::monitor::{Monitor, StreamEvent};
 
@@ -30,6 +30,8 @@ pub struct MonitoringState {
     pub db: Arc<dyn DatabaseProbe>,
     /// Window, alerts and stream.
     pub monitor: Arc<Monitor>,
+    /// The call log's probe, when the call log runs here.
+    pub calls: Option<Arc<dyn CallLogProbe>>,
 }
 
 /// The route Prometheus scrapes.
@@ -49,6 +51,7 @@ pub fn router(state: MonitoringState) -> Router {
         )
         .route("/api/monitoring/health/ready", get(ready))
         .route("/api/monitoring/health/redis", get(redis))
+        .route("/api/monitoring/health/calls", get(calls))
         .route("/api/monitoring/stats/cache", get(stats))
         .route("/api/monitoring/alerts", get(alerts))
         .route("/api/monitoring/stream", get(stream))
@@ -71,7 +74,7 @@ async fn metrics(State(state): State<MonitoringState>) -> impl IntoResponse {
 }
 
 async fn health(State(state): State<MonitoringState>) -> Response {
-    let report = health::check(&*state.db, &state.cache).await;
+    let report = health::check(&*state.db, &state.cache, state.calls.as_deref()).await;
     let status = if report.can_serve() {
         StatusCode::OK
     } else {
@@ -98,6 +101,22 @@ async fn ready(State(state): State<MonitoringState>) -> Response {
 
 async fn redis(State(state): State<MonitoringState>) -> impl IntoResponse {
     Json(health::redis(&state.cache).await)
+}
+
+/// The call log's health (always 200: a degraded call log still answers calls); a 404
+/// where it does not run.
+async fn calls(State(state): State<MonitoringState>) -> Response {
+    match &state.calls {
+        Some(probe) => Json(health::calls(&**probe)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": {
+                "code": "not_found",
+                "message": "the call log does not run here"
+            }})),
+        )
+            .into_response(),
+    }
 }
 
 async fn stats(State(state): State<MonitoringState>) -> impl IntoResponse {
@@ -202,6 +221,7 @@ mod tests {
             "/api/monitoring/health/live",
             "/api/monitoring/health/ready",
             "/api/monitoring/health/redis",
+            "/api/monitoring/health/calls",
         ] {
             assert!(!counted(route), "{route}");
         }

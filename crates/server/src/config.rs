@@ -19,6 +19,7 @@ use axum::http::HeaderName;
 use tiercache::{BreakerConfig, CacheConfig, EncryptionKey, Entity, EntityPolicy, RedisConfig};
 
 use crate::auth::WebhookSecret;
+use crate::calls::CallsConfig;
 
 /// Every variable read, in the order their problems are reported.
 pub const VARS: &[&str] = &[
@@ -70,6 +71,12 @@ pub const VARS: &[&str] = &[
     "WEBHOOK_SECRET",
     "WEBHOOK_SECRET_HEADER",
     "ADMIN_TOKEN",
+    "CALL_EVENTS_QUEUE",
+    "CALL_EVENTS_STREAM_MAXLEN",
+    "CALL_EVENTS_CLAIM_IDLE_MS",
+    "CALL_EVENTS_MAX_DELIVERIES",
+    "CALL_FEED_HEARTBEAT_MS",
+    "INSTANCE_NAME",
 ];
 
 /// The TTL overrides of each entity as (L2, L1, negative), indexed by [`Entity::index`].
@@ -144,6 +151,8 @@ pub struct Config {
     pub webhook_secret: Option<WebhookSecret>,
     /// Whether `APP_ENV` is production: development secrets and the demo API key refused.
     pub production: bool,
+    /// The live call log.
+    pub calls: CallsConfig,
 }
 
 impl Config {
@@ -235,6 +244,7 @@ impl fmt::Debug for Config {
             monitoring_bind_addr,
             webhook_secret,
             production,
+            calls,
         } = self;
         f.debug_struct("Config")
             .field("database", database)
@@ -249,6 +259,7 @@ impl fmt::Debug for Config {
             // The header's name, and "***" for the secret.
             .field("webhook_secret", webhook_secret)
             .field("production", production)
+            .field("calls", calls)
             .finish()
     }
 }
@@ -410,6 +421,12 @@ struct RawConfig {
     monitoring_bind_addr: Option<SocketAddr>,
     webhook_secret: Option<String>,
     webhook_secret_header: HeaderName,
+    call_queue: usize,
+    call_stream_maxlen: u64,
+    call_claim_idle: Duration,
+    call_max_deliveries: u32,
+    call_heartbeat: Duration,
+    instance_name: Option<String>,
 }
 
 /// One entity's TTL overrides; `None` keeps [`EntityPolicy::seed`]'s value.
@@ -518,6 +535,28 @@ impl RawConfig {
                     webhook_secret_header,
                 )
                 .unwrap_or(HeaderName::from_static(WebhookSecret::DEFAULT_HEADER)),
+            call_queue: env
+                .parse("CALL_EVENTS_QUEUE", "a whole number", |s| s.parse().ok())
+                .unwrap_or(CallsConfig::DEFAULT_QUEUE_CAPACITY),
+            call_stream_maxlen: env
+                .parse("CALL_EVENTS_STREAM_MAXLEN", "a whole number", |s| {
+                    s.parse().ok()
+                })
+                .unwrap_or(CallsConfig::DEFAULT_STREAM_MAXLEN),
+            call_claim_idle: env
+                .millis("CALL_EVENTS_CLAIM_IDLE_MS")
+                .unwrap_or(CallsConfig::DEFAULT_CLAIM_IDLE),
+            call_max_deliveries: env
+                .count("CALL_EVENTS_MAX_DELIVERIES")
+                .unwrap_or(CallsConfig::DEFAULT_MAX_DELIVERIES),
+            call_heartbeat: env
+                .millis("CALL_FEED_HEARTBEAT_MS")
+                .unwrap_or(CallsConfig::DEFAULT_HEARTBEAT),
+            instance_name: env.parse(
+                "INSTANCE_NAME",
+                "1 to 64 letters, digits, '.', '_' or '-'",
+                instance_name,
+            ),
         }
     }
 
@@ -556,6 +595,12 @@ impl RawConfig {
             monitoring_bind_addr,
             webhook_secret,
             webhook_secret_header,
+            call_queue,
+            call_stream_maxlen,
+            call_claim_idle,
+            call_max_deliveries,
+            call_heartbeat,
+            instance_name,
         } = self;
 
         // Only the scheme is checked here. sqlx's own parser reads PG* variables and
@@ -651,7 +696,45 @@ impl RawConfig {
         }
         let webhook_secret =
             webhook_secret.map(|secret| WebhookSecret::new(webhook_secret_header, &secret));
+        if !(1..=CallsConfig::MAX_QUEUE_CAPACITY).contains(&call_queue) {
+            problems.add(
+                "CALL_EVENTS_QUEUE",
+                format!(
+                    "must be between 1 and {}, got {call_queue}",
+                    CallsConfig::MAX_QUEUE_CAPACITY
+                ),
+            );
+        }
+        if call_stream_maxlen == 0 {
+            problems.add(
+                "CALL_EVENTS_STREAM_MAXLEN",
+                "must be greater than zero".to_owned(),
+            );
+        }
+        if call_max_deliveries == 0 {
+            problems.add(
+                "CALL_EVENTS_MAX_DELIVERIES",
+                "must be greater than zero".to_owned(),
+            );
+        }
+        for (var, value) in [
+            ("CALL_EVENTS_CLAIM_IDLE_MS", call_claim_idle),
+            ("CALL_FEED_HEARTBEAT_MS", call_heartbeat),
+        ] {
+            if value.is_zero() {
+                problems.add(var, "must be greater than zero".to_owned());
+            }
+        }
         let key_secret = key_secret.unwrap_or_else(|| Config::DEV_KEY_SECRET.to_owned());
+        let calls = CallsConfig {
+            queue_capacity: call_queue,
+            stream_maxlen: call_stream_maxlen,
+            claim_idle: call_claim_idle,
+            max_deliveries: call_max_deliveries,
+            instance_name,
+            heartbeat: call_heartbeat,
+            ..CallsConfig::new(key_secret.as_bytes())
+        };
         // Setting the public secret by hand is no better than leaving it unset.
         let key_secret_is_default = key_secret == Config::DEV_KEY_SECRET;
         if key_secret_is_default
@@ -750,6 +833,7 @@ impl RawConfig {
                 monitoring_bind_addr,
                 webhook_secret,
                 production,
+                calls,
             }),
             _ => Err(problems.into_error()),
         }
@@ -942,6 +1026,15 @@ fn parse_bytes(value: &str) -> Option<u64> {
         _ => return None,
     };
     number.checked_mul(multiple)
+}
+
+/// `INSTANCE_NAME`: a consumer's name in Redis, so plain (no spaces, no quotes).
+fn instance_name(value: &str) -> Option<String> {
+    let plain = (1..=CallsConfig::MAX_INSTANCE_NAME_LEN).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    plain.then(|| value.to_owned())
 }
 
 fn set_or_not(set: bool) -> &'static str {
@@ -1298,6 +1391,74 @@ mod tests {
         let pairs: Vec<(&str, &str)> = VARS.iter().map(|v| (*v, "!!")).collect();
         let err = load(&pairs).unwrap_err();
         assert_eq!(problem_vars(&err), VARS, "{err}");
+    }
+
+    #[test]
+    fn the_call_log_takes_its_variables_and_checks_them() {
+        let config = load(&[]).unwrap();
+        assert_eq!(
+            config.calls.queue_capacity,
+            CallsConfig::DEFAULT_QUEUE_CAPACITY
+        );
+        assert_eq!(config.calls.instance_name, None);
+        let config = load(&[
+            ("CALL_EVENTS_QUEUE", "50"),
+            ("CALL_EVENTS_STREAM_MAXLEN", "1000"),
+            ("CALL_EVENTS_CLAIM_IDLE_MS", "2000"),
+            ("CALL_EVENTS_MAX_DELIVERIES", "3"),
+            ("CALL_FEED_HEARTBEAT_MS", "250"),
+            ("INSTANCE_NAME", "api-1.eu"),
+        ])
+        .unwrap();
+        let calls = &config.calls;
+        assert_eq!(
+            (
+                calls.queue_capacity,
+                calls.stream_maxlen,
+                calls.claim_idle,
+                calls.max_deliveries,
+                calls.heartbeat,
+            ),
+            (
+                50,
+                1000,
+                Duration::from_secs(2),
+                3,
+                Duration::from_millis(250)
+            )
+        );
+        let log = calls.log_config();
+        assert_eq!(
+            (log.consumer.as_str(), log.claim_every),
+            ("api-1.eu", Duration::from_millis(500))
+        );
+        let err = load(&[
+            ("CALL_EVENTS_QUEUE", "0"),
+            ("CALL_EVENTS_STREAM_MAXLEN", "0"),
+            ("CALL_EVENTS_CLAIM_IDLE_MS", "0"),
+            ("CALL_EVENTS_MAX_DELIVERIES", "0"),
+            ("CALL_FEED_HEARTBEAT_MS", "0"),
+            ("INSTANCE_NAME", "two words"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            problem_vars(&err),
+            [
+                "CALL_EVENTS_QUEUE",
+                "CALL_EVENTS_STREAM_MAXLEN",
+                "CALL_EVENTS_CLAIM_IDLE_MS",
+                "CALL_EVENTS_MAX_DELIVERIES",
+                "CALL_FEED_HEARTBEAT_MS",
+                "INSTANCE_NAME",
+            ],
+            "{err}"
+        );
+        // The default consumer name tells the process apart on its host.
+        let name = CallsConfig::new(b"0123456789abcdef").consumer_name();
+        assert!(
+            name.ends_with(&format!("-{}", std::process::id())),
+            "{name}"
+        );
     }
 
     #[test]

@@ -57,6 +57,16 @@ pub enum ApiError {
     /// Credentials missing or wrong (a 401; with `WWW-Authenticate` for an API key).
     #[error("{0}")]
     Unauthorized(Unauthorized),
+    /// No one knows the call an event was posted for (a 404 naming `call_sid`).
+    #[error("call not found: its call_started has not been seen")]
+    UnknownCall,
+    /// The call log cannot say which organization a call belongs to (Redis and PostgreSQL
+    /// both failing).
+    #[error("the call log is unavailable")]
+    CallLogUnavailable(#[source] tiercache_calls::Unavailable),
+    /// The call sessions cannot be read.
+    #[error("the call sessions are unavailable")]
+    SessionsUnavailable(#[source] tiercache_calls::StoreError),
     /// API keys cannot be checked: never read from PostgreSQL, or not for longer than
     /// their grace (`crate::auth::ApiKeys`).
     #[error("API keys cannot be checked: the database is unavailable")]
@@ -78,6 +88,9 @@ pub enum Unauthorized {
     /// The webhook's shared secret is missing or wrong.
     #[error("the webhook secret is missing or wrong")]
     WebhookSecret,
+    /// A live feed ticket that is not one of ours or has expired.
+    #[error("the ticket is not valid or has expired: ask for another")]
+    InvalidTicket,
 }
 
 impl Unauthorized {
@@ -86,7 +99,9 @@ impl Unauthorized {
         match self {
             Unauthorized::MissingKey => Some("Bearer"),
             Unauthorized::MalformedHeader => Some(r#"Bearer error="invalid_request""#),
-            Unauthorized::InvalidKey => Some(r#"Bearer error="invalid_token""#),
+            Unauthorized::InvalidKey | Unauthorized::InvalidTicket => {
+                Some(r#"Bearer error="invalid_token""#)
+            }
             Unauthorized::WebhookSecret => None,
         }
     }
@@ -115,6 +130,10 @@ impl ApiError {
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::UnknownCall => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::CallLogUnavailable(_) | ApiError::SessionsUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
         }
     }
 
@@ -124,6 +143,7 @@ impl ApiError {
             ApiError::BadRequest { field, .. } => Some(field),
             ApiError::PayloadTooLarge | ApiError::BodyTimeout(_) => Some("body"),
             ApiError::UnsupportedMediaType => Some("content-type"),
+            ApiError::UnknownCall => Some("call_sid"),
             _ => None,
         }
     }
@@ -145,6 +165,16 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(e) => {
                 if let Some(suppressed) = UNAVAILABLE.admit() {
                     tracing::warn!(error = ?e, suppressed, "database unavailable");
+                }
+            }
+            ApiError::CallLogUnavailable(e) => {
+                if let Some(suppressed) = UNAVAILABLE.admit() {
+                    tracing::warn!(error = %e, suppressed, "call log unavailable");
+                }
+            }
+            ApiError::SessionsUnavailable(e) => {
+                if let Some(suppressed) = UNAVAILABLE.admit() {
+                    tracing::warn!(error = ?e, suppressed, "call sessions unavailable");
                 }
             }
             _ => {}

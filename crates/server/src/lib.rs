@@ -2,6 +2,7 @@
 //! (the domain routes and the voice agent's webhook).
 
 pub mod auth;
+pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod db_error;

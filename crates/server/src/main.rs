@@ -125,9 +125,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
         webhook_secret_header: config.webhook_secret.as_ref().map(|s| s.header().as_str()),
     });
     let cache = service.state.repo.cache().clone();
+    let calls = service.state.calls.clone();
+    let call_log = calls.as_ref().map(|calls| calls.log.clone());
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Live feed streams never end on their own; the graceful shutdown waits for them.
+        if let Some(calls) = calls {
+            calls.close_feeds();
+        }
+    };
     listeners
-        .serve(service.state, config.http, shutdown_signal())
+        .serve(service.state, config.http, shutdown)
         .await?;
+    // Call events the last requests published reach Redis (or the sessions) before exit,
+    // within the same bound; what is left is dropped and counted by the log.
+    if let Some(log) = call_log
+        && tokio::time::timeout(SHUTDOWN_FLUSH, log.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!("call events still queued at exit were not all appended");
+    }
+    drop(service.calls);
     // Values loaded, and invalidations made, just before the signal still reach Redis
     // (bounded: a hung Redis does not hold the exit).
     if tokio::time::timeout(SHUTDOWN_FLUSH, cache.flush_l2_writes())
@@ -156,6 +175,7 @@ fn log_config(config: &Config) {
         monitoring_bind_addr,
         webhook_secret,
         production,
+        calls,
     } = config;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -171,6 +191,7 @@ fn log_config(config: &Config) {
     );
     tracing::info!(?database, "configuration: PostgreSQL");
     tracing::info!(?cache, "configuration: cache (TTL policies by entity)");
+    tracing::info!(?calls, "configuration: call log");
 }
 
 /// Whether Redis answered at start-up.

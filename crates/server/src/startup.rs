@@ -1,5 +1,5 @@
 //! Start-up: the database (created if missing, migrated, seeded when empty), the cache,
-//! the repositories, the API keys, the database change listener, and serving (one
+//! the repositories, the API keys, the database change listener, the call log, and serving (one
 //! listener, or two with `MONITORING_BIND_ADDR`) with graceful shutdown.
 
 use std::future::Future;
@@ -19,6 +19,7 @@ use tiercache_repository::{DbListener, DbPool, MIGRATOR, Repository};
 use tokio::net::TcpListener;
 
 use crate::auth::{ApiKeys, KeyRefreshTask};
+use crate::calls::{self, CallsTasks};
 use crate::config::{Config, DatabaseConfig, HttpConfig};
 use crate::db_error;
 use crate::routes::{api_router, monitoring_router, router};
@@ -36,6 +37,8 @@ pub struct Service {
     pub db_listener: Option<DbListener>,
     /// Re-reads the API keys; stops when dropped.
     pub key_refresh: KeyRefreshTask,
+    /// The call log's tasks; stop when dropped (flush its queue first: `CallLog::flush`).
+    pub calls: CallsTasks,
     /// Whether the public demo API key works here (development, the key not revoked).
     pub demo_api_key: bool,
 }
@@ -60,8 +63,10 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
     );
     api_keys.refresh().await.context("reading API keys")?;
     let key_refresh = api_keys.spawn_refresh();
+    let (calls, calls_tasks) = calls::start(config, &cache, pool.pool().clone(), metrics.clone())?;
     let repo = Repository::new(pool, cache);
     let state = AppState::new(repo, metrics, config.webhook_budget)
+        .with_calls(calls)
         .with_admin_token(config.admin_token.clone())
         .with_api_keys(api_keys)
         .with_webhook_secret(config.webhook_secret.clone());
@@ -72,6 +77,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
         monitor,
         db_listener,
         key_refresh,
+        calls: calls_tasks,
         demo_api_key,
     })
 }

@@ -13,6 +13,7 @@ use tiercache_monitoring::{
 use tiercache_repository::{PoolObserver, Repository};
 
 use crate::auth::{ApiKeys, WebhookSecret};
+use crate::calls::Calls;
 
 /// Handler state: cheap to clone.
 #[derive(Clone)]
@@ -31,6 +32,9 @@ pub struct AppState {
     pub api_keys: ApiKeys,
     /// The webhook's shared secret; `None` leaves the webhook open (development only).
     pub webhook_secret: Option<WebhookSecret>,
+    /// The live call log (`None`: the webhook publishes nothing and its routes do not
+    /// exist, as in benches measuring the webhook without it).
+    pub calls: Option<Calls>,
 }
 
 /// How often the monitor samples, evaluates alerts and publishes a snapshot.
@@ -57,7 +61,14 @@ impl AppState {
             admin_token: None,
             api_keys,
             webhook_secret: None,
+            calls: None,
         }
+    }
+
+    /// Runs the call log: the webhook publishes to it and its routes exist.
+    pub fn with_calls(mut self, calls: Calls) -> Self {
+        self.calls = Some(calls);
+        self
     }
 
     /// Checks API keys with `keys`.
@@ -90,6 +101,7 @@ impl AppState {
             cache: self.repo.cache().clone(),
             db: Arc::new(PgProbe(self.repo.clone())),
             monitor: Arc::clone(&self.monitor),
+            calls: self.calls.as_ref().map(Calls::probe),
         }
     }
 }

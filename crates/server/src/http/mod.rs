@@ -31,12 +31,13 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 pub use body::{BodyTimeout, DeadlineBody};
+
+use tokio::sync::{mpsc, watch};
 
 use crate::config::HttpConfig;
 
@@ -60,7 +61,12 @@ pub async fn serve(
     let service = router.map_request(move |request: hyper::Request<Incoming>| {
         request.map(|body| DeadlineBody::new(body, body_read_timeout))
     });
-    let graceful = GracefulShutdown::new();
+    // hyper-util's `GracefulShutdown` cannot watch a connection with upgrades (which the
+    // live call feed's WebSocket needs), so the same is done here: a stop signal every
+    // connection watches, and a channel whose senders, one per connection, are all gone
+    // once every connection has finished.
+    let (stop, stopping) = watch::channel(false);
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -77,20 +83,39 @@ pub async fn serve(
                 continue;
             }
         };
-        let connection = builder.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
-        let connection = graceful.watch(connection);
+        // Upgrades on: the live call feed's WebSocket is an HTTP/1.1 upgrade. Once upgraded,
+        // the connection is the socket's, and a shutdown no longer waits for it.
+        let connection = builder
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service.clone()),
+            )
+            .with_upgrades();
+        let mut stopping = stopping.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
+            let _alive = alive;
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                // `changed` rather than `wait_for`, whose guard may not cross an await.
+                _ = async { while !*stopping.borrow_and_update() { if stopping.changed().await.is_err() { break; } } } => {
+                    // The request in flight finishes; no other is read.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
             // A timed-out, reset or malformed connection is the client's business.
-            if let Err(e) = connection.await {
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    stop.send_replace(true);
+    drop(alive);
+    // `None` once every connection's sender is gone: all have finished.
+    let _ = all_done.recv().await;
     Ok(())
 }
 

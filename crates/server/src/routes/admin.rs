@@ -1,4 +1,5 @@
-//! The admin API: invalidate an entity with its derived keys, one exact key, or everything.
+//! The admin API: invalidate an entity with its derived keys, one exact key, or everything;
+//! inspect the call log's streams.
 //!
 //! Behind a bearer token compared in constant time; every action is logged (what and
 //! the outcome, never a phone number) and counted.
@@ -39,12 +40,7 @@ pub async fn invalidate(
             action = "invalidate",
             "admin request refused: missing or wrong token"
         );
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": {"code": "unauthorized", "message": "a valid bearer token is required"}})),
-        )
-            .into_response();
+        return unauthorized();
     }
     match run(&state, body).await {
         Ok((action, response)) => {
@@ -169,6 +165,55 @@ async fn run(state: &AppState, body: Result<Json<InvalidateRequest>, JsonRejecti
             ),
         )),
     }
+}
+
+/// `GET /api/admin/streams`: each call stream of the last day (length, first and last
+/// entry, groups, consumers, pending, lag), the dead-letter stream's length, this
+/// instance's consumer and queue.
+pub async fn streams(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        state.metrics.admin_action("streams", "unauthorized");
+        tracing::warn!(
+            action = "streams",
+            "admin request refused: missing or wrong token"
+        );
+        return unauthorized();
+    }
+    let Some(calls) = &state.calls else {
+        return ApiError::NotFound("route").into_response();
+    };
+    let (streams, dead_letter) = tokio::join!(calls.log.streams(), calls.log.dead_letters());
+    let (streams, dead_letter) = match (streams, dead_letter) {
+        (Ok(streams), Ok(dead_letter)) => (streams, dead_letter),
+        (Err(e), _) | (_, Err(e)) => {
+            state.metrics.admin_action("streams", "refused");
+            return ApiError::CallLogUnavailable(e).into_response();
+        }
+    };
+    state.metrics.admin_action("streams", "ok");
+    let status = calls.log.status();
+    Json(json!({
+        "streams": streams,
+        "dead_letter": dead_letter,
+        "consumer": status.consumer,
+        "queue": {
+            "depth": status.queue_depth,
+            "capacity": status.queue_capacity,
+            "published": status.published,
+            "dropped": status.dropped,
+            "redis": status.redis,
+        },
+    }))
+    .into_response()
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": {"code": "unauthorized", "message": "a valid bearer token is required"}})),
+    )
+        .into_response()
 }
 
 fn invalidated(report: tiercache::InvalidationReport) -> Response {

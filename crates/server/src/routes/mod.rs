@@ -1,6 +1,9 @@
 //! The HTTP API: one function builds the router from its state.
 
 mod admin;
+mod calls;
+mod calls_live;
+mod calls_page;
 mod domain;
 mod request_id;
 mod stale;
@@ -15,6 +18,8 @@ use axum::routing::{get, post};
 use crate::auth;
 use crate::state::AppState;
 
+pub use calls::parse_since;
+pub use calls_page::CONTENT_SECURITY_POLICY;
 pub use request_id::{MAX_REQUEST_ID_LEN, REQUEST_ID_HEADER};
 pub use stale::STALE_HEADER;
 pub use webhook::{
@@ -83,12 +88,52 @@ fn api_routes(state: &AppState) -> Router {
         ));
     }
     let mut app = domain.merge(webhook);
+    if let Some(calls) = &state.calls {
+        app = app.merge(call_routes(state, calls));
+    }
     // Without a token the admin routes do not exist (404), rather than exist and refuse.
     if state.admin_token.is_some() {
         app = app.route("/api/admin/invalidate", post(admin::invalidate));
+        if state.calls.is_some() {
+            app = app.route("/api/admin/streams", get(admin::streams));
+        }
     }
     app.layer(axum::middleware::from_fn(stale::mark))
         .with_state(state.clone())
+}
+
+/// The call log's routes: events in (behind the webhook's secret), calls and tickets
+/// (behind an API key), the live feed (a key, or a ticket for browsers), and the page.
+fn call_routes(state: &AppState, calls: &crate::calls::Calls) -> Router<AppState> {
+    let mut events = Router::new().route("/api/calls/{call_sid}/events", post(calls::post_event));
+    if let Some(secret) = &state.webhook_secret {
+        events = events.route_layer(axum::middleware::from_fn_with_state(
+            secret.clone(),
+            auth::require_secret,
+        ));
+    }
+    let keyed = Router::new()
+        .route("/api/orgs/{org_id}/calls", get(calls::list))
+        .route("/api/orgs/{org_id}/calls/ticket", post(calls::ticket))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.api_keys.clone(),
+            auth::require_key,
+        ));
+    let live = Router::new()
+        .route("/api/orgs/{org_id}/calls/live", get(calls_live::live))
+        .route("/api/orgs/{org_id}/calls/ws", get(calls_live::ws))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth::LiveAuth {
+                keys: state.api_keys.clone(),
+                tickets: calls.tickets.clone(),
+            },
+            auth::require_key_or_ticket,
+        ));
+    let page = Router::new()
+        .route("/calls", get(calls_page::page))
+        .route("/calls.js", get(calls_page::script))
+        .route("/calls.css", get(calls_page::style));
+    events.merge(keyed).merge(live).merge(page)
 }
 
 /// What every listener's routes share: JSON 404s and 405s, the body limit, HTTP metrics,

@@ -10,6 +10,9 @@
 //! the request carries that this service does not know are ignored (and counted), and the
 //! answer is exactly `{type, dynamic_variables, conversation_config_override}`, with every
 //! dynamic variable present and a scalar of one type in every answer, never `null`.
+//!
+//! Every call answered with its organization resolved publishes `call_started` to the call
+//! log (`crate::calls`): a push onto an in-process queue, never a wait.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,10 +21,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderName, HeaderValue};
+use chrono::Utc;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use tiercache::Slot;
 use tiercache::log_throttle::{LOG_INTERVAL, LogThrottle};
+use tiercache_calls::CallEvent;
+use tiercache_repository::Phone;
 use tiercache_repository::greeting::new_caller_greeting;
 use tiercache_repository::model::{Context, Greeting, Lead, Org};
 
@@ -204,6 +210,7 @@ pub async fn conversation_initiation(
         }
     };
     let source = response.dynamic_variables.greeting_source.as_str();
+    publish_started(&state, &response, &caller);
     Ok((
         [(
             HeaderName::from_static(GREETING_SOURCE_HEADER),
@@ -211,6 +218,27 @@ pub async fn conversation_initiation(
         )],
         Json(response),
     ))
+}
+
+/// Publishes `call_started` for a call answered with a resolved organization (`org_id` 0:
+/// none, past the deadline). A queue push: it never waits and never fails.
+fn publish_started(state: &AppState, response: &WebhookResponse, caller: &Phone) {
+    let Some(calls) = &state.calls else {
+        return;
+    };
+    let vars = &response.dynamic_variables;
+    if vars.org_id == 0 {
+        return;
+    }
+    calls.log.publish(CallEvent::started(
+        vars.call_sid.clone(),
+        vars.org_id,
+        vars.is_known_caller.then_some(vars.lead_id),
+        // Masked inside: only its last digits reach the stream.
+        caller.as_str(),
+        vars.greeting_source.as_str(),
+        Utc::now(),
+    ));
 }
 
 /// Longest `call_sid` accepted: the platforms' ids are far shorter (Twilio's have 34
