@@ -11,6 +11,7 @@ mod cache_invalidation;
 mod cache_l1;
 mod cache_modes;
 mod cache_reads;
+mod calls_page;
 mod cross_instance;
 mod db_notify;
 mod fixtures;
