@@ -70,7 +70,7 @@ async fn a_call_placed_through_the_webhook_appears_in_progress_then_ends_on_the_
         stored.as_str().is_some_and(|s| s.contains(&key)),
         "{stored}"
     );
-    // The styles apply under the page's policy (default-src 'self', no inline style).
+    // The stylesheet applies under the page's policy (its own files only, nothing inline).
     let radius = browser
         .eval("return getComputedStyle(document.querySelector('#live .dot')).borderRadius")
         .await;

@@ -1,6 +1,7 @@
 // The live call log page (/calls): lists an organization's calls in a time range, then
 // follows its feed of session changes. Plain JavaScript, no build step, nothing loaded from
-// elsewhere (the page's Content-Security-Policy is default-src 'self').
+// elsewhere (the page's Content-Security-Policy admits only this service's own script,
+// style and connections).
 //
 // How the key travels: it is read from the URL fragment (#org=1&key=tck_…, which a browser
 // never sends to a server) or the form, kept in this tab's sessionStorage, and sent only in
@@ -47,73 +48,8 @@
     call_ended: 'Ended',
   };
 
-  const CSS = `
-    :root { color-scheme: light dark; --fg: #1b1f24; --muted: #5b6470; --bg: #fff;
-      --line: #d8dde3; --head: #f3f5f7; --accent: #0b5cad; --ok: #1a7f37; --warn: #9a6700;
-      --bad: #b42318; }
-    @media (prefers-color-scheme: dark) { :root { --fg: #e6e9ed; --muted: #9aa4b0;
-      --bg: #14171b; --line: #2c333b; --head: #1c2127; --accent: #6cb1ff; --ok: #4ac26b;
-      --warn: #d4a72c; --bad: #ff7b72; } }
-    * { box-sizing: border-box; }
-    /* Rules below that set display must not undo the hidden attribute. */
-    [hidden] { display: none !important; }
-    body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif;
-      color: var(--fg); background: var(--bg); }
-    .bar { display: flex; align-items: center; justify-content: space-between; gap: 1rem;
-      padding: .75rem 1.25rem; border-bottom: 1px solid var(--line); }
-    h1 { font-size: 1.25rem; margin: 0; }
-    h2 { font-size: 1.1rem; }
-    .org { color: var(--muted); font-weight: normal; }
-    main { padding: 1rem 1.25rem; }
-    .live { display: flex; align-items: center; gap: .4rem; margin: 0; color: var(--muted); }
-    .dot { width: .65rem; height: .65rem; border-radius: 50%; background: var(--bad); }
-    .live[data-live="connected"] .dot { background: var(--ok); }
-    .live[data-live="polling"] .dot { background: var(--warn); }
-    .toolbar { display: flex; align-items: center; gap: .6rem; flex-wrap: wrap;
-      margin-bottom: .75rem; }
-    .count { color: var(--muted); margin-left: auto; }
-    select, input, button { font: inherit; }
-    select, input { padding: .3rem .45rem; border: 1px solid var(--line); border-radius: 4px;
-      background: var(--bg); color: var(--fg); }
-    button { padding: .35rem .8rem; border: 1px solid var(--accent); border-radius: 4px;
-      background: var(--accent); color: #fff; cursor: pointer; }
-    button.link { background: none; color: var(--accent); border-color: transparent; }
-    :focus-visible { outline: 2px solid var(--accent); outline-offset: 2px; }
-    .auth { display: grid; gap: .4rem; max-width: 22rem; }
-    .auth button { justify-self: start; margin-top: .4rem; }
-    .error { color: var(--bad); }
-    .scroll { overflow-x: auto; }
-    table { border-collapse: collapse; width: 100%; }
-    th, td { text-align: left; padding: .45rem .6rem; border-bottom: 1px solid var(--line);
-      white-space: nowrap; }
-    tbody th { font-weight: normal; }
-    thead th { background: var(--head); font-weight: 600; position: sticky; top: 0; }
-    td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-    tr.in-progress td:first-child { box-shadow: inset 3px 0 0 var(--ok); }
-    .muted { color: var(--muted); }
-    .badge { display: inline-block; padding: .05rem .5rem; border-radius: 999px;
-      font-size: .85em; border: 1px solid currentColor; }
-    .badge.in_progress { color: var(--ok); }
-    .badge.transferring, .badge.transferred { color: var(--warn); }
-    .badge.ended { color: var(--muted); }
-    .empty { color: var(--muted); }
-    .visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden;
-      clip: rect(0 0 0 0); white-space: nowrap; }
-  `;
 
   const $ = (id) => document.getElementById(id);
-
-  // The page's styles. A constructed stylesheet is not inline markup, so default-src 'self'
-  // allows it; a browser without them shows the page unstyled but working.
-  function installStyles() {
-    try {
-      const sheet = new CSSStyleSheet();
-      sheet.replaceSync(CSS);
-      document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
-    } catch (_) {
-      // Unstyled is still usable.
-    }
-  }
 
   // ---- the key ---------------------------------------------------------------------------
 
@@ -602,7 +538,6 @@
   }
 
   function init() {
-    installStyles();
     const range = $('range');
     const savedRange = sessionStorage.getItem(RANGE_KEY);
     if (savedRange && [...range.options].some((o) => o.value === savedRange)) {
