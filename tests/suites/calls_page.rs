@@ -45,7 +45,14 @@ async fn org_key(server: &TestServer, db: &TestDb, org: i64) -> String {
 async fn a_call_placed_through_the_webhook_appears_in_progress_then_ends_on_the_page() {
     let db = TestDb::seeded("callspage", 2, 10).await;
     let ns = unique_namespace("callspage");
-    let server = TestServer::start(&db, Options::new(&ns, Some(SHARED_REDIS_URL))).await;
+    let server = TestServer::start(
+        &db,
+        Options {
+            calls: true,
+            ..Options::new(&ns, Some(SHARED_REDIS_URL))
+        },
+    )
+    .await;
     let key = org_key(&server, &db, 1).await;
     let browser = Browser::start().await;
 
@@ -141,7 +148,14 @@ async fn a_call_placed_through_the_webhook_appears_in_progress_then_ends_on_the_
 async fn a_refused_key_leaves_the_page_asking_for_one_and_keeps_nothing() {
     let db = TestDb::seeded("callspagekey", 2, 10).await;
     let ns = unique_namespace("callspagekey");
-    let server = TestServer::start(&db, Options::new(&ns, None)).await;
+    let server = TestServer::start(
+        &db,
+        Options {
+            calls: true,
+            ..Options::new(&ns, None)
+        },
+    )
+    .await;
     // A real key of organization 2, used for organization 1: another organization's calls
     // read as missing, and the page says the key does not open them.
     let key = org_key(&server, &db, 2).await;

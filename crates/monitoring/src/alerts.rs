@@ -276,8 +276,7 @@ pub fn rules(t: &Thresholds) -> Vec<Rule> {
     let secs = |d: Duration| d.as_secs();
     let cw = format!("{}s", t.call_events_window.as_secs());
     let dropped = format!("{by} (increase(tiercache_call_events_dropped_total[{cw}]))");
-    let dead_lettered =
-        format!("{by} (increase(tiercache_call_events_dead_lettered_total[{cw}]))");
+    let dead_lettered = format!("{by} (increase(tiercache_call_events_dead_lettered_total[{cw}]))");
     // Pending (delivered, not acknowledged) plus lag (not yet delivered): what the group
     // still owes the sessions. Growing over the whole hold means it is not keeping up.
     let backlog = "(tiercache_call_events_pending + tiercache_call_events_lag)";
