@@ -2,6 +2,7 @@
 //! command counts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod cache;
 pub mod calls;
 pub mod db;

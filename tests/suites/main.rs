@@ -15,6 +15,7 @@ mod calls_api;
 mod calls_consumer;
 mod calls_feed;
 mod calls_log;
+mod calls_page;
 mod cross_instance;
 mod db_notify;
 mod fixtures;

@@ -181,6 +181,7 @@ fn the_dashboard_is_importable_anywhere_and_filtered_by_its_variables() {
             "Redis",
             "PostgreSQL",
             "Invalidation and coherence",
+            "Call log",
             "Process and admin"
         ]
     );
@@ -223,6 +224,14 @@ fn the_dashboard_is_importable_anywhere_and_filtered_by_its_variables() {
         "tiercache_circuit_transitions_total",
         "tiercache_owed_invalidations_replayed_total",
         "tiercache_admin_actions_total",
+        "tiercache_call_events_published_total",
+        "tiercache_call_events_applied_total",
+        "tiercache_call_events_dropped_total",
+        "tiercache_call_events_dead_lettered_total",
+        "tiercache_call_events_queue_depth",
+        "tiercache_call_events_pending",
+        "tiercache_call_events_lag",
+        "tiercache_call_feed_clients",
     ] {
         assert!(shown.contains(metric), "no panel shows {metric}");
     }

@@ -7,6 +7,11 @@
 //! cargo run --release -p tiercache-benches --bin webhook_load -- --seconds 10 --concurrency 32
 //! ```
 //!
+//! `--events on,off` runs every mode twice, with the live call log (each call publishes
+//! `call_started`, appended to Redis and applied to PostgreSQL by the consumer, as in
+//! production) and without it, and reports the ratio of their latencies. `--rate N` offers
+//! N requests per second whatever the latency (an open loop), so both see the same load.
+//!
 //! Every mode replays one pre-generated sequence of callers (fixed seed), so the modes differ
 //! only in their tiers. Each mode gets a fresh server, a fresh cache and a Redis namespace of
 //! its own, deleted afterwards. After each measured phase the first 200 distinct callers are
@@ -62,13 +67,18 @@ const WEBHOOK_PATH: &str = "/api/webhooks/conversation-initiation";
 const USAGE: &str = "\
 usage: webhook_load [--seconds N] [--warmup N] [--concurrency N] [--rounds N]
                     [--modes warm,l1-only,redis-only,no-cache] [--max-requests N]
+                    [--events on,off] [--rate N]
 
   --seconds N       measured phase per mode, in seconds (default 10)
   --warmup N        warm-up phase per mode, in seconds, not measured (default 5)
-  --concurrency N   requests in flight (default 32)
+  --concurrency N   requests in flight (default 32; with --rate, the most in flight)
   --rounds N        runs of every mode, interleaved; the report gives medians (default 1)
   --modes LIST      modes to run, in this order (default: all four)
   --max-requests N  requests per mode, warm-up included, at most (default 2000000)
+  --events LIST     with the live call log (on), without it (off), or both, each mode
+                    run once per setting in every round (default on)
+  --rate N          an open loop: N requests started per second whatever the latency,
+                    timed from when each was due (default 0: a closed loop)
 
 env: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/tiercache_bench),
      REDIS_URL (default redis://127.0.0.1:6379/)";
@@ -130,6 +140,30 @@ impl Mode {
     }
 }
 
+/// One server configuration measured: a cache mode, with or without the call log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Variant {
+    mode: Mode,
+    /// Whether the webhook publishes `call_started` to the live call log (its queue,
+    /// Redis stream and consumer running in the server, as in production).
+    events: bool,
+}
+
+impl Variant {
+    fn events_name(self) -> &'static str {
+        if self.events { "on" } else { "off" }
+    }
+
+    /// `warm`, or `warm events-off` when the call log is off.
+    fn name(self) -> String {
+        if self.events {
+            self.mode.name().to_owned()
+        } else {
+            format!("{} events-off", self.mode.name())
+        }
+    }
+}
+
 /// The command line, checked.
 struct Args {
     seconds: u64,
@@ -138,6 +172,24 @@ struct Args {
     rounds: usize,
     modes: Vec<Mode>,
     max_requests: usize,
+    /// The call log settings to run each mode with, in this order.
+    events: Vec<bool>,
+    /// Requests started per second in an open loop; 0 for a closed loop.
+    rate: u64,
+}
+
+impl Args {
+    /// Every (mode, events) pair, in the order they run within a round.
+    fn variants(&self) -> Vec<Variant> {
+        self.modes
+            .iter()
+            .flat_map(|&mode| {
+                self.events
+                    .iter()
+                    .map(move |&events| Variant { mode, events })
+            })
+            .collect()
+    }
 }
 
 impl Args {
@@ -150,6 +202,8 @@ impl Args {
             rounds: 1,
             modes: Mode::ALL.to_vec(),
             max_requests: 2_000_000,
+            events: vec![true],
+            rate: 0,
         };
         while let Some(flag) = raw.next() {
             if flag == "-h" || flag == "--help" {
@@ -172,6 +226,17 @@ impl Args {
                 "--concurrency" => args.concurrency = number(4096)? as usize,
                 "--rounds" => args.rounds = number(100)? as usize,
                 "--max-requests" => args.max_requests = number(100_000_000)? as usize,
+                "--rate" => args.rate = number(1_000_000)?,
+                "--events" => {
+                    args.events = value
+                        .split(',')
+                        .map(|setting| match setting {
+                            "on" => Ok(true),
+                            "off" => Ok(false),
+                            _ => Err(format!("--events: expected on or off, got {setting:?}")),
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
                 "--modes" => {
                     args.modes = value
                         .split(',')
@@ -197,6 +262,9 @@ impl Args {
         }
         if args.modes.is_empty() {
             return Err("--modes: name at least one mode".to_owned());
+        }
+        if args.events.is_empty() {
+            return Err("--events: name on, off or both".to_owned());
         }
         Ok(Some(args))
     }
@@ -228,45 +296,68 @@ fn run(args: &Args) -> anyhow::Result<()> {
         memory(),
         facts.postgres_version,
     );
+    let load = if args.rate > 0 {
+        format!(
+            "an open loop at {} req/s (at most {} in flight)",
+            args.rate, args.concurrency
+        )
+    } else {
+        format!("{} in flight", args.concurrency)
+    };
     println!(
         "workload: POST {WEBHOOK_PATH}, callers Zipf(n = {DEMO_LEADS}, s = {ZIPF_EXPONENT}) \
-         seed {SEED}; {} s warm-up + {} s measured per mode, {} in flight, {} round(s), \
-         at most {} requests per mode",
-        args.warmup, args.seconds, args.concurrency, args.rounds, args.max_requests
+         seed {SEED}; {} s warm-up + {} s measured per mode, {load}, {} round(s), \
+         at most {} requests per mode; call log: {}",
+        args.warmup,
+        args.seconds,
+        args.rounds,
+        args.max_requests,
+        args.events
+            .iter()
+            .map(|&on| if on { "on" } else { "off" })
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
 
     let plan = Arc::new(Plan::new(args.max_requests)?);
-    let mut runs: Vec<Vec<ModeRun>> = args.modes.iter().map(|_| Vec::new()).collect();
-    let mut reference: Option<(Mode, Vec<Value>)> = None;
+    let variants = args.variants();
+    let mut runs: Vec<Vec<ModeRun>> = variants.iter().map(|_| Vec::new()).collect();
+    let mut reference: Option<(Variant, Vec<Value>)> = None;
     // Interleaved round-robin, so a drift of the machine (another tenant, a warming page
-    // cache) spreads over every mode instead of landing on the last one.
+    // cache) spreads over every variant instead of landing on the last one.
     for round in 1..=args.rounds {
-        for (slot, &mode) in args.modes.iter().enumerate() {
-            let (run, answers) = run_mode(&server_rt, &client_rt, &env, args, &plan, mode, round)?;
+        for (slot, &variant) in variants.iter().enumerate() {
+            let (run, answers) =
+                run_mode(&server_rt, &client_rt, &env, args, &plan, variant, round)?;
             eprintln!("round {round}: {}", run.summary_line());
             match &reference {
-                None => reference = Some((mode, answers)),
-                Some((ref_mode, expected)) => {
-                    compare_answers(&plan, *ref_mode, expected, mode, &answers)?
+                None => reference = Some((variant, answers)),
+                Some((reference, expected)) => {
+                    compare_answers(&plan, *reference, expected, variant, &answers)?
                 }
             }
             runs[slot].push(run);
         }
     }
 
-    let reports: Vec<Report> = args
-        .modes
+    let reports: Vec<Report> = variants
         .iter()
         .zip(&runs)
-        .map(|(&mode, runs)| Report::median(mode, runs))
+        .map(|(&variant, runs)| Report::median(variant, runs))
         .collect();
     print_table(&reports, args);
+    print_event_ratios(&reports);
     for report in &reports {
         println!("RESULT {}", report.json(args));
     }
     println!(
-        "answers: the first {} distinct callers got identical JSON in every mode{}",
+        "answers: the first {} distinct callers got identical JSON in every mode{}{}",
         plan.checked.len(),
+        if args.events.len() > 1 {
+            ", with and without the call log"
+        } else {
+            ""
+        },
         if args.rounds > 1 { " and round" } else { "" }
     );
     Ok(())
@@ -406,13 +497,18 @@ impl Plan {
         Ok(Plan { leads, checked })
     }
 
-    /// The webhook body for position `position` of the sequence.
-    fn body(&self, position: usize) -> String {
+    /// The webhook body for position `position` of the sequence, its call sid `CA{tag}{position}`.
+    ///
+    /// The load phases tag their sids with the run, so with the call log on, each run's calls
+    /// are new ones (a sid seen before would fold its session from every earlier run's
+    /// events too); the checked answers use no tag, as the sid is in the answer.
+    fn body(&self, position: usize, tag: &str) -> String {
         let lead = i64::from(self.leads[position]);
         let org = lead % DEMO_ORGS + 1;
-        // Phone numbers are '+' and digits and the sid is "CA" and digits: nothing to escape.
+        // Phone numbers are '+' and digits and the sid is "CA", [a-z0-9-] and digits:
+        // nothing to escape.
         format!(
-            r#"{{"caller_id":"{}","called_number":"{}","call_sid":"CA{position}"}}"#,
+            r#"{{"caller_id":"{}","called_number":"{}","call_sid":"CA{tag}{position}"}}"#,
             demo_lead_phone(lead),
             demo_org_phone(org)
         )
@@ -568,9 +664,9 @@ impl Counts {
     }
 }
 
-/// One mode's measured phase.
+/// One variant's measured phase.
 struct ModeRun {
-    mode: Mode,
+    variant: Variant,
     requests: u64,
     elapsed: Duration,
     p50: Duration,
@@ -596,9 +692,9 @@ impl ModeRun {
 
     fn summary_line(&self) -> String {
         let mut line = format!(
-            "{:<10} {:>9.0} req/s  p50 {} ms  p99 {} ms  p999 {} ms  max {} ms  errors {}  \
+            "{:<21} {:>9.0} req/s  p50 {} ms  p99 {} ms  p999 {} ms  max {} ms  errors {}  \
              deadline_defaults {}",
-            self.mode.name(),
+            self.variant.name(),
             self.rps(),
             ms(self.p50),
             ms(self.p99),
@@ -617,23 +713,37 @@ impl ModeRun {
     }
 }
 
-/// Runs one mode on a fresh server and returns its measurements and the checked answers.
-/// The mode's Redis keys are deleted afterwards, whether the run succeeded or not.
+/// Runs one variant on a fresh server and returns its measurements and the checked
+/// answers. Its Redis keys (the cache's and the call log's streams) are deleted afterwards,
+/// whether the run succeeded or not.
 fn run_mode(
     server_rt: &Runtime,
     client_rt: &Runtime,
     env: &Env,
     args: &Args,
     plan: &Arc<Plan>,
-    mode: Mode,
+    variant: Variant,
     round: usize,
 ) -> anyhow::Result<(ModeRun, Vec<Value>)> {
-    let prefix = format!("bench{}-{}-r{round}", std::process::id(), mode.name());
+    let mode = variant.mode;
+    let prefix = format!(
+        "bench{}-{}-e{}-r{round}",
+        std::process::id(),
+        mode.name(),
+        variant.events_name()
+    );
     let config = env.config(mode, &prefix)?;
     let counters = Arc::new(Counters::default());
-    let server = server_rt.block_on(Server::start(&config, Arc::clone(&counters)));
+    let server = server_rt.block_on(Server::start(
+        &config,
+        Arc::clone(&counters),
+        variant.events,
+    ));
+    // Unique per process, variant and round, so no run's calls are another's.
+    let tag = format!("{}-{}-", std::process::id(), slot_tag(variant, round));
     let result = server.and_then(|server| {
-        let measured = client_rt.block_on(drive(&server.base, args, plan, mode, &counters));
+        let measured =
+            client_rt.block_on(drive(&server.base, args, plan, variant, &tag, &counters));
         // Stopped before `?`: a failed mode must not leave its server running.
         let stopped = server_rt.block_on(server.stop());
         let measured = measured?;
@@ -641,9 +751,20 @@ fn run_mode(
         Ok(measured)
     });
     let cleaned = client_rt.block_on(delete_prefix(&env.redis_url, &prefix));
-    let result = result.with_context(|| format!("running the {} mode", mode.name()))?;
-    cleaned.with_context(|| format!("deleting the {} mode's Redis keys", mode.name()))?;
+    let result = result.with_context(|| format!("running {}", variant.name()))?;
+    cleaned.with_context(|| format!("deleting the Redis keys of {}", variant.name()))?;
     Ok(result)
+}
+
+/// A short tag naming `variant` in `round`: `w1r2` is warm with events, round 2.
+fn slot_tag(variant: Variant, round: usize) -> String {
+    let mode = match variant.mode {
+        Mode::Warm => 'w',
+        Mode::L1Only => 'l',
+        Mode::RedisOnly => 'r',
+        Mode::NoCache => 'n',
+    };
+    format!("{mode}{}r{round}", u8::from(variant.events))
 }
 
 /// A service on a loopback port.
@@ -654,21 +775,45 @@ struct Server {
     pool: sqlx::PgPool,
     /// The monitor's timer, ticking as in production; stops when dropped.
     monitor: MonitorTask,
+    /// The call log's tasks (queue drain, consumer, live feed), when it runs.
+    calls: Option<(
+        tiercache_server::calls::Calls,
+        tiercache_server::calls::CallsTasks,
+    )>,
 }
 
 impl Server {
     /// Builds the service as its start-up does (metrics and monitor included, as they cost
-    /// in production too), with `counters` beside the metrics as the cache's observer.
-    async fn start(config: &Config, counters: Arc<Counters>) -> anyhow::Result<Server> {
+    /// in production too), with `counters` beside the metrics as the cache's observer, and
+    /// with the live call log when `events` (as start-up always runs it), else without
+    /// (the webhook then publishes nothing).
+    async fn start(
+        config: &Config,
+        counters: Arc<Counters>,
+        events: bool,
+    ) -> anyhow::Result<Server> {
         let db = startup::connect(&config.database).await?;
         let pool = db.pool().clone();
         let metrics = Arc::new(Metrics::new());
         let observers: Vec<Arc<dyn CacheObserver>> = vec![metrics.clone(), counters];
         let cache = TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers)))
             .context("building the cache")?;
+        let calls = if events {
+            Some(tiercache_server::calls::start(
+                config,
+                &cache,
+                pool.clone(),
+                metrics.clone(),
+            )?)
+        } else {
+            None
+        };
         let repo = Repository::new(db, cache);
-        let state = AppState::new(repo, metrics, config.webhook_budget)
+        let mut state = AppState::new(repo, metrics, config.webhook_budget)
             .with_webhook_secret(config.webhook_secret.clone());
+        if let Some((calls, _)) = &calls {
+            state = state.with_calls(calls.clone());
+        }
         let monitor = state.spawn_monitor(MONITOR_INTERVAL);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -687,6 +832,7 @@ impl Server {
             task,
             pool,
             monitor,
+            calls,
         })
     }
 
@@ -699,6 +845,8 @@ impl Server {
             .await
             .context("waiting for the server to stop")?
             .context("joining the server task")?;
+        // The call log's tasks use the pool: stopped before it closes.
+        drop(self.calls);
         self.pool.close().await;
         served
     }
@@ -717,12 +865,21 @@ struct WorkerOut {
     first_error: Option<String>,
 }
 
+/// When a run's phases begin and end.
+#[derive(Clone, Copy)]
+struct Phases {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+}
+
 /// The warm-up and measured phases against `base`, then the answers to check.
 async fn drive(
     base: &str,
     args: &Args,
     plan: &Arc<Plan>,
-    mode: Mode,
+    variant: Variant,
+    tag: &str,
     counters: &Arc<Counters>,
 ) -> anyhow::Result<(ModeRun, Vec<Value>)> {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -738,9 +895,15 @@ async fn drive(
         .build()
         .context("building the HTTP client")?;
     let url: Arc<str> = Arc::from(format!("{base}{WEBHOOK_PATH}"));
+    let tag: Arc<str> = Arc::from(tag);
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.seconds);
+    let phases = Phases {
+        start,
+        measure_from,
+        end,
+    };
 
     let counts_at_start = {
         let counters = Arc::clone(counters);
@@ -749,54 +912,14 @@ async fn drive(
             (counters.snapshot(), CpuTicks::now())
         })
     };
-    // Worker w takes positions w, w + c, w + 2c, …: together the workers walk the
-    // sequence in about its order, whatever the concurrency.
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|w| {
-            let (client, url, plan) = (client.clone(), Arc::clone(&url), Arc::clone(plan));
-            let stride = args.concurrency;
-            tokio::spawn(async move {
-                let mut out = WorkerOut::default();
-                let mut position = w;
-                loop {
-                    if position >= plan.leads.len() {
-                        out.exhausted = true;
-                        break;
-                    }
-                    let started = Instant::now();
-                    if started >= end {
-                        break;
-                    }
-                    let answer = call(&client, &url, plan.body(position)).await;
-                    let finished = Instant::now();
-                    if let Err(Failure { not_200: true, .. }) = &answer {
-                        out.not_200 += 1;
-                    }
-                    if started >= measure_from {
-                        let took = finished.duration_since(started);
-                        out.latencies
-                            .push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
-                        out.last_finish = Some(finished);
-                        match answer {
-                            Ok(deadline_default) => {
-                                out.deadline_defaults += u64::from(deadline_default)
-                            }
-                            Err(failure) => {
-                                out.errors += 1;
-                                out.first_error.get_or_insert(failure.message);
-                            }
-                        }
-                    }
-                    position += stride;
-                }
-                out
-            })
-        })
-        .collect();
-
+    let outs = if args.rate > 0 {
+        vec![open_loop(&client, &url, plan, &tag, args, phases).await?]
+    } else {
+        closed_loop(&client, &url, plan, &tag, args, phases).await?
+    };
     let mut latencies = Vec::new();
     let mut run = ModeRun {
-        mode,
+        variant,
         requests: 0,
         elapsed: Duration::ZERO,
         p50: Duration::ZERO,
@@ -812,8 +935,7 @@ async fn drive(
         first_error: None,
     };
     let mut last_finish = measure_from;
-    for worker in workers {
-        let out = worker.await.context("joining a load worker")?;
+    for out in outs {
         latencies.extend_from_slice(&out.latencies);
         run.errors += out.errors;
         run.deadline_defaults += out.deadline_defaults;
@@ -851,8 +973,145 @@ async fn drive(
     run.p999 = percentile(&latencies, 0.999);
     run.max = percentile(&latencies, 1.0);
 
-    let answers = check_answers(&client, &url, plan, mode).await?;
+    let answers = check_answers(&client, &url, plan, variant).await?;
     Ok((run, answers))
+}
+
+/// A closed loop: `--concurrency` workers, each sending its next request when the last
+/// one is answered.
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &Arc<str>,
+    plan: &Arc<Plan>,
+    tag: &Arc<str>,
+    args: &Args,
+    phases: Phases,
+) -> anyhow::Result<Vec<WorkerOut>> {
+    let Phases {
+        measure_from, end, ..
+    } = phases;
+    // Worker w takes positions w, w + c, w + 2c, …: together the workers walk the
+    // sequence in about its order, whatever the concurrency.
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| {
+            let (client, url, plan, tag) = (
+                client.clone(),
+                Arc::clone(url),
+                Arc::clone(plan),
+                Arc::clone(tag),
+            );
+            let stride = args.concurrency;
+            tokio::spawn(async move {
+                let mut out = WorkerOut::default();
+                let mut position = w;
+                loop {
+                    if position >= plan.leads.len() {
+                        out.exhausted = true;
+                        break;
+                    }
+                    let started = Instant::now();
+                    if started >= end {
+                        break;
+                    }
+                    let answer = call(&client, &url, plan.body(position, &tag)).await;
+                    out.record(started, Instant::now(), answer, measure_from);
+                    position += stride;
+                }
+                out
+            })
+        })
+        .collect();
+    let mut outs = Vec::with_capacity(workers.len());
+    for worker in workers {
+        outs.push(worker.await.context("joining a load worker")?);
+    }
+    Ok(outs)
+}
+
+/// An open loop: request i is due at `start + i / rate` and starts then whatever the
+/// answers so far (with at most `--concurrency` in flight; past that it waits for a slot).
+/// Each is timed from when it was due, so a server that falls behind shows it in the
+/// latencies rather than in a lower offered load.
+async fn open_loop(
+    client: &reqwest::Client,
+    url: &Arc<str>,
+    plan: &Arc<Plan>,
+    tag: &Arc<str>,
+    args: &Args,
+    phases: Phases,
+) -> anyhow::Result<WorkerOut> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut out = WorkerOut::default();
+    let per_second = args.rate as f64;
+    let mut position = 0usize;
+    loop {
+        if position >= plan.leads.len() {
+            out.exhausted = true;
+            break;
+        }
+        let due = phases.start + Duration::from_secs_f64(position as f64 / per_second);
+        if due >= phases.end {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .context("the in-flight limit closed")?;
+        let (client, url, plan, tag) = (
+            client.clone(),
+            Arc::clone(url),
+            Arc::clone(plan),
+            Arc::clone(tag),
+        );
+        in_flight.spawn(async move {
+            let answer = call(&client, &url, plan.body(position, &tag)).await;
+            drop(slot);
+            (due, Instant::now(), answer)
+        });
+        // Collected as they finish, so the set holds only what is in flight.
+        while let Some(done) = in_flight.try_join_next() {
+            let (due, finished, answer) = done.context("joining a request")?;
+            out.record(due, finished, answer, phases.measure_from);
+        }
+        position += 1;
+    }
+    while let Some(done) = in_flight.join_next().await {
+        let (due, finished, answer) = done.context("joining a request")?;
+        out.record(due, finished, answer, phases.measure_from);
+    }
+    Ok(out)
+}
+
+impl WorkerOut {
+    /// Counts one request begun (or due) at `started`: timed when that is in the measured
+    /// phase, its failure (transport or status) counted whenever.
+    fn record(
+        &mut self,
+        started: Instant,
+        finished: Instant,
+        answer: Result<bool, Failure>,
+        measure_from: Instant,
+    ) {
+        if let Err(Failure { not_200: true, .. }) = &answer {
+            self.not_200 += 1;
+        }
+        if started < measure_from {
+            return;
+        }
+        let took = finished.duration_since(started);
+        self.latencies
+            .push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        self.last_finish = Some(self.last_finish.map_or(finished, |l| l.max(finished)));
+        match answer {
+            Ok(deadline_default) => self.deadline_defaults += u64::from(deadline_default),
+            Err(failure) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(failure.message);
+            }
+        }
+    }
 }
 
 /// The nearest-rank percentile of sorted nanosecond durations.
@@ -925,38 +1184,36 @@ async fn check_answers(
     client: &reqwest::Client,
     url: &str,
     plan: &Plan,
-    mode: Mode,
+    variant: Variant,
 ) -> anyhow::Result<Vec<Value>> {
+    let mode = variant.name();
+    let mode = mode.as_str();
     let mut answers = Vec::with_capacity(plan.checked.len());
     for &(position, lead) in &plan.checked {
         let response = client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(plan.body(position))
+            .body(plan.body(position, ""))
             .send()
             .await
             .map_err(|e| anyhow::anyhow!(error_chain(&e)))
-            .with_context(|| format!("{}: checking lead {lead}", mode.name()))?;
+            .with_context(|| format!("{mode}: checking lead {lead}"))?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .with_context(|| format!("{}: reading lead {lead}'s answer", mode.name()))?;
+            .with_context(|| format!("{mode}: reading lead {lead}'s answer"))?;
         ensure!(
             status == reqwest::StatusCode::OK,
-            "{}: lead {lead} was answered with {status}: {text}",
-            mode.name()
+            "{mode}: lead {lead} was answered with {status}: {text}"
         );
-        let answer: Value = serde_json::from_str(&text).with_context(|| {
-            format!("{}: lead {lead}'s answer is not JSON: {text}", mode.name())
-        })?;
+        let answer: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{mode}: lead {lead}'s answer is not JSON: {text}"))?;
         let source = &answer["dynamic_variables"]["greeting_source"];
         ensure!(
             source == "lead",
-            "{}: lead {lead}, a known caller, was answered with greeting_source {} \
-             (a deadline_default means the server passed its budget on an idle machine)",
-            mode.name(),
-            source
+            "{mode}: lead {lead}, a known caller, was answered with greeting_source {source} \
+             (a deadline_default means the server passed its budget on an idle machine)"
         );
         answers.push(answer);
     }
@@ -967,34 +1224,31 @@ async fn check_answers(
 /// whose answers differ and showing both.
 fn compare_answers(
     plan: &Plan,
-    ref_mode: Mode,
+    reference: Variant,
     expected: &[Value],
-    mode: Mode,
+    variant: Variant,
     answers: &[Value],
 ) -> anyhow::Result<()> {
+    let (ref_mode, mode) = (reference.name(), variant.name());
     for ((&(_, lead), want), got) in plan.checked.iter().zip(expected).zip(answers) {
         if want != got {
             bail!(
-                "answers differ between modes for lead {lead}:\n  {}: {want}\n  {}: {got}",
-                ref_mode.name(),
-                mode.name()
+                "answers differ between modes for lead {lead}:\n  {ref_mode}: {want}\n  {mode}: {got}"
             );
         }
     }
     ensure!(
         expected.len() == answers.len(),
-        "{} checked {} callers, {} checked {}",
-        ref_mode.name(),
+        "{ref_mode} checked {} callers, {mode} checked {}",
         expected.len(),
-        mode.name(),
         answers.len()
     );
     Ok(())
 }
 
-/// A mode's result over all rounds.
+/// A variant's result over all rounds.
 struct Report {
-    mode: Mode,
+    variant: Variant,
     rounds: usize,
     rps: f64,
     p50: Duration,
@@ -1026,7 +1280,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 impl Report {
     /// Medians of the rounds for rates, percentiles and CPU shares; the worst round for
     /// the maximum; sums for counts, so a single error in any round shows.
-    fn median(mode: Mode, runs: &[ModeRun]) -> Report {
+    fn median(variant: Variant, runs: &[ModeRun]) -> Report {
         let of = |f: &dyn Fn(&ModeRun) -> f64| median(runs.iter().map(f).collect());
         let duration =
             |f: &dyn Fn(&ModeRun) -> Duration| Duration::from_secs_f64(of(&|r| f(r).as_secs_f64()));
@@ -1034,7 +1288,7 @@ impl Report {
         let cpu: Vec<CpuShares> = runs.iter().filter_map(|r| r.cpu).collect();
         let cpu_median = |f: fn(&CpuShares) -> f64| median(cpu.iter().map(f).collect());
         Report {
-            mode,
+            variant,
             rounds: runs.len(),
             rps: of(&|r| r.rps()),
             p50: duration(&|r| r.p50),
@@ -1061,12 +1315,12 @@ impl Report {
     }
 
     fn l1_hit_ratio(&self) -> Option<f64> {
-        (self.mode.l1() && self.counts.l1_lookups > 0)
+        (self.variant.mode.l1() && self.counts.l1_lookups > 0)
             .then(|| self.counts.l1_hits as f64 / self.counts.l1_lookups as f64)
     }
 
     fn l2_hit_ratio(&self) -> Option<f64> {
-        (self.mode.redis() && self.counts.l2_lookups > 0)
+        (self.variant.mode.redis() && self.counts.l2_lookups > 0)
             .then(|| self.counts.l2_hits as f64 / self.counts.l2_lookups as f64)
     }
 
@@ -1114,7 +1368,9 @@ impl Report {
             })
             .collect();
         json!({
-            "mode": self.mode.name(),
+            "mode": self.variant.mode.name(),
+            "events": self.variant.events,
+            "rate": (args.rate > 0).then_some(args.rate),
             "rps": round(self.rps, 1),
             "p50_ms": ms(self.p50),
             "p99_ms": ms(self.p99),
@@ -1155,10 +1411,13 @@ fn percent(ratio: Option<f64>) -> String {
 }
 
 fn print_table(reports: &[Report], args: &Args) {
-    let baseline = reports
-        .iter()
-        .find(|r| r.mode == Mode::NoCache)
-        .map(|r| r.rps);
+    // Each variant against no-cache with the same call log setting.
+    let baseline = |events: bool| {
+        reports
+            .iter()
+            .find(|r| r.variant.mode == Mode::NoCache && r.variant.events == events)
+            .map(|r| r.rps)
+    };
     println!();
     if args.rounds > 1 {
         println!(
@@ -1167,7 +1426,7 @@ fn print_table(reports: &[Report], args: &Args) {
         );
     }
     println!(
-        "{:<10} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>9}",
+        "{:<21} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>9}",
         "mode",
         "rps",
         "×base",
@@ -1183,10 +1442,11 @@ fn print_table(reports: &[Report], args: &Args) {
         "SQL/req",
     );
     for r in reports {
-        let ratio = baseline.map_or_else(|| "-".to_owned(), |b| format!("{:.2}", r.rps / b));
+        let ratio = baseline(r.variant.events)
+            .map_or_else(|| "-".to_owned(), |b| format!("{:.2}", r.rps / b));
         println!(
-            "{:<10} {:>7.0} {:>6} {:>7} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>9.3}{}",
-            r.mode.name(),
+            "{:<21} {:>7.0} {:>6} {:>7} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>9.3}{}",
+            r.variant.name(),
             r.rps,
             ratio,
             ms(r.p50),
@@ -1218,8 +1478,8 @@ fn print_table(reports: &[Report], args: &Args) {
             .map(|(e, per_request, mean_ms)| format!("{e} {per_request:.3} × {mean_ms:.2} ms"))
             .collect();
         println!(
-            "  {:<10} {:.3} SQL/req ({:.2} ms); {}",
-            r.mode.name(),
+            "  {:<21} {:.3} SQL/req ({:.2} ms); {}",
+            r.variant.name(),
             r.queries_per_request(),
             r.mean_query_ms(),
             loads.join(", ")
@@ -1229,13 +1489,54 @@ fn print_table(reports: &[Report], args: &Args) {
     for r in reports {
         let Some(c) = r.cpu else { continue };
         println!(
-            "  {:<10} busy {:>4}: self {:>4}, postgres {:>4}, redis {:>4}, other {:>4}",
-            r.mode.name(),
+            "  {:<21} busy {:>4}: self {:>4}, postgres {:>4}, redis {:>4}, other {:>4}",
+            r.variant.name(),
             percent(Some(c.busy)),
             percent(Some(c.process)),
             percent(Some(c.postgres)),
             percent(Some(c.redis)),
             percent(Some(c.other())),
+        );
+    }
+    println!();
+}
+
+/// For each mode run both with and without the call log: its latencies and throughput with
+/// it over without it (the target: p99 within 5 %).
+fn print_event_ratios(reports: &[Report]) {
+    let pairs: Vec<(&Report, &Report)> = reports
+        .iter()
+        .filter(|on| on.variant.events)
+        .filter_map(|on| {
+            reports
+                .iter()
+                .find(|off| !off.variant.events && off.variant.mode == on.variant.mode)
+                .map(|off| (on, off))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    println!("call log on ÷ off, same mode and offered load (target: p99 ≤ 1.05):");
+    for (on, off) in pairs {
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+        println!(
+            "  {:<10} p50 {:.3}  p99 {:.3}  p999 {:.3}  rps {:.3}",
+            on.variant.mode.name(),
+            ratio(on.p50, off.p50),
+            ratio(on.p99, off.p99),
+            ratio(on.p999, off.p999),
+            on.rps / off.rps.max(f64::MIN_POSITIVE)
+        );
+        println!(
+            "RATIO {}",
+            json!({
+                "mode": on.variant.mode.name(),
+                "p50": ratio(on.p50, off.p50),
+                "p99": ratio(on.p99, off.p99),
+                "p999": ratio(on.p999, off.p999),
+                "rps": on.rps / off.rps.max(f64::MIN_POSITIVE),
+            })
         );
     }
     println!();

@@ -29,11 +29,19 @@ pub struct Thresholds {
     pub high_error_rate_for: Duration,
     /// How long Prometheus waits before a failed or missing scrape target fires.
     pub service_down_for: Duration,
+    /// The window in which any dropped or dead-lettered call event alerts.
+    pub call_events_window: Duration,
+    /// How long Prometheus waits before dropped or dead-lettered call events fire (short: a
+    /// single one counts, and the window keeps it visible).
+    pub call_events_lost_for: Duration,
+    /// How long the call log's backlog (pending plus lag) must keep growing to fire.
+    pub call_backlog_growing_for: Duration,
 }
 
 /// The thresholds of the design: hit rate below 50 % after warm-up, average response above
 /// 100 ms, error rate above 5 %, Redis disconnected 30 s or more; in Prometheus, each
-/// condition must also hold a while (a blip pages nobody).
+/// condition must also hold a while (a blip pages nobody). For the call log: any event
+/// dropped or dead-lettered in 5 minutes, a backlog growing for 5 minutes.
 pub const THRESHOLDS: Thresholds = Thresholds {
     min_hit_rate: 0.5,
     warmup_lookups: 100,
@@ -45,6 +53,9 @@ pub const THRESHOLDS: Thresholds = Thresholds {
     slow_responses_for: Duration::from_secs(120),
     high_error_rate_for: Duration::from_secs(60),
     service_down_for: Duration::from_secs(60),
+    call_events_window: Duration::from_secs(300),
+    call_events_lost_for: Duration::from_secs(15),
+    call_backlog_growing_for: Duration::from_secs(300),
 };
 
 /// Where each alert's runbook lives: the README's "Runbook" section, one heading per alert
@@ -70,17 +81,27 @@ pub enum AlertKind {
     ServiceDown,
     /// Prometheus has no instance of the job at all (Prometheus only).
     ServiceAbsent,
+    /// Call events were dropped (queue full or shutdown): calls missing from the log
+    /// (Prometheus only).
+    CallEventsDropped,
+    /// Call events failed too often and went to the dead-letter stream (Prometheus only).
+    CallEventsDeadLettered,
+    /// The call log's consumer group falls further behind (Prometheus only).
+    CallLogBacklogGrowing,
 }
 
 impl AlertKind {
     /// Every alert.
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 9] = [
         AlertKind::LowHitRate,
         AlertKind::SlowResponses,
         AlertKind::HighErrorRate,
         AlertKind::RedisDisconnected,
         AlertKind::ServiceDown,
         AlertKind::ServiceAbsent,
+        AlertKind::CallEventsDropped,
+        AlertKind::CallEventsDeadLettered,
+        AlertKind::CallLogBacklogGrowing,
     ];
 
     /// The alert's name, as in the Prometheus rules.
@@ -92,6 +113,9 @@ impl AlertKind {
             AlertKind::RedisDisconnected => "TiercacheRedisDisconnected",
             AlertKind::ServiceDown => "TiercacheServiceDown",
             AlertKind::ServiceAbsent => "TiercacheServiceAbsent",
+            AlertKind::CallEventsDropped => "TiercacheCallEventsDropped",
+            AlertKind::CallEventsDeadLettered => "TiercacheCallEventsDeadLettered",
+            AlertKind::CallLogBacklogGrowing => "TiercacheCallLogBacklogGrowing",
         }
     }
 
@@ -140,7 +164,8 @@ pub struct Window {
 /// This is the condition now, without Prometheus's `for:` (the in-process view shows an
 /// alert as soon as Prometheus would start its pending period). A low hit rate is not an
 /// alert of its own while Redis is unreachable: it is a consequence, as in the rule's
-/// `unless`.
+/// `unless`. The call log's alerts are Prometheus's only: they need a counter's increase
+/// over minutes, which this window does not keep.
 pub fn evaluate(t: &Thresholds, window: &Window) -> Vec<(AlertKind, f64, f64)> {
     let mut firing = Vec::new();
     if window.lookups >= t.warmup_lookups && window.redis_down_for.is_none() {
@@ -199,6 +224,13 @@ pub fn message(kind: AlertKind, value: f64, threshold: f64) -> String {
         AlertKind::ServiceDown | AlertKind::ServiceAbsent => {
             format!("the service is not scraped (up = {value:.0})")
         }
+        AlertKind::CallEventsDropped => format!("{value:.0} call events dropped"),
+        AlertKind::CallEventsDeadLettered => {
+            format!("{value:.0} call events sent to the dead-letter stream")
+        }
+        AlertKind::CallLogBacklogGrowing => {
+            format!("{value:.0} call events pending or unread, and growing")
+        }
     }
 }
 
@@ -242,6 +274,16 @@ pub fn rules(t: &Thresholds) -> Vec<Rule> {
     let errors_measure = format!("(({server_errors} or 0 * {all}) / {all})");
     let up = format!("up{{job=\"{JOB}\"}}");
     let secs = |d: Duration| d.as_secs();
+    let cw = format!("{}s", t.call_events_window.as_secs());
+    let dropped = format!("{by} (increase(tiercache_call_events_dropped_total[{cw}]))");
+    let dead_lettered = format!("{by} (increase(tiercache_call_events_dead_lettered_total[{cw}]))");
+    // Pending (delivered, not acknowledged) plus lag (not yet delivered): what the group
+    // still owes the sessions. Growing over the whole hold means it is not keeping up.
+    let backlog = "(tiercache_call_events_pending + tiercache_call_events_lag)";
+    let gw = format!("{}s", t.call_backlog_growing_for.as_secs());
+    let backlog_growth = format!(
+        "(delta(tiercache_call_events_pending[{gw}]) + delta(tiercache_call_events_lag[{gw}]))"
+    );
     vec![
         Rule {
             kind: AlertKind::LowHitRate,
@@ -333,6 +375,43 @@ pub fn rules(t: &Thresholds) -> Vec<Rule> {
             description: format!(
                 "Prometheus has had no target of job {JOB} for {} s or more (absent = {{{{ $value }}}}): check its scrape configuration and service discovery.",
                 secs(t.service_down_for)
+            ),
+        },
+        Rule {
+            kind: AlertKind::CallEventsDropped,
+            expr: format!("{dropped} > 0"),
+            measures: vec![dropped.clone()],
+            hold: t.call_events_lost_for,
+            severity: "warning",
+            summary: "Call events dropped: calls missing from the call log".to_owned(),
+            description: format!(
+                "{{{{ $labels.instance }}}} dropped {{{{ $value | humanize }}}} call events over {cw} (its queue was full, or it stopped with events queued): those calls are missing or incomplete in the call log."
+            ),
+        },
+        Rule {
+            kind: AlertKind::CallEventsDeadLettered,
+            expr: format!("{dead_lettered} > 0"),
+            measures: vec![dead_lettered.clone()],
+            hold: t.call_events_lost_for,
+            severity: "warning",
+            summary: "Call events sent to the dead-letter stream".to_owned(),
+            description: format!(
+                "{{{{ $labels.instance }}}} sent {{{{ $value | humanize }}}} call events to the dead-letter stream over {cw} after repeated failures to apply them: their calls lack those events until they are replayed."
+            ),
+        },
+        Rule {
+            kind: AlertKind::CallLogBacklogGrowing,
+            expr: format!("{backlog} > 0 and {backlog_growth} > 0"),
+            measures: vec![backlog.to_owned(), backlog_growth.clone()],
+            hold: t.call_backlog_growing_for,
+            severity: "warning",
+            summary: format!(
+                "Call log consumer falling behind for {} minutes",
+                secs(t.call_backlog_growing_for) / 60
+            ),
+            description: format!(
+                "{{{{ $labels.instance }}}} reports {{{{ $value }}}} call events pending or not yet read by the consumer group, more than {gw} earlier, for {} s or more: the call log is behind and falling further.",
+                secs(t.call_backlog_growing_for)
             ),
         },
     ]
