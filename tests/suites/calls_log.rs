@@ -428,3 +428,52 @@ async fn a_session_list_holds_recent_calls_newest_first_and_old_ones_in_progress
     assert_eq!(sids, ["CA-recent", "CA-old-open"]);
     assert!(sessions.iter().all(|s| s.in_progress));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_folds_each_call_once_and_a_bad_event_fails_alone() {
+    let db = TestDb::migrated("callsbatch").await;
+    let pool = db.pool().await;
+    let store = SessionStore::new(pool.clone());
+
+    // One batch: two calls (one started and ended), and a replay of an event in it.
+    let [a_started, a_ended] = call("CA-batch-a", 4, 30.0);
+    let [b_started, _] = call("CA-batch-b", 4, 5.0);
+    let batch = [a_started.clone(), a_ended, b_started, a_started.clone()];
+    let outcomes = store.apply(&batch).await;
+    let kinds: Vec<&str> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(Applied::New(_)) => "new",
+            Ok(Applied::Duplicate) => "duplicate",
+            Err(_) => "error",
+        })
+        .collect();
+    assert_eq!(kinds, ["new", "new", "new", "duplicate"]);
+    let (changes, cursor) = store
+        .changes(4, tiercache_calls::Cursor(0), 10)
+        .await
+        .unwrap();
+    // One change per call, not one per event: the batch folded each call once.
+    assert_eq!(cursor, tiercache_calls::Cursor(2), "{changes:?}");
+    let a = changes.iter().find(|s| s.call_sid == "CA-batch-a").unwrap();
+    assert_eq!((a.status, a.events), (SessionStatus::Ended, 2));
+    assert_eq!(event_rows(&pool).await, 3);
+
+    // An event PostgreSQL refuses (a NUL in its data, which `PostedEvent::check` refuses at
+    // the door; built by hand here) fails alone: the others of its batch are applied.
+    let [c_started, c_ended] = call("CA-batch-c", 4, 1.0);
+    let mut bad = CallEvent::new(
+        "CA-batch-d".into(),
+        4,
+        PostedEvent::check("intent_detected", None, None, Utc::now()).unwrap(),
+    );
+    bad.data
+        .insert("x".into(), serde_json::Value::from("a\u{0}b"));
+    let outcomes = store.apply(&[c_started, bad, c_ended]).await;
+    assert!(matches!(outcomes[0], Ok(Applied::New(_))), "{outcomes:?}");
+    assert!(outcomes[1].is_err(), "{outcomes:?}");
+    assert!(matches!(outcomes[2], Ok(Applied::New(_))), "{outcomes:?}");
+    assert_eq!(event_rows(&pool).await, 5);
+    assert_eq!(store.org_of("CA-batch-d").await.unwrap(), None);
+    assert_eq!(store.org_of("CA-batch-c").await.unwrap(), Some(4));
+}

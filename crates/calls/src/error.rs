@@ -21,6 +21,9 @@ pub enum EventError {
     /// `data` is larger than [`MAX_DATA_BYTES`](crate::MAX_DATA_BYTES).
     #[error("must be at most {} bytes as JSON", crate::MAX_DATA_BYTES)]
     DataTooLarge,
+    /// `data` holds a NUL character, which PostgreSQL cannot store.
+    #[error("must not hold a NUL character (\\u0000)")]
+    DataNul,
     /// `call_ended` without a non-negative `data.duration_seconds`.
     #[error("call_ended needs a non-negative number of seconds")]
     Duration,
@@ -35,7 +38,7 @@ impl EventError {
         match self {
             EventError::UnknownType => "type",
             EventError::BadTime | EventError::TimeOutOfRange => "at",
-            EventError::DataNotObject | EventError::DataTooLarge => "data",
+            EventError::DataNotObject | EventError::DataTooLarge | EventError::DataNul => "data",
             EventError::Duration => "data.duration_seconds",
             EventError::CallSid => "call_sid",
         }

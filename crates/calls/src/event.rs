@@ -187,6 +187,9 @@ impl PostedEvent {
         if size > MAX_DATA_BYTES {
             return Err(EventError::DataTooLarge);
         }
+        if holds_nul(&data) {
+            return Err(EventError::DataNul);
+        }
         if kind == EventKind::CallEnded {
             match data.get("duration_seconds").and_then(Value::as_f64) {
                 Some(d) if d >= 0.0 && d.is_finite() => {}
@@ -257,6 +260,20 @@ fn mask_phones_in_text(text: &str) -> Option<String> {
     changed.then_some(out)
 }
 
+/// Whether a key or string anywhere in `data` holds a NUL, which PostgreSQL's `jsonb`
+/// cannot store: refused at the door rather than failing in the consumer.
+fn holds_nul(data: &Map<String, Value>) -> bool {
+    fn value(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(value),
+            Value::Object(map) => holds_nul(map),
+            _ => false,
+        }
+    }
+    data.iter().any(|(k, v)| k.contains('\0') || value(v))
+}
+
 /// Masks every phone number in the strings of `value`, nested ones too.
 fn mask_phones_in(value: &mut Value) {
     match value {
@@ -318,6 +335,20 @@ mod tests {
         );
         assert_eq!(
             check("intent_detected", None, Some(json!([1])))
+                .unwrap_err()
+                .field(),
+            "data"
+        );
+        let nul = json!({"notes": {"a": ["x\u{0}y"]}});
+        assert_eq!(
+            check("intent_detected", None, Some(nul))
+                .unwrap_err()
+                .field(),
+            "data"
+        );
+        let nul_key = json!({"a\u{0}": 1});
+        assert_eq!(
+            check("intent_detected", None, Some(nul_key))
                 .unwrap_err()
                 .field(),
             "data"

@@ -1,6 +1,8 @@
 //! Call sessions in PostgreSQL: events applied idempotently, sessions folded whatever order
 //! events arrive in, each change numbered per organization and announced (`NOTIFY`).
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::postgres::PgRow;
@@ -72,6 +74,47 @@ const UPSERT_SESSION: &str = "INSERT INTO call_sessions (call_sid, org_id, lead_
      last_event_at = EXCLUDED.last_event_at, events = EXCLUDED.events, \
      change_seq = EXCLUDED.change_seq";
 
+/// Locks many calls, in one order whoever asks (no two batches can wait on each other).
+const LOCK_CALLS: &str = "SELECT pg_advisory_xact_lock(h) FROM \
+     (SELECT DISTINCT hashtextextended(s, 0) AS h FROM unnest($1::text[]) AS s ORDER BY h) AS c";
+
+const INSERT_EVENTS: &str = "INSERT INTO call_events (event_id, call_sid, org_id, kind, at, data) \
+     SELECT id::uuid, sid, org, kind, at, data::jsonb FROM unnest($1::text[], $2::text[], \
+     $3::bigint[], $4::text[], $5::timestamptz[], $6::text[]) AS e(id, sid, org, kind, at, data) \
+     ON CONFLICT (event_id) DO NOTHING RETURNING event_id::text";
+
+const CALLS_EVENTS: &str = "SELECT event_id::text, call_sid, org_id, kind, at, data \
+     FROM call_events WHERE call_sid = ANY($1) ORDER BY call_sid, at, event_id";
+
+/// Moves each organization's cursor by its count of changes, in organization order (the
+/// rows' locks are taken in that order), returning the last number each took.
+const BUMP_CURSORS: &str = "INSERT INTO call_feed_cursors (org_id, seq) \
+     SELECT org, n FROM unnest($1::bigint[], $2::bigint[]) AS c(org, n) ORDER BY org \
+     ON CONFLICT (org_id) DO UPDATE SET seq = call_feed_cursors.seq + EXCLUDED.seq \
+     RETURNING org_id, seq";
+
+/// Writes many sessions from one JSON array of rows named as the columns.
+const UPSERT_SESSIONS: &str = "INSERT INTO call_sessions (call_sid, org_id, lead_id, caller, \
+     greeting_source, status, started_at, authenticated_at, authentication_failed_at, intent, \
+     transfer_initiated_at, transferred_at, ended_at, duration_seconds, last_event, \
+     last_event_at, events, change_seq) \
+     SELECT call_sid, org_id, lead_id, caller, greeting_source, status, started_at, \
+     authenticated_at, authentication_failed_at, intent, transfer_initiated_at, transferred_at, \
+     ended_at, duration_seconds, last_event, last_event_at, events, change_seq \
+     FROM jsonb_populate_recordset(NULL::call_sessions, $1::jsonb) \
+     ON CONFLICT (call_sid) DO UPDATE SET org_id = EXCLUDED.org_id, \
+     lead_id = EXCLUDED.lead_id, caller = EXCLUDED.caller, \
+     greeting_source = EXCLUDED.greeting_source, status = EXCLUDED.status, \
+     started_at = EXCLUDED.started_at, authenticated_at = EXCLUDED.authenticated_at, \
+     authentication_failed_at = EXCLUDED.authentication_failed_at, intent = EXCLUDED.intent, \
+     transfer_initiated_at = EXCLUDED.transfer_initiated_at, \
+     transferred_at = EXCLUDED.transferred_at, ended_at = EXCLUDED.ended_at, \
+     duration_seconds = EXCLUDED.duration_seconds, last_event = EXCLUDED.last_event, \
+     last_event_at = EXCLUDED.last_event_at, events = EXCLUDED.events, \
+     change_seq = EXCLUDED.change_seq";
+
+const NOTIFY_ALL: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
+
 const CURSOR_NOW: &str = "SELECT seq FROM call_feed_cursors WHERE org_id = $1";
 
 impl SessionStore {
@@ -80,18 +123,146 @@ impl SessionStore {
         SessionStore { pool }
     }
 
-    /// Applies each event in its own transaction, announcing the changed session at
-    /// commit; one outcome per event, in order (a failed one changed nothing).
+    /// Applies events, announcing each changed session at commit; one outcome per event,
+    /// in order (a failed one changed nothing).
+    ///
+    /// The whole batch goes in one transaction of a fixed number of statements (one commit,
+    /// one WAL flush, however many events); should it fail, each event is applied in its own
+    /// transaction, so one that cannot be applied fails alone.
     ///
     /// # Cancel safety
-    /// Dropped mid-way, the event being applied rolls back (its transaction is dropped) and
-    /// the later ones are not applied; applying them again is safe.
+    /// Dropped mid-way, the transaction being run rolls back and the later events are not
+    /// applied; applying them again is safe.
     pub async fn apply(&self, events: &[CallEvent]) -> Vec<Result<Applied, StoreError>> {
+        if events.len() > 1 {
+            match self.apply_batch(events).await {
+                Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "call events: a batch failed; applying one by one")
+                }
+            }
+        }
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
             outcomes.push(self.apply_one(event).await);
         }
         outcomes
+    }
+
+    /// Applies every event in one transaction: the calls locked (in one order, so two
+    /// instances cannot deadlock), the events inserted, each touched call re-folded from
+    /// all its events, the organizations' cursors bumped by as many changes, the sessions
+    /// written and announced.
+    async fn apply_batch(&self, events: &[CallEvent]) -> Result<Vec<Applied>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("beginning an apply"))?;
+        let mut sids: Vec<&str> = events.iter().map(|e| e.call_sid.as_str()).collect();
+        sids.sort_unstable();
+        sids.dedup();
+        sqlx::query(LOCK_CALLS)
+            .bind(&sids)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("locking calls"))?;
+        let inserted: Vec<String> = sqlx::query_scalar(INSERT_EVENTS)
+            .bind(events.iter().map(|e| e.id.to_string()).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.call_sid.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.org_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| Value::Object(e.data.clone()).to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("inserting call events"))?;
+        if inserted.is_empty() {
+            // Every one was applied before: roll back (drop), nothing changed.
+            return Ok(vec![Applied::Duplicate; events.len()]);
+        }
+        let mut new_ids: HashSet<String> = inserted.into_iter().collect();
+        let mut touched: Vec<&str> = events
+            .iter()
+            .filter(|e| new_ids.contains(&e.id.to_string()))
+            .map(|e| e.call_sid.as_str())
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let rows = sqlx::query(CALLS_EVENTS)
+            .bind(&touched)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading calls' events"))?;
+        let mut by_call: BTreeMap<String, Vec<CallEvent>> = BTreeMap::new();
+        for event in rows.iter().filter_map(event_from_row) {
+            by_call
+                .entry(event.call_sid.clone())
+                .or_default()
+                .push(event);
+        }
+        let mut sessions: Vec<CallSession> = by_call
+            .values()
+            .filter_map(|events| fold(events, Cursor(0)))
+            .collect();
+        // Number the changes: an organization's cursor moves by as many sessions as changed.
+        let mut per_org: BTreeMap<i64, i64> = BTreeMap::new();
+        for session in &sessions {
+            *per_org.entry(session.org_id).or_default() += 1;
+        }
+        let bumped: Vec<(i64, i64)> = sqlx::query_as(BUMP_CURSORS)
+            .bind(per_org.keys().copied().collect::<Vec<_>>())
+            .bind(per_org.values().copied().collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("numbering session changes"))?;
+        let mut next: BTreeMap<i64, i64> = bumped
+            .into_iter()
+            .map(|(org, last)| (org, last - per_org.get(&org).copied().unwrap_or(0) + 1))
+            .collect();
+        for session in &mut sessions {
+            let seq = next.entry(session.org_id).or_insert(1);
+            session.cursor = Cursor(*seq);
+            *seq += 1;
+        }
+        let rows: Vec<Value> = sessions.iter().map(session_row).collect();
+        sqlx::query(UPSERT_SESSIONS)
+            .bind(Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("writing call sessions"))?;
+        let payloads: Vec<String> = sessions
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap_or_default())
+            .collect();
+        sqlx::query(NOTIFY_ALL)
+            .bind(NOTIFY_CHANNEL)
+            .bind(&payloads)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("announcing session changes"))?;
+        tx.commit().await.map_err(db("committing an apply"))?;
+        let by_sid: HashMap<&str, &CallSession> =
+            sessions.iter().map(|s| (s.call_sid.as_str(), s)).collect();
+        Ok(events
+            .iter()
+            .map(|e| {
+                // The first of an id given twice in one batch is the one applied.
+                match (
+                    new_ids.remove(&e.id.to_string()),
+                    by_sid.get(e.call_sid.as_str()),
+                ) {
+                    (true, Some(session)) => Applied::New(Box::new((*session).clone())),
+                    _ => Applied::Duplicate,
+                }
+            })
+            .collect())
     }
 
     async fn apply_one(&self, event: &CallEvent) -> Result<Applied, StoreError> {
@@ -307,6 +478,18 @@ fn session_from_row(row: &PgRow) -> Result<CallSession, StoreError> {
         events: row.try_get("events").map_err(read)?,
         cursor: Cursor(row.try_get("change_seq").map_err(read)?),
     })
+}
+
+/// A session as a row of [`UPSERT_SESSIONS`]: its JSON with the column names.
+fn session_row(session: &CallSession) -> Value {
+    let mut row = serde_json::to_value(session).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut row {
+        map.remove("cursor");
+        map.remove("in_progress");
+        map.insert("status".into(), Value::from(status_name(session.status)));
+        map.insert("change_seq".into(), Value::from(session.cursor.0));
+    }
+    row
 }
 
 /// The status as the table's CHECK constraint spells it (the JSON names).
