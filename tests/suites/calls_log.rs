@@ -9,7 +9,8 @@ use chrono::{Duration as TimeDelta, SubsecRound, Utc};
 use futures_util::FutureExt;
 use sqlx::postgres::PgListener;
 use tiercache_calls::{
-    Applied, CallEvent, CallLog, NOTIFY_CHANNEL, PostedEvent, SessionStatus, SessionStore,
+    Applied, CallEvent, CallLog, CallLogConfig, NOTIFY_CHANNEL, PostedEvent, SessionStatus,
+    SessionStore,
 };
 use tiercache_tests::calls::{BOUND, Counts, call, config, event_rows, eventually, session_events};
 use tiercache_tests::db::TestDb;
@@ -62,6 +63,10 @@ async fn events_queued_while_redis_is_down_all_land_once_after_its_restart() {
     let mut admin = redis.client().await;
     assert_eq!(command_count(&mut admin, "xadd").await, 2 * CALLS as u64);
     assert_eq!(command_count(&mut admin, "set").await, CALLS as u64);
+    // Each of the three streams' expiry and registry entry once in the batch, not per event
+    // (and the registry's own expiry).
+    assert_eq!(command_count(&mut admin, "pexpire").await, 3 + 1);
+    assert_eq!(command_count(&mut admin, "zadd").await, 3);
     // Two EVALSHAs: the first finds the empty server without the script (NOSCRIPT), the
     // client loads it and sends the same one again.
     assert_eq!(command_count(&mut admin, "evalsha").await, 2);
@@ -476,4 +481,88 @@ async fn a_batch_folds_each_call_once_and_a_bad_event_fails_alone() {
     assert_eq!(event_rows(&pool).await, 5);
     assert_eq!(store.org_of("CA-batch-d").await.unwrap(), None);
     assert_eq!(store.org_of("CA-batch-c").await.unwrap(), Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_does_not_consume_publishes_for_one_that_does() {
+    let db = TestDb::migrated("callspublishonly").await;
+    let pool = db.pool().await;
+    let redis = RedisServer::start().await;
+    let namespace = ns("callspublishonly");
+    // Short blocks: were it consuming, it would read the group many times below.
+    let publisher = CallLogConfig {
+        consume: false,
+        block: Duration::from_millis(20),
+        ..config("publisher")
+    };
+    let (log, _tasks) = CallLog::start(
+        publisher,
+        Some(client(&redis.url())),
+        &namespace,
+        SessionStore::new(pool.clone()),
+        Arc::new(Counts::default()),
+    );
+    for event in call("CA-published", 5, 2.0) {
+        log.publish(event);
+    }
+    tokio::time::timeout(BOUND, log.flush()).await.unwrap();
+    assert!(log.status().consumer.is_none(), "it runs no consumer");
+    let mut admin = redis.client().await;
+    let key = tiercache_tests::calls::stream_key(&namespace, 5, Utc::now());
+    let length: u64 = redis::cmd("XLEN")
+        .arg(&key)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(length, 2, "appended");
+    assert_eq!(
+        command_count(&mut admin, "xreadgroup").await,
+        0,
+        "never read"
+    );
+    assert_eq!(event_rows(&pool).await, 0);
+
+    // A consuming instance elsewhere applies them.
+    let (_consumer, _consumer_tasks) = CallLog::start(
+        config("consumer"),
+        Some(client(&redis.url())),
+        &namespace,
+        SessionStore::new(pool.clone()),
+        Arc::new(Counts::default()),
+    );
+    eventually("the consumer applies both events", || async {
+        event_rows(&pool).await == 2
+    })
+    .await;
+    // More calls through the publisher, each applied by the other: the publisher, started
+    // first, would have joined the group (a consumer joins by reading) many times over.
+    for round in 0..3 {
+        for event in call(&format!("CA-published-{round}"), 5, 2.0) {
+            log.publish(event);
+        }
+        eventually("the consumer applies them", || async {
+            event_rows(&pool).await == 4 + 2 * round
+        })
+        .await;
+    }
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&key)
+        .arg("calls")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let names: Vec<String> = consumers
+        .iter()
+        .map(|c| {
+            let fields: std::collections::HashMap<String, redis::Value> =
+                redis::FromRedisValue::from_redis_value(c.clone()).unwrap();
+            redis::FromRedisValue::from_redis_value(fields["name"].clone()).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["consumer"],
+        "only the consuming instance reads the group"
+    );
 }

@@ -9,7 +9,8 @@
 //!
 //! `--events on,off` runs every mode twice, with the live call log (each call publishes
 //! `call_started`, appended to Redis and applied to PostgreSQL by the consumer, as in
-//! production) and without it, and reports the ratio of their latencies. `--rate N` offers
+//! production) and without it, and reports the ratio of their latencies; `publish` adds a run
+//! whose server only publishes (`CALL_EVENTS_CONSUMER=false`, the consumers elsewhere). `--rate N` offers
 //! N requests per second whatever the latency (an open loop), so both see the same load.
 //!
 //! Every mode replays one pre-generated sequence of callers (fixed seed), so the modes differ
@@ -67,7 +68,7 @@ const WEBHOOK_PATH: &str = "/api/webhooks/conversation-initiation";
 const USAGE: &str = "\
 usage: webhook_load [--seconds N] [--warmup N] [--concurrency N] [--rounds N]
                     [--modes warm,l1-only,redis-only,no-cache] [--max-requests N]
-                    [--events on,off] [--rate N]
+                    [--events on,publish,off] [--rate N]
 
   --seconds N       measured phase per mode, in seconds (default 10)
   --warmup N        warm-up phase per mode, in seconds, not measured (default 5)
@@ -75,8 +76,9 @@ usage: webhook_load [--seconds N] [--warmup N] [--concurrency N] [--rounds N]
   --rounds N        runs of every mode, interleaved; the report gives medians (default 1)
   --modes LIST      modes to run, in this order (default: all four)
   --max-requests N  requests per mode, warm-up included, at most (default 2000000)
-  --events LIST     with the live call log (on), without it (off), or both, each mode
-                    run once per setting in every round (default on)
+  --events LIST     with the live call log (on), publishing only with its consumer
+                    elsewhere (publish), without it (off), or several, each mode run
+                    once per setting in every round (default on)
   --rate N          an open loop: N requests started per second whatever the latency,
                     timed from when each was due (default 0: a closed loop)
 
@@ -144,22 +146,37 @@ impl Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Variant {
     mode: Mode,
-    /// Whether the webhook publishes `call_started` to the live call log (its queue,
-    /// Redis stream and consumer running in the server, as in production).
-    events: bool,
+    /// Whether and how the webhook publishes `call_started` to the live call log.
+    events: Events,
+}
+
+/// The call log's setting in one variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Events {
+    /// As start-up runs it: the queue, the Redis stream and the consumer, in the server.
+    On,
+    /// Published only (`CALL_EVENTS_CONSUMER=false`): the consumers run elsewhere, so the
+    /// server carries the queue and the appends but not the sessions' transactions.
+    Publish,
+    /// No call log: the webhook publishes nothing.
+    Off,
 }
 
 impl Variant {
     fn events_name(self) -> &'static str {
-        if self.events { "on" } else { "off" }
+        match self.events {
+            Events::On => "on",
+            Events::Publish => "publish",
+            Events::Off => "off",
+        }
     }
 
     /// `warm`, or `warm events-off` when the call log is off.
     fn name(self) -> String {
-        if self.events {
-            self.mode.name().to_owned()
-        } else {
-            format!("{} events-off", self.mode.name())
+        match self.events {
+            Events::On => self.mode.name().to_owned(),
+            Events::Publish => format!("{} publish-only", self.mode.name()),
+            Events::Off => format!("{} events-off", self.mode.name()),
         }
     }
 }
@@ -173,7 +190,7 @@ struct Args {
     modes: Vec<Mode>,
     max_requests: usize,
     /// The call log settings to run each mode with, in this order.
-    events: Vec<bool>,
+    events: Vec<Events>,
     /// Requests started per second in an open loop; 0 for a closed loop.
     rate: u64,
 }
@@ -202,7 +219,7 @@ impl Args {
             rounds: 1,
             modes: Mode::ALL.to_vec(),
             max_requests: 2_000_000,
-            events: vec![true],
+            events: vec![Events::On],
             rate: 0,
         };
         while let Some(flag) = raw.next() {
@@ -231,9 +248,12 @@ impl Args {
                     args.events = value
                         .split(',')
                         .map(|setting| match setting {
-                            "on" => Ok(true),
-                            "off" => Ok(false),
-                            _ => Err(format!("--events: expected on or off, got {setting:?}")),
+                            "on" => Ok(Events::On),
+                            "publish" => Ok(Events::Publish),
+                            "off" => Ok(Events::Off),
+                            _ => Err(format!(
+                                "--events: expected on, publish or off, got {setting:?}"
+                            )),
                         })
                         .collect::<Result<_, _>>()?;
                 }
@@ -314,7 +334,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         args.max_requests,
         args.events
             .iter()
-            .map(|&on| if on { "on" } else { "off" })
+            .map(|&events| Variant {
+                mode: Mode::Warm,
+                events,
+            }
+            .events_name())
             .collect::<Vec<_>>()
             .join(" and ")
     );
@@ -764,7 +788,12 @@ fn slot_tag(variant: Variant, round: usize) -> String {
         Mode::RedisOnly => 'r',
         Mode::NoCache => 'n',
     };
-    format!("{mode}{}r{round}", u8::from(variant.events))
+    let events = match variant.events {
+        Events::On => 'e',
+        Events::Publish => 'p',
+        Events::Off => 'o',
+    };
+    format!("{mode}{events}r{round}")
 }
 
 /// A service on a loopback port.
@@ -790,7 +819,7 @@ impl Server {
     async fn start(
         config: &Config,
         counters: Arc<Counters>,
-        events: bool,
+        events: Events,
     ) -> anyhow::Result<Server> {
         let db = startup::connect(&config.database).await?;
         let pool = db.pool().clone();
@@ -798,15 +827,18 @@ impl Server {
         let observers: Vec<Arc<dyn CacheObserver>> = vec![metrics.clone(), counters];
         let cache = TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers)))
             .context("building the cache")?;
-        let calls = if events {
-            Some(tiercache_server::calls::start(
-                config,
-                &cache,
-                pool.clone(),
-                metrics.clone(),
-            )?)
-        } else {
-            None
+        let calls = match events {
+            Events::Off => None,
+            Events::On | Events::Publish => {
+                let mut config = config.clone();
+                config.calls.consume = events == Events::On;
+                Some(tiercache_server::calls::start(
+                    &config,
+                    &cache,
+                    pool.clone(),
+                    metrics.clone(),
+                )?)
+            }
         };
         let repo = Repository::new(db, cache);
         let mut state = AppState::new(repo, metrics, config.webhook_budget)
@@ -1369,7 +1401,7 @@ impl Report {
             .collect();
         json!({
             "mode": self.variant.mode.name(),
-            "events": self.variant.events,
+            "events": self.variant.events_name(),
             "rate": (args.rate > 0).then_some(args.rate),
             "rps": round(self.rps, 1),
             "p50_ms": ms(self.p50),
@@ -1412,7 +1444,7 @@ fn percent(ratio: Option<f64>) -> String {
 
 fn print_table(reports: &[Report], args: &Args) {
     // Each variant against no-cache with the same call log setting.
-    let baseline = |events: bool| {
+    let baseline = |events: Events| {
         reports
             .iter()
             .find(|r| r.variant.mode == Mode::NoCache && r.variant.events == events)
@@ -1506,23 +1538,27 @@ fn print_table(reports: &[Report], args: &Args) {
 fn print_event_ratios(reports: &[Report]) {
     let pairs: Vec<(&Report, &Report)> = reports
         .iter()
-        .filter(|on| on.variant.events)
+        .filter(|on| on.variant.events != Events::Off)
         .filter_map(|on| {
             reports
                 .iter()
-                .find(|off| !off.variant.events && off.variant.mode == on.variant.mode)
+                .find(|off| {
+                    off.variant.events == Events::Off && off.variant.mode == on.variant.mode
+                })
                 .map(|off| (on, off))
         })
         .collect();
     if pairs.is_empty() {
         return;
     }
-    println!("call log on ÷ off, same mode and offered load (target: p99 ≤ 1.05):");
+    println!(
+        "call log on (or publish only) ÷ off, same mode and offered load (target: p99 ≤ 1.05):"
+    );
     for (on, off) in pairs {
         let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
         println!(
-            "  {:<10} p50 {:.3}  p99 {:.3}  p999 {:.3}  rps {:.3}",
-            on.variant.mode.name(),
+            "  {:<22} p50 {:.3}  p99 {:.3}  p999 {:.3}  rps {:.3}",
+            on.variant.name(),
             ratio(on.p50, off.p50),
             ratio(on.p99, off.p99),
             ratio(on.p999, off.p999),
@@ -1532,6 +1568,7 @@ fn print_event_ratios(reports: &[Report]) {
             "RATIO {}",
             json!({
                 "mode": on.variant.mode.name(),
+                "events": on.variant.events_name(),
                 "p50": ratio(on.p50, off.p50),
                 "p99": ratio(on.p99, off.p99),
                 "p999": ratio(on.p999, off.p999),

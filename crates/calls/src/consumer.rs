@@ -92,7 +92,12 @@ impl Consumer {
             self.settler.stats.read_ok();
             tokio::time::sleep(config.block).await;
         } else {
-            self.read(reader, conn, &streams).await?;
+            let read = self.read(reader, conn, &streams).await?;
+            if read > 0 && read < config.batch_max && !config.linger.is_zero() {
+                // A partial batch means entries trickle in: let them gather, so the next
+                // read, its transaction and its acknowledgement carry many at once.
+                tokio::time::sleep(config.linger).await;
+            }
         }
         if last_claim.elapsed() >= config.claim_every {
             *last_claim = Instant::now();
@@ -116,7 +121,13 @@ impl Consumer {
     }
 
     /// Reads new entries from `streams` (blocking up to the block time) and settles them.
-    async fn read(&self, reader: &Conn, conn: &Conn, streams: &[String]) -> Result<(), RedisError> {
+    /// Reads and settles what is new; how many entries that was.
+    async fn read(
+        &self,
+        reader: &Conn,
+        conn: &Conn,
+        streams: &[String],
+    ) -> Result<usize, RedisError> {
         let config = &self.config;
         let block_ms = u64::try_from(config.block.as_millis()).unwrap_or(u64::MAX);
         let mut cmd = redis::cmd("XREADGROUP");
@@ -134,7 +145,9 @@ impl Consumer {
         }
         let reply: Option<StreamReadReply> = match reader.query(&cmd).await {
             Ok(reply) => reply,
-            Err(e) if e.code() == Some("NOGROUP") => return self.repair(conn, streams).await,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                return self.repair(conn, streams).await.map(|()| 0);
+            }
             Err(e) => return Err(e),
         };
         self.settler.stats.read_ok();
@@ -151,7 +164,8 @@ impl Consumer {
                 })
             })
             .collect();
-        self.settler.settle(conn, entries).await
+        let read = entries.len();
+        self.settler.settle(conn, entries).await.map(|()| read)
     }
 
     /// Recreates the group on every listed stream that lacks it (from id 0: every entry

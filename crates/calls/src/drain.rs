@@ -1,7 +1,7 @@
 //! The drain: takes batches from the queue and writes them, to Redis in one script round
 //! trip per batch or, without Redis, straight to the sessions. A batch that fails stays at
-//! the head of the queue and is tried again after a capped backoff; nothing waits on a
-//! timer while events are queued and the writes succeed.
+//! the head of the queue and is tried again after a capped backoff. A batch gathers for at
+//! most the linger (`CallLogConfig::linger`) after its first event.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +40,13 @@ pub(crate) enum Sink {
 pub(crate) async fn run(queue: Arc<Queue>, sink: Sink, stats: Arc<Stats>, config: CallLogConfig) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let batch = queue.peek(config.batch_max).await;
+        let mut batch = queue.peek(config.batch_max).await;
+        if batch.len() < config.batch_max && !config.linger.is_zero() {
+            // Let a batch gather: one script round trip carries it, and the consumer's one
+            // transaction after it. The publisher never waits; an event waits at most this.
+            tokio::time::sleep(config.linger).await;
+            batch = queue.peek(config.batch_max).await;
+        }
         let retry = match &sink {
             Sink::Redis { conn, script, keys } => {
                 append(conn, script, keys, &batch, &config, &stats).await

@@ -94,7 +94,7 @@ pub struct CallLogStatus {
     pub dead_lettered: u64,
     /// The last append or consume failure, while failing.
     pub last_error: Option<String>,
-    /// This instance's consumer, with Redis.
+    /// This instance's consumer, with Redis and consuming.
     pub consumer: Option<ConsumerStatus>,
 }
 
@@ -139,7 +139,7 @@ impl CallLog {
             stats.clone(),
             config.clone(),
         ))];
-        if let Some(client) = &redis {
+        if let Some(client) = redis.as_ref().filter(|_| config.consume) {
             let consumer = Consumer {
                 client: client.clone(),
                 config: config.clone(),
@@ -237,15 +237,19 @@ impl CallLog {
     pub fn status(&self) -> CallLogStatus {
         let inner = &self.inner;
         let (published, dropped, applied, dead_lettered) = inner.stats.counts();
-        let consumer = inner.redis.as_ref().map(|_| {
-            let group = inner.stats.group();
-            ConsumerStatus {
-                name: inner.config.consumer.clone(),
-                pending: group.pending,
-                lag: group.lag,
-                last_read_at: group.last_read_at,
-            }
-        });
+        let consumer = inner
+            .redis
+            .as_ref()
+            .filter(|_| inner.config.consume)
+            .map(|_| {
+                let group = inner.stats.group();
+                ConsumerStatus {
+                    name: inner.config.consumer.clone(),
+                    pending: group.pending,
+                    lag: group.lag,
+                    last_read_at: group.last_read_at,
+                }
+            });
         CallLogStatus {
             redis: inner.redis.is_some(),
             queue_depth: inner.queue.depth(),

@@ -67,20 +67,27 @@ impl Keys {
 pub(crate) const APPEND_SCRIPT: &str = r"
 local maxlen, ttl, now, group = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local n = (#KEYS - 1) / 2
+-- A stream's group, expiry and registry entry once per batch, however many of its events.
+local seen = {}
 for j = 0, n - 1 do
   local stream, sidkey = KEYS[2 + 2 * j], KEYS[3 + 2 * j]
   local a = 4 + 6 * j
-  if redis.call('EXISTS', stream) == 0 then
-    redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+  if not seen[stream] then
+    seen[stream] = true
+    if redis.call('EXISTS', stream) == 0 then
+      redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+    end
   end
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
     'id', ARGV[a + 2], 'sid', ARGV[a + 3], 'type', ARGV[a + 4], 'at', ARGV[a + 5],
     'data', ARGV[a + 6])
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('ZADD', KEYS[1], now, stream)
   if ARGV[a + 1] ~= '' then
     redis.call('SET', sidkey, ARGV[a + 1], 'PX', ttl)
   end
+end
+for stream in pairs(seen) do
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('ZADD', KEYS[1], now, stream)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ttl)))
 redis.call('PEXPIRE', KEYS[1], ttl)

@@ -33,6 +33,9 @@ pub struct CallsConfig {
     /// Deliveries after which a failing entry goes to the dead-letter stream
     /// (`CALL_EVENTS_MAX_DELIVERIES`).
     pub max_deliveries: u32,
+    /// Whether this instance runs a consumer in the group (`CALL_EVENTS_CONSUMER`); off, it
+    /// only publishes, and instances elsewhere fold the events.
+    pub consume: bool,
     /// This instance's name, its consumer's in the group (`INSTANCE_NAME`); `None`: the
     /// host's name and the process id.
     pub instance_name: Option<String>,
@@ -66,6 +69,7 @@ impl CallsConfig {
             stream_maxlen: Self::DEFAULT_STREAM_MAXLEN,
             claim_idle: Self::DEFAULT_CLAIM_IDLE,
             max_deliveries: Self::DEFAULT_MAX_DELIVERIES,
+            consume: true,
             instance_name: None,
             heartbeat: Self::DEFAULT_HEARTBEAT,
             tickets: TicketKey::derive(key_secret),
@@ -82,6 +86,7 @@ impl CallsConfig {
             claim_every: (self.claim_idle / 4)
                 .clamp(Duration::from_millis(100), DEFAULT_CLAIM_EVERY),
             max_deliveries: self.max_deliveries,
+            consume: self.consume,
             consumer: self.consumer_name(),
             ..CallLogConfig::default()
         }

@@ -75,6 +75,7 @@ pub const VARS: &[&str] = &[
     "CALL_EVENTS_STREAM_MAXLEN",
     "CALL_EVENTS_CLAIM_IDLE_MS",
     "CALL_EVENTS_MAX_DELIVERIES",
+    "CALL_EVENTS_CONSUMER",
     "CALL_FEED_HEARTBEAT_MS",
     "INSTANCE_NAME",
 ];
@@ -425,6 +426,7 @@ struct RawConfig {
     call_stream_maxlen: u64,
     call_claim_idle: Duration,
     call_max_deliveries: u32,
+    call_consumer: bool,
     call_heartbeat: Duration,
     instance_name: Option<String>,
 }
@@ -549,6 +551,7 @@ impl RawConfig {
             call_max_deliveries: env
                 .count("CALL_EVENTS_MAX_DELIVERIES")
                 .unwrap_or(CallsConfig::DEFAULT_MAX_DELIVERIES),
+            call_consumer: env.flag("CALL_EVENTS_CONSUMER").unwrap_or(true),
             call_heartbeat: env
                 .millis("CALL_FEED_HEARTBEAT_MS")
                 .unwrap_or(CallsConfig::DEFAULT_HEARTBEAT),
@@ -599,6 +602,7 @@ impl RawConfig {
             call_stream_maxlen,
             call_claim_idle,
             call_max_deliveries,
+            call_consumer,
             call_heartbeat,
             instance_name,
         } = self;
@@ -731,6 +735,7 @@ impl RawConfig {
             stream_maxlen: call_stream_maxlen,
             claim_idle: call_claim_idle,
             max_deliveries: call_max_deliveries,
+            consume: call_consumer,
             instance_name,
             heartbeat: call_heartbeat,
             ..CallsConfig::new(key_secret.as_bytes())
@@ -1408,9 +1413,12 @@ mod tests {
             ("CALL_EVENTS_MAX_DELIVERIES", "3"),
             ("CALL_FEED_HEARTBEAT_MS", "250"),
             ("INSTANCE_NAME", "api-1.eu"),
+            ("CALL_EVENTS_CONSUMER", "false"),
         ])
         .unwrap();
         let calls = &config.calls;
+        assert!(!calls.consume);
+        assert!(!calls.log_config().consume);
         assert_eq!(
             (
                 calls.queue_capacity,

@@ -263,6 +263,8 @@ fn print_where_to_look(at: &Where<'_>) {
          \n  Webhook:   curl -s -X POST {base}/api/webhooks/conversation-initiation \\{secret}\n\
          \x20              -H 'content-type: application/json' \\\n\
          \x20              -d '{{\"caller_id\":\"{lead}\",\"called_number\":\"{org}\",\"call_sid\":\"CA123\"}}'\n\
+         \n  Calls:     {base}/calls#org=1&key={key}\n\
+         \x20            (today's calls, live; the key after # stays in the browser)\n\
          \n  Metrics:   {monitoring}/api/monitoring/metrics\n\
          \n  Health:    {monitoring}/api/monitoring/health   (and /live, /ready, /redis below it)\n\
          \n  Stats:     {monitoring}/api/monitoring/stats/cache   Alerts: {monitoring}/api/monitoring/alerts\n\
