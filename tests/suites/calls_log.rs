@@ -566,3 +566,35 @@ async fn an_instance_that_does_not_consume_publishes_for_one_that_does() {
         "only the consuming instance reads the group"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_calls_events_never_forks_parallel_workers() {
+    let db = TestDb::migrated("callsserial").await;
+    let pool = db.pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    // Costs that make any parallel plan the cheapest, as lagging statistics on a large
+    // table did in the webhook bench (a worker forked for every batch).
+    for setting in [
+        "SET parallel_setup_cost = 0",
+        "SET parallel_tuple_cost = 0",
+        "SET min_parallel_table_scan_size = 0",
+        "SET min_parallel_index_scan_size = 0",
+        "SET enable_indexscan = off",
+        "SET enable_bitmapscan = off",
+    ] {
+        sqlx::query(setting).execute(&mut *conn).await.unwrap();
+    }
+    for table in ["call_events", "call_sessions"] {
+        let plan: Vec<String> = sqlx::query_scalar(&format!(
+            "EXPLAIN SELECT * FROM {table} WHERE call_sid = ANY(ARRAY['a', 'b'])"
+        ))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            !plan.contains("Gather") && !plan.contains("Parallel"),
+            "{table}: {plan}"
+        );
+    }
+}

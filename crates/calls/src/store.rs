@@ -53,7 +53,7 @@ const INSERT_EVENT: &str = "INSERT INTO call_events (event_id, call_sid, org_id,
      VALUES ($1::uuid, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING";
 
 const CALL_EVENTS: &str = "SELECT event_id::text, call_sid, org_id, kind, at, data \
-     FROM call_events WHERE call_sid = $1 ORDER BY at, event_id";
+     FROM call_events WHERE call_sid = $1 ORDER BY call_events.at, call_events.event_id";
 
 const BUMP_CURSOR: &str = "INSERT INTO call_feed_cursors (org_id, seq) VALUES ($1, 1) \
      ON CONFLICT (org_id) DO UPDATE SET seq = call_feed_cursors.seq + 1 RETURNING seq";
@@ -84,7 +84,8 @@ const INSERT_EVENTS: &str = "INSERT INTO call_events (event_id, call_sid, org_id
      ON CONFLICT (event_id) DO NOTHING RETURNING event_id::text";
 
 const CALLS_EVENTS: &str = "SELECT event_id::text, call_sid, org_id, kind, at, data \
-     FROM call_events WHERE call_sid = ANY($1) ORDER BY call_sid, at, event_id";
+     FROM call_events WHERE call_sid = ANY($1) \
+     ORDER BY call_events.call_sid, call_events.at, call_events.event_id";
 
 /// Moves each organization's cursor by its count of changes, in organization order (the
 /// rows' locks are taken in that order), returning the last number each took.
