@@ -29,11 +29,12 @@ pub enum Applied {
 /// The call sessions' table; cheap to clone.
 ///
 /// # Concurrency
-/// Applying takes a transaction-scoped advisory lock on the call, so two instances applying
-/// two events of one call at once fold one after the other (the second sees the first's
-/// event), and then the organization's cursor row, whose lock makes an organization's
-/// changes commit in cursor order. Both are taken in that order by every apply, so they
-/// cannot deadlock.
+/// Applying takes a transaction-scoped advisory lock on each of its calls, so two instances
+/// applying events of one call at once fold one after the other (the second sees the
+/// first's events), and then the organizations' cursor rows, whose locks make an
+/// organization's changes commit in cursor order. Every apply takes the calls' locks in one
+/// statement in hash order, then the rows in organization order, so applies cannot
+/// deadlock.
 #[derive(Clone)]
 pub struct SessionStore {
     pool: PgPool,
@@ -43,36 +44,6 @@ pub struct SessionStore {
 const SESSION_COLUMNS: &str = "call_sid, org_id, lead_id, caller, greeting_source, status, \
      started_at, authenticated_at, authentication_failed_at, intent, transfer_initiated_at, \
      transferred_at, ended_at, duration_seconds, last_event, last_event_at, events, change_seq";
-
-/// Serializes the applies of one call (released at commit or rollback).
-const LOCK_CALL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
-
-/// The event's id travels as text: sqlx's `uuid` feature is not built, and this is the only
-/// place ids cross into SQL.
-const INSERT_EVENT: &str = "INSERT INTO call_events (event_id, call_sid, org_id, kind, at, data) \
-     VALUES ($1::uuid, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING";
-
-const CALL_EVENTS: &str = "SELECT event_id::text, call_sid, org_id, kind, at, data \
-     FROM call_events WHERE call_sid = $1 ORDER BY call_events.at, call_events.event_id";
-
-const BUMP_CURSOR: &str = "INSERT INTO call_feed_cursors (org_id, seq) VALUES ($1, 1) \
-     ON CONFLICT (org_id) DO UPDATE SET seq = call_feed_cursors.seq + 1 RETURNING seq";
-
-const UPSERT_SESSION: &str = "INSERT INTO call_sessions (call_sid, org_id, lead_id, caller, \
-     greeting_source, status, started_at, authenticated_at, authentication_failed_at, intent, \
-     transfer_initiated_at, transferred_at, ended_at, duration_seconds, last_event, \
-     last_event_at, events, change_seq) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-     ON CONFLICT (call_sid) DO UPDATE SET org_id = EXCLUDED.org_id, \
-     lead_id = EXCLUDED.lead_id, caller = EXCLUDED.caller, \
-     greeting_source = EXCLUDED.greeting_source, status = EXCLUDED.status, \
-     started_at = EXCLUDED.started_at, authenticated_at = EXCLUDED.authenticated_at, \
-     authentication_failed_at = EXCLUDED.authentication_failed_at, intent = EXCLUDED.intent, \
-     transfer_initiated_at = EXCLUDED.transfer_initiated_at, \
-     transferred_at = EXCLUDED.transferred_at, ended_at = EXCLUDED.ended_at, \
-     duration_seconds = EXCLUDED.duration_seconds, last_event = EXCLUDED.last_event, \
-     last_event_at = EXCLUDED.last_event_at, events = EXCLUDED.events, \
-     change_seq = EXCLUDED.change_seq";
 
 /// Locks many calls, in one order whoever asks (no two batches can wait on each other).
 const LOCK_CALLS: &str = "SELECT pg_advisory_xact_lock(h) FROM \
@@ -128,8 +99,8 @@ impl SessionStore {
     /// in order (a failed one changed nothing).
     ///
     /// The whole batch goes in one transaction of a fixed number of statements (one commit,
-    /// one WAL flush, however many events); should it fail, each event is applied in its own
-    /// transaction, so one that cannot be applied fails alone.
+    /// one WAL flush, however many events); should a batch of several fail, each event is
+    /// applied as a batch of its own, so one that cannot be applied fails alone.
     ///
     /// # Cancel safety
     /// Dropped mid-way, the transaction being run rolls back and the later events are not
@@ -145,7 +116,8 @@ impl SessionStore {
         }
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
-            outcomes.push(self.apply_one(event).await);
+            let outcome = self.apply_batch(std::slice::from_ref(event)).await;
+            outcomes.push(outcome.map(|mut one| one.pop().unwrap_or(Applied::Duplicate)));
         }
         outcomes
     }
@@ -266,60 +238,6 @@ impl SessionStore {
             .collect())
     }
 
-    async fn apply_one(&self, event: &CallEvent) -> Result<Applied, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("beginning an apply"))?;
-        sqlx::query(LOCK_CALL)
-            .bind(&event.call_sid)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("locking a call"))?;
-        let inserted = sqlx::query(INSERT_EVENT)
-            .bind(event.id.to_string())
-            .bind(&event.call_sid)
-            .bind(event.org_id)
-            .bind(event.kind.as_str())
-            .bind(event.at)
-            .bind(Json(&event.data))
-            .execute(&mut *tx)
-            .await
-            .map_err(db("inserting a call event"))?
-            .rows_affected();
-        if inserted == 0 {
-            // Dropping the transaction rolls it back; nothing was written.
-            return Ok(Applied::Duplicate);
-        }
-        let rows = sqlx::query(CALL_EVENTS)
-            .bind(&event.call_sid)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("reading a call's events"))?;
-        let mut events: Vec<CallEvent> = rows.iter().filter_map(event_from_row).collect();
-        if events.is_empty() {
-            // Only if the row just inserted could not be read back; fold from it alone.
-            events.push(event.clone());
-        }
-        let Some(mut session) = fold(&events, Cursor(0)) else {
-            // `events` is never empty here; a fold of nothing changes nothing.
-            return Ok(Applied::Duplicate);
-        };
-        let seq: i64 = sqlx::query_scalar(BUMP_CURSOR)
-            .bind(session.org_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("numbering a session change"))?;
-        session.cursor = Cursor(seq);
-        upsert(&mut tx, &session).await?;
-        let payload = serde_json::to_string(&session).unwrap_or_default();
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(payload)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("announcing a session change"))?;
-        tx.commit().await.map_err(db("committing an apply"))?;
-        Ok(Applied::New(Box::new(session)))
-    }
-
     /// An organization's sessions that started at or after `since`, and those still in
     /// progress that started within the last day, newest first (at most `limit`), with the
     /// organization's cursor now (for a live feed to go on from).
@@ -400,35 +318,6 @@ impl SessionStore {
             .map_err(db("reading a feed cursor"))?;
         Ok(Cursor(seq.unwrap_or(0)))
     }
-}
-
-async fn upsert(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    s: &CallSession,
-) -> Result<(), StoreError> {
-    sqlx::query(UPSERT_SESSION)
-        .bind(&s.call_sid)
-        .bind(s.org_id)
-        .bind(s.lead_id)
-        .bind(&s.caller)
-        .bind(&s.greeting_source)
-        .bind(status_name(s.status))
-        .bind(s.started_at)
-        .bind(s.authenticated_at)
-        .bind(s.authentication_failed_at)
-        .bind(&s.intent)
-        .bind(s.transfer_initiated_at)
-        .bind(s.transferred_at)
-        .bind(s.ended_at)
-        .bind(s.duration_seconds)
-        .bind(&s.last_event)
-        .bind(s.last_event_at)
-        .bind(s.events)
-        .bind(s.cursor.0)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("writing a call session"))?;
-    Ok(())
 }
 
 /// A stored event; `None` for a kind this build does not know (written by a newer one).
