@@ -19,12 +19,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use tiercache_repository::listen::{self, Backoff};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::session::CallSession;
 use crate::store::NOTIFY_CHANNEL;
@@ -34,16 +35,6 @@ pub const FEED_CAPACITY: usize = 256;
 
 /// The `application_name` of the feed's connection, to find it in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "tiercache-call-feed";
-
-/// First wait before connecting again after a failed attempt; doubles up to the cap.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Bound on one connection attempt (connect and `LISTEN`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// After this long without a notification the connection is checked with a `SELECT 1`, and
-/// channels nobody follows any more are dropped.
-const IDLE_CHECK: Duration = Duration::from_secs(10);
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The live feed of session changes; cheap to clone.
 #[derive(Clone)]
@@ -67,17 +58,10 @@ impl LiveFeed {
                 listening: AtomicBool::new(false),
             }),
         };
-        // Same server and credentials as the service's pool, but a pool of one of its own
-        // (which `PgListener` needs), so the feed never holds one of the service's.
+        // Same server and credentials as the service's pool, on a connection of its own.
         let options = (*pool.connect_options()).clone();
         let options = options.application_name(APPLICATION_NAME);
-        let own = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .connect_lazy_with(options);
-        let task = tokio::spawn(run(own, feed.clone()));
+        let task = tokio::spawn(run(options, feed.clone()));
         (feed, task)
     }
 
@@ -136,19 +120,19 @@ impl Inner {
 }
 
 /// Connects, listens until the connection is lost, and again, until aborted.
-async fn run(pool: PgPool, feed: LiveFeed) {
-    let mut backoff = BACKOFF_MIN;
+async fn run(options: PgConnectOptions, feed: LiveFeed) {
+    let mut backoff = Backoff::default();
     loop {
-        let mut listener = match connect(&pool).await {
+        let mut listener = match listen::connect(&options, NOTIFY_CHANNEL).await {
             Ok(listener) => listener,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "the call feed cannot listen");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let wait = backoff.wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "the call feed cannot listen");
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
-        backoff = BACKOFF_MIN;
+        backoff.reset();
         feed.inner.listening.store(true, Ordering::Relaxed);
         tracing::info!("the call feed is listening");
         let lost = receive(&mut listener, &feed).await;
@@ -159,40 +143,19 @@ async fn run(pool: PgPool, feed: LiveFeed) {
     }
 }
 
-async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let attempt = async {
-        let mut listener = PgListener::connect_with(pool).await?;
-        // A lost connection ends `try_recv` with `Ok(None)` at once; `run` reconnects.
-        listener.eager_reconnect(false);
-        listener.ignore_pool_close_event(true);
-        listener.listen(NOTIFY_CHANNEL).await?;
-        Ok(listener)
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(sqlx::Error::PoolTimedOut),
-    }
-}
-
 /// Delivers notifications until the connection is lost; returns why it was.
 async fn receive(listener: &mut PgListener, feed: &LiveFeed) -> sqlx::Error {
     loop {
-        // `try_recv` on a live connection is cancel-safe (sqlx consumes a message only once
-        // it has all of it).
-        match tokio::time::timeout(IDLE_CHECK, listener.try_recv()).await {
-            Ok(Ok(Some(notification))) => {
+        match listen::recv_until(listener, Instant::now() + listen::IDLE_CHECK).await {
+            Ok(Some(notification)) => {
                 handle(feed, notification.payload());
                 continue;
             }
-            Ok(Ok(None)) => return sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(Err(e)) => return e,
-            Err(_quiet) => {}
+            Ok(None) => {}
+            Err(lost) => return lost,
         }
-        let check = sqlx::query("SELECT 1").execute(&mut *listener);
-        match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return e,
-            Err(_) => return sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
+        if let Err(lost) = listen::check(listener).await {
+            return lost;
         }
         while let Some(notification) = listener.next_buffered() {
             handle(feed, notification.payload());
@@ -219,6 +182,7 @@ mod tests {
     use super::*;
     use crate::session::{Cursor, SessionStatus};
     use chrono::Utc;
+    use std::time::Duration;
 
     fn session(org_id: i64, call_sid: &str, cursor: i64) -> CallSession {
         let now = Utc::now();

@@ -5,6 +5,7 @@
 pub mod api_key;
 pub mod error;
 pub mod greeting;
+pub mod listen;
 pub mod listener;
 pub mod model;
 pub mod phone;

@@ -2,31 +2,21 @@
 //! migration, `psql`), from the notifications PostgreSQL triggers send on
 //! [`CHANNEL`] (see `migrations/20261126000002_notify.sql`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Deserialize;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener};
 use tiercache::{Feed, Invalidation, InvalidationSource, TwoTierCache};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::listen::{self, Backoff};
 
 /// The channel the triggers notify on.
 pub const CHANNEL: &str = "tiercache_invalidation";
 
 /// The `application_name` of the listener's connection, to find it in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "tiercache-listener";
-
-/// First wait before connecting again after a failed attempt; doubles up to the cap.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Bound on one connection attempt (connect and `LISTEN`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Without a cache feed to confirm, after this long without a notification the connection
-/// is checked with a `SELECT 1` (with one, every heartbeat): a
-/// connection that died without a word (a half-open TCP connection) would otherwise look
-/// like a quiet database forever.
-const IDLE_CHECK: Duration = Duration::from_secs(10);
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the listener is doing, and what it has done so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,21 +131,21 @@ async fn run(
     cache: TwoTierCache,
     status: watch::Sender<ListenerStatus>,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     let mut listened_before = false;
     // The cache trusts L1 fully only while this feed confirms (see `tiercache::Feed`).
     let feed = cache.invalidation_feed();
     loop {
-        let mut listener = match connect(&options).await {
+        let mut listener = match listen::connect(&options, CHANNEL).await {
             Ok(listener) => listener,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot listen for database changes");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let wait = backoff.wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot listen for database changes");
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
-        backoff = BACKOFF_MIN;
+        backoff.reset();
         if listened_before {
             // What was notified while we were away is lost.
             cache.flush_l1();
@@ -180,28 +170,6 @@ async fn run(
     }
 }
 
-/// A listener on a fresh connection of its own (a pool of one, which `PgListener` needs).
-async fn connect(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(CONNECT_TIMEOUT)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .connect_lazy_with(options.clone());
-    let attempt = async {
-        let mut listener = PgListener::connect_with(&pool).await?;
-        // A lost connection ends `try_recv` with `Ok(None)` at once; `run` reconnects.
-        listener.eager_reconnect(false);
-        listener.ignore_pool_close_event(true);
-        listener.listen(CHANNEL).await?;
-        Ok(listener)
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(sqlx::Error::PoolTimedOut),
-    }
-}
-
 /// Applies notifications until the connection is lost; returns why it was. With a feed, a
 /// `SELECT 1` every heartbeat proves the connection live; the notifications that arrived
 /// before its answer are applied, then the feed is confirmed.
@@ -211,18 +179,12 @@ async fn receive(
     status: &watch::Sender<ListenerStatus>,
     feed: Option<&Feed>,
 ) -> sqlx::Error {
-    let every = feed.map_or(IDLE_CHECK, Feed::heartbeat);
+    let every = feed.map_or(listen::IDLE_CHECK, Feed::heartbeat);
     let mut next_check = tokio::time::Instant::now() + every;
     loop {
-        // `try_recv` on a live connection is cancel-safe (sqlx consumes a message only
-        // once it has all of it).
-        let notification = match tokio::time::timeout_at(next_check, listener.try_recv()).await {
-            Ok(Ok(Some(notification))) => Some(notification),
-            Ok(Ok(None)) => {
-                return sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            Ok(Err(e)) => return e,
-            Err(_due) => None,
+        let notification = match listen::recv_until(listener, next_check).await {
+            Ok(notification) => notification,
+            Err(lost) => return lost,
         };
         if let Some(notification) = notification {
             handle(listener, cache, status, notification.payload()).await;
@@ -230,11 +192,8 @@ async fn receive(
         if tokio::time::Instant::now() < next_check {
             continue;
         }
-        let check = sqlx::query("SELECT 1").execute(&mut *listener);
-        match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return e,
-            Err(_) => return sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
+        if let Err(lost) = listen::check(listener).await {
+            return lost;
         }
         while let Some(notification) = listener.next_buffered() {
             handle(listener, cache, status, notification.payload()).await;
