@@ -20,8 +20,7 @@
 
 use std::time::Duration;
 
-use crate::key::{CacheKey, KeySchema, PhoneDigest};
-use crate::observer::Entity;
+use crate::schema::{CacheKey, Entity, Group, KeySchema, Schema, Tag};
 
 /// Stream entries kept (approximately: Redis trims whole nodes).
 pub const STREAM_MAXLEN: u64 = 10_000;
@@ -53,9 +52,8 @@ impl StreamId {
 /// What one invalidation tells the other instances.
 ///
 /// Encoded as `{instance} {sent_ms} {groups or -} {entity=name} {keys…}`, or `… *` for
-/// everything. Keys hold no spaces; a lead's history index among them stands for every page
-/// of that lead (each instance also drops the pages it indexed itself, see
-/// `history_index.rs`). A token that is not a key of this schema is skipped, so an instance
+/// everything. Keys hold no spaces; a tag's index among them stands for every key of that
+/// tag (each instance also drops the keys it indexed itself, see `tag_index.rs`). A token that is not a key of this schema is skipped, so an instance
 /// running an older build reads what it knows of a newer message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BusMessage {
@@ -65,8 +63,8 @@ pub(crate) struct BusMessage {
     pub sent_ms: u64,
     /// The entity that changed (what the receivers count it under).
     pub entity: Option<Entity>,
-    /// Phone epochs to bump.
-    pub groups: Vec<PhoneDigest>,
+    /// Group epochs to bump.
+    pub groups: Vec<Group>,
     /// Keys to drop, in their Redis form; empty with `all`.
     pub keys: Vec<String>,
     /// Drop everything.
@@ -96,7 +94,7 @@ impl BusMessage {
         } else {
             self.groups
                 .iter()
-                .map(PhoneDigest::to_hex)
+                .map(Group::to_hex)
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -120,8 +118,9 @@ impl BusMessage {
         u64::from_str_radix(text.split(' ').next()?, 16).ok()
     }
 
-    /// Parses what [`encode`](Self::encode) wrote; `None` for anything else.
-    pub fn decode(text: &str) -> Option<Self> {
+    /// Parses what [`encode`](Self::encode) wrote; `None` for anything else. An entity
+    /// `schema` does not declare is left out (the keys still count).
+    pub fn decode(text: &str, schema: &Schema) -> Option<Self> {
         let mut parts = text.splitn(4, ' ');
         let instance = u64::from_str_radix(parts.next()?, 16).ok()?;
         let sent_ms = parts.next()?.parse().ok()?;
@@ -129,7 +128,7 @@ impl BusMessage {
             "-" => Vec::new(),
             list => list
                 .split(',')
-                .map(PhoneDigest::from_hex)
+                .map(Group::from_hex)
                 .collect::<Option<Vec<_>>>()?,
         };
         let rest = parts.next().unwrap_or("");
@@ -139,7 +138,7 @@ impl BusMessage {
         if !all {
             for token in rest.split(' ').filter(|k| !k.is_empty()) {
                 match token.strip_prefix(ENTITY_TOKEN) {
-                    Some(name) => entity = Entity::ALL.into_iter().find(|e| e.as_str() == name),
+                    Some(name) => entity = schema.entity(name),
                     None => keys.push(token.to_owned()),
                 }
             }
@@ -162,21 +161,20 @@ impl BusMessage {
             .collect()
     }
 
-    /// The leads whose history (every page) the message drops: those whose history index
-    /// is among its keys.
-    pub fn history_leads<'a>(&'a self, schema: &'a KeySchema) -> impl Iterator<Item = i64> + 'a {
-        self.keys
-            .iter()
-            .filter_map(|k| schema.history_index_lead(k))
+    /// The tags whose keys (every one) the message drops: those whose index is among its
+    /// keys.
+    pub fn tags<'a>(&'a self, schema: &'a KeySchema) -> impl Iterator<Item = Tag> + 'a {
+        self.keys.iter().filter_map(|k| schema.parse_tag_index(k))
     }
 }
 
 /// Appends to the stream (renewing its TTL, ARGV[3] ms) and announces `id payload` on the
-/// channel, atomically; also when Redis is out of memory, as invalidations do.
+/// channel (ARGV[4]: not a key, so the script touches one slot), atomically; also when
+/// Redis is out of memory, as invalidations do.
 pub(crate) const PUBLISH_SCRIPT: &str = r"#!lua flags=allow-oom
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])
+redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[2])
 return id
 ";
 
@@ -190,37 +188,33 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let schema = KeySchema::new("tc", "t", 1, b"0123456789abcdef").unwrap();
+        let k = crate::test_schema::keys();
+        let schema = KeySchema::new("tc", "t", 1, b"0123456789abcdef", k.schema.clone()).unwrap();
+        let name = schema.digest("+16462000001");
         let message = BusMessage {
             instance: 0xdead_beef,
             sent_ms: 1_700_000_000_000,
-            entity: Some(Entity::Lead),
-            groups: vec![
-                schema.phone_digest("+16462000001"),
-                schema.phone_digest("+18005550001"),
-            ],
+            entity: Some(k.item),
+            groups: vec![Group::from(name), schema.group("+18005550001")],
             keys: vec![
-                schema.render(&schema.lead_by_id(1)),
-                schema.render(&schema.lead_by_phone("+16462000001", 1)),
-                schema.history_index(1),
+                schema.render(&k.by_id.key(1)),
+                schema.render(&k.by_name.key((name, 1))),
+                schema.tag_index(&k.owner.of(1)),
             ],
             all: false,
         };
-        let decoded = BusMessage::decode(&message.encode()).unwrap();
+        let decoded = BusMessage::decode(&message.encode(), &k.schema).unwrap();
         assert_eq!(decoded, message);
         assert_eq!(BusMessage::sender(&message.encode()), Some(0xdead_beef));
         assert_eq!(BusMessage::sender("garbage"), None);
         assert_eq!(
             decoded.cache_keys(&schema),
-            [
-                schema.lead_by_id(1),
-                schema.lead_by_phone("+16462000001", 1)
-            ]
+            [k.by_id.key(1), k.by_name.key((name, 1))]
         );
-        assert_eq!(decoded.history_leads(&schema).collect::<Vec<_>>(), [1]);
+        assert_eq!(decoded.tags(&schema).collect::<Vec<_>>(), [k.owner.of(1)]);
         // An older sender's message, with no entity token: the keys still count.
-        let older = decoded.encode().replace(" entity=lead", "");
-        let older = BusMessage::decode(&older).unwrap();
+        let older = decoded.encode().replace(" entity=item", "");
+        let older = BusMessage::decode(&older, &k.schema).unwrap();
         assert_eq!((older.entity, older.keys.len()), (None, 3));
         let all = BusMessage {
             entity: None,
@@ -229,8 +223,8 @@ mod tests {
             all: true,
             ..message
         };
-        assert_eq!(BusMessage::decode(&all.encode()).unwrap(), all);
-        assert_eq!(BusMessage::decode("garbage"), None);
+        assert_eq!(BusMessage::decode(&all.encode(), &k.schema).unwrap(), all);
+        assert_eq!(BusMessage::decode("garbage", &k.schema), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use redis::streams::StreamRangeReply;
 
 use crate::bus::{BusMessage, RECONNECT_MAX, RECONNECT_MIN, StreamId};
 use crate::cache::{Inner, age_since};
-use crate::key::CacheKey;
+use crate::schema::CacheKey;
 use crate::l2::L2Error;
 use crate::observer::InvalidationSource;
 
@@ -275,20 +275,20 @@ impl Inner {
         if BusMessage::sender(payload) == Some(self.instance) {
             return;
         }
-        let Some(message) = BusMessage::decode(payload) else {
+        let Some(message) = BusMessage::decode(payload, self.keys.schema()) else {
             return;
         };
         self.observer.bus_received(age_since(message.sent_ms));
         if message.all {
             self.clear_l1();
-            for entity in crate::observer::Entity::ALL {
+            for entity in self.keys.schema().entities() {
                 self.observer.invalidated(entity, InvalidationSource::Bus);
             }
             return;
         }
         let mut keys = message.cache_keys(&self.keys);
-        for lead in message.history_leads(&self.keys) {
-            keys.extend(self.history_pages(lead));
+        for tag in message.tags(&self.keys) {
+            keys.extend(self.tag_index.take(&tag));
         }
         // As a local invalidation: a load in flight finishes first.
         self.drop_from_l1(&keys, &message.groups).await;

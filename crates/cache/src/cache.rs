@@ -21,21 +21,19 @@ use crate::envelope;
 use crate::epoch::Epochs;
 use crate::error::{BoxError, Error};
 use crate::failures::Failures;
-use crate::history_index::HistoryIndex;
 use crate::invalidation::Invalidation;
-use crate::key::{CacheKey, KeySchema, PhoneDigest};
-use crate::l2::{
-    GetOrLease, HistoryPages, IndexEntry, L2, L2ErrorKind, LEASE_MARKER_PREFIX, PoolState, Publish,
-};
+use crate::l2::{GetOrLease, IndexEntry, L2, L2ErrorKind, LEASE_MARKER_PREFIX, PoolState, Publish};
 use crate::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::observer::{
-    CacheObserver, CircuitState, CorruptKind, Entity, EvictionCause, InvalidationSource,
-    LoadOutcome, Outcome, StaleReason, Tier,
+    CacheObserver, CircuitState, CorruptKind, EvictionCause, InvalidationSource, LoadOutcome,
+    Outcome, StaleReason, Tier,
 };
+use crate::schema::{CacheKey, Entity, Group, KeySchema, Tag};
 use crate::pending::PendingDeletes;
 use crate::policy::Policies;
 use crate::seal::Sealing;
 use crate::stripes::Stripes;
+use crate::tag_index::TagIndex;
 use crate::write_behind::{QueuedSet, WriteBehind};
 use crate::write_through::Written;
 
@@ -74,11 +72,19 @@ const REPLAY_BATCH: usize = 256;
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// use tiercache::{CacheConfig, Invalidation, InvalidationSource, NoopObserver, TwoTierCache};
+/// use std::time::Duration;
+/// use tiercache::{
+///     CacheConfig, EntityPolicy, Invalidation, InvalidationSource, KeyDef, NoopObserver, Schema,
+///     TwoTierCache,
+/// };
 ///
+/// let mut schema = Schema::builder();
+/// let user = schema.entity("user", EntityPolicy::with_l2_ttl(Duration::from_secs(600)));
+/// let user_by_id: KeyDef<i64> = schema.key(user, "user:{}");
+/// let config = CacheConfig::builder().schema(schema.build()?).build()?;
 /// // No Redis URL: L1 only. With `.redis_url(Some(..))` the same code uses both tiers.
-/// let cache = TwoTierCache::new(CacheConfig::builder().build()?, NoopObserver)?;
-/// let key = cache.keys().lead_by_id(42);
+/// let cache = TwoTierCache::new(config, NoopObserver)?;
+/// let key = user_by_id.key(42);
 /// let load = || async { Ok::<_, std::io::Error>(Some("Ada".to_owned())) };
 /// let name = cache.get_or_load(key, load).await?;
 /// assert_eq!(name.as_deref().map(String::as_str), Some("Ada"));
@@ -91,7 +97,7 @@ const REPLAY_BATCH: usize = 256;
 /// cache.invalidate(Invalidation::key(key), InvalidationSource::Write).await;
 /// let gone = cache.get_or_load(key, || async { Ok::<Option<String>, std::io::Error>(None) }).await?;
 /// assert_eq!(gone, None);
-/// # Ok::<(), tiercache::Error>(()) }).unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
 /// ```
 ///
 /// # Writing
@@ -151,7 +157,7 @@ pub(crate) struct Inner {
     pub(crate) coherence: Arc<Coherence>,
     /// The bus's place among the invalidation feeds (with L2).
     pub(crate) bus_feed: Option<Feed>,
-    history: HistoryIndex,
+    pub(crate) tag_index: TagIndex,
     failures: Failures,
     pub(crate) pending: PendingDeletes,
     pub(crate) epochs: Epochs,
@@ -213,6 +219,21 @@ impl L1Entry {
     pub(crate) fn new<T: Send + Sync + 'static>(
         value: Option<Arc<T>>,
         encoded_len: usize,
+        life: (Duration, Duration),
+        loaded_at_ms: u64,
+    ) -> Self {
+        Self::erased(
+            value.map(|v| v as Arc<dyn Any + Send + Sync>),
+            encoded_len,
+            life,
+            loaded_at_ms,
+        )
+    }
+
+    /// [`new`](Self::new) for a value whose type is known only to its reader.
+    pub(crate) fn erased(
+        value: Option<Arc<dyn Any + Send + Sync>>,
+        encoded_len: usize,
         (ttl, grace): (Duration, Duration),
         loaded_at_ms: u64,
     ) -> Self {
@@ -222,7 +243,7 @@ impl L1Entry {
         let now = Instant::now();
         let keep = ttl.saturating_add(grace);
         L1Entry {
-            value: value.map(|v| v as Arc<dyn Any + Send + Sync>),
+            value,
             weight,
             keep,
             fresh_until: now + ttl,
@@ -321,8 +342,9 @@ impl TwoTierCache {
         let keys = KeySchema::new(
             &config.prefix,
             &config.env,
-            config.schema,
+            config.version,
             &config.key_secret,
+            config.schema.clone(),
         )
         .map_err(|e| config_error("namespace", e.to_string()))?;
         let l2 = match &config.redis {
@@ -349,17 +371,19 @@ impl TwoTierCache {
                 listener.evicted(key.entity(), cause);
             })
             .build();
-        let history_policy = config.policies.get(Entity::History);
-        // A page is recorded before its load; it lives in L1 at most load + max TTL after.
-        let history_idle = history_policy.max_ttl(history_policy.l1_ttl)
-            + config.load_timeout
-            + Duration::from_secs(1);
-        let longest_l2_ttl = Entity::ALL
+        // An indexed key is recorded before its load; it lives in L1 at most load + max TTL
+        // after.
+        let longest_l1_ttl = config
+            .policies
             .iter()
-            .map(|e| {
-                let p = config.policies.get(*e);
-                p.max_ttl(p.l2_ttl.max(p.negative_ttl))
-            })
+            .map(|(_, p)| p.max_ttl(p.l1_ttl))
+            .max()
+            .unwrap_or_default();
+        let tag_idle = longest_l1_ttl + config.load_timeout + Duration::from_secs(1);
+        let longest_l2_ttl = config
+            .policies
+            .iter()
+            .map(|(_, p)| p.max_ttl(p.l2_ttl.max(p.negative_ttl)))
             .max()
             .unwrap_or_default();
         let has_l2 = l2.is_some();
@@ -378,9 +402,9 @@ impl TwoTierCache {
             soft_timeout: config.soft_timeout,
             bus_feed: if has_l2 { coherence.claim() } else { None },
             coherence,
-            history: HistoryIndex::new(history_idle),
+            tag_index: TagIndex::new(tag_idle),
             failures: Failures::new(),
-            pending: PendingDeletes::new(longest_l2_ttl),
+            pending: PendingDeletes::new(longest_l2_ttl, config.schema.clone()),
             epochs: Epochs::new(),
             installing: Stripes::new(),
             dropped: Stripes::new(),
@@ -556,7 +580,7 @@ impl TwoTierCache {
         source: InvalidationSource,
     ) -> Option<JoinHandle<Result<u64, crate::l2::L2Error>>> {
         self.inner.clear_l1();
-        for entity in Entity::ALL {
+        for entity in self.inner.keys.schema().entities() {
             self.inner.observer.invalidated(entity, source);
         }
         let inner = Arc::clone(&self.inner);
@@ -583,7 +607,7 @@ impl TwoTierCache {
         self.inner.clear_l1();
     }
 
-    /// Keys (and leads' history pages) whose invalidation has not reached Redis yet.
+    /// Keys (and tags' indexed keys) whose invalidation has not reached Redis yet.
     pub fn owed_invalidations(&self) -> usize {
         self.inner.pending.len()
     }
@@ -877,7 +901,7 @@ impl Inner {
         &self,
         l2: &L2,
         redis_key: &str,
-        index: Option<&IndexEntry<'_>>,
+        index: &[IndexEntry],
     ) -> Option<String> {
         let marker = self.lease_marker();
         match l2
@@ -909,7 +933,7 @@ impl Inner {
         l2: &L2,
         redis_key: &str,
         marker: &str,
-        index: Option<&IndexEntry<'_>>,
+        index: &[IndexEntry],
     ) -> GetOrLease {
         let deadline = Instant::now() + self.load_timeout / 2;
         let mut pause = LEASE_POLL_MIN;
@@ -938,10 +962,13 @@ impl Inner {
     {
         let entity = key.entity();
         let policy = self.policies.get(entity);
-        let page = key.history_page();
-        // Recorded before anything is read, so an invalidation racing this load finds it.
-        let cacheable =
-            page.is_none_or(|(lead, limit, offset)| self.history.add(lead, limit, offset));
+        // Recorded in its tags' indexes before anything is read, so an invalidation racing
+        // this load finds it.
+        let tags: Vec<Tag> = self.keys.schema().indexed_tags(&key).collect();
+        let mut cacheable = true;
+        for tag in &tags {
+            cacheable &= self.tag_index.add(*tag, key);
+        }
 
         let redis_key = self.l2.as_ref().map(|_| self.keys.render(&key));
         // A key whose invalidation has not reached Redis yet may be stale there: its value
@@ -956,16 +983,15 @@ impl Inner {
         let mut fallback: Option<(envelope::Decoded<T>, usize)> = None;
         if let (Some(l2), Some(redis_key)) = (&self.l2, &redis_key) {
             let started = Instant::now();
-            // A page joins its lead's index in Redis when its load takes the lease.
-            let index_key = page.map(|(lead, _, _)| self.keys.history_index(lead));
-            let index = page
-                .zip(index_key.as_deref())
-                .map(|((_, limit, offset), index_key)| IndexEntry {
-                    index_key,
-                    member: KeySchema::history_member(limit, offset),
+            // An indexed key joins its tags' indexes in Redis when its load takes the lease.
+            let index: Vec<IndexEntry> = tags
+                .iter()
+                .map(|tag| IndexEntry {
+                    index_key: self.keys.tag_index(tag),
                     ttl: policy.max_ttl(policy.l2_ttl),
-                });
-            let index = index.as_ref();
+                })
+                .collect();
+            let index = index.as_slice();
             let marker = self.lease_marker();
             let found = if owed {
                 l2.take_lease(redis_key, &marker, self.load_timeout, index)
@@ -1117,7 +1143,7 @@ impl Inner {
         // nothing is written: the lease holder writes it. With one, the write goes behind
         // (see `write_behind.rs`), or here when its queue is full.
         if let (Some(redis_key), Some(lease)) = (redis_key, lease) {
-            match self.sealing.store(&key, &redis_key, bytes) {
+            match self.sealing.store(&redis_key, bytes, self.keys.schema().followable(&key)) {
                 Ok(bytes) => {
                     let set = QueuedSet {
                         key,
@@ -1177,7 +1203,7 @@ impl Inner {
         }
     }
 
-    /// Drops `keys` from L1 for an invalidation of `groups` (none: every phone number).
+    /// Drops `keys` from L1 for an invalidation of `groups` (none: every group).
     ///
     /// The local epochs move first (see `epoch.rs`), so a batched install that checks them
     /// after this skips its value. Then a key is removed under its compute lock, which
@@ -1186,7 +1212,7 @@ impl Inner {
     /// hold after the epochs moved (the holds and this check are fenced), so a load's reads
     /// come after the write committed and its keys were marked in flight to Redis, and a
     /// batched install finds the epochs moved.
-    pub(crate) async fn drop_from_l1(&self, keys: &[CacheKey], groups: &[PhoneDigest]) {
+    pub(crate) async fn drop_from_l1(&self, keys: &[CacheKey], groups: &[Group]) {
         if groups.is_empty() {
             self.epochs.bump(None);
         }
@@ -1243,14 +1269,6 @@ impl Inner {
         self.l1.invalidate_all();
     }
 
-    /// Takes from the local index every page of `lead_id` this instance may hold.
-    pub(crate) fn history_pages(&self, lead_id: i64) -> impl Iterator<Item = CacheKey> + '_ {
-        self.history
-            .take(lead_id)
-            .into_iter()
-            .map(move |(limit, offset)| self.keys.history(lead_id, limit, offset))
-    }
-
     async fn invalidate(
         &self,
         invalidation: Invalidation,
@@ -1260,10 +1278,16 @@ impl Inner {
     ) -> InvalidationReport {
         let mut keys = invalidation.keys;
         let groups = &invalidation.groups;
-        let history_of = invalidation.history_of;
-        // The pages this instance may hold; those other instances cached are found in Redis.
-        if let Some(lead) = history_of {
-            keys.extend(self.history_pages(lead));
+        // A tag's keys: those its words enumerate, and the indexed ones this instance may
+        // hold; those other instances cached are found in Redis, through the tag's index.
+        let schema = self.keys.schema();
+        let mut indexed: Vec<Tag> = Vec::new();
+        for tag in &invalidation.tags {
+            schema.enumerate(tag, &mut keys);
+            if schema.has_index(tag) {
+                keys.extend(self.tag_index.take(tag));
+                indexed.push(*tag);
+            }
         }
         let mut seen = std::collections::HashSet::with_capacity(keys.len());
         keys.retain(|k| seen.insert(*k));
@@ -1279,12 +1303,12 @@ impl Inner {
                 sent_ms: unix_millis(),
                 entity: Some(invalidation.entity),
                 groups: groups.clone(),
-                // A lead's history index stands for all its pages, those an instance could
-                // not list in Redis included.
+                // A tag's index stands for all its indexed keys, those an instance could not
+                // list in Redis included.
                 keys: keys
                     .iter()
                     .map(|k| self.keys.render(k))
-                    .chain(history_of.map(|lead| self.keys.history_index(lead)))
+                    .chain(indexed.iter().map(|tag| self.keys.tag_index(tag)))
                     .collect(),
                 all: false,
             }
@@ -1292,8 +1316,8 @@ impl Inner {
         });
 
         // One Redis script, one round trip: the invalidation epochs (batched installs on
-        // every instance check them), every key (a load's lease marker with it), the history
-        // pages Redis lists, and the bus message. A load in flight then cannot write its
+        // every instance check them), every key (a load's lease marker with it), the keys
+        // the tags' indexes list, and the bus message. A load in flight then cannot write its
         // value to Redis (its marker is gone), and a batched install whose read began before
         // this write does not land. The L1 removals below run meanwhile: the keys are marked
         // in flight first (see `pending.rs`), so no read here trusts Redis for them until the
@@ -1302,7 +1326,7 @@ impl Inner {
         let in_flight = self
             .l2
             .is_some()
-            .then(|| self.pending.begin(&keys, history_of));
+            .then(|| self.pending.begin(&keys, &indexed));
         let l2_part = async {
             let Some(l2) = &self.l2 else {
                 return (0, None);
@@ -1316,10 +1340,7 @@ impl Inner {
                     .collect()
             };
             let doomed: Vec<String> = keys.iter().map(|k| self.keys.render(k)).collect();
-            let pages = history_of.map(|lead| HistoryPages {
-                index_key: self.keys.history_index(lead),
-                page_prefix: self.keys.history_prefix(lead),
-            });
+            let indexes: Vec<String> = indexed.iter().map(|t| self.keys.tag_index(t)).collect();
             let publish = message.as_deref().map(|payload| Publish {
                 stream: &self.bus_stream,
                 channel: &self.bus_channel,
@@ -1330,23 +1351,21 @@ impl Inner {
                     &epochs,
                     EPOCH_TTL,
                     &doomed,
-                    pages.as_ref(),
+                    &indexes,
                     publish.as_ref(),
                 )
                 .await
             {
                 Ok(members) => {
-                    let pages_found = history_of.map_or(0, |lead| {
-                        members
-                            .iter()
-                            .filter_map(|m| self.keys.history_from_member(lead, m))
-                            .filter(|page| !seen.contains(page))
-                            .count()
-                    });
-                    (pages_found, None)
+                    let found = members
+                        .iter()
+                        .filter_map(|m| self.keys.parse(m).ok())
+                        .filter(|key| !seen.contains(key))
+                        .count();
+                    (found, None)
                 }
                 Err(e) => {
-                    self.pending.add(keys.iter().copied(), history_of);
+                    self.pending.add(keys.iter().copied(), &indexed);
                     if let Some(payload) = &message {
                         self.pending.owe_publish(payload.clone());
                     }
@@ -1412,10 +1431,10 @@ impl Inner {
         let mut invocation = script.prepare_invoke();
         invocation
             .key(&self.bus_stream)
-            .key(&self.bus_channel)
             .arg(crate::bus::STREAM_MAXLEN)
             .arg(payload)
-            .arg(crate::bus::STREAM_TTL_MS);
+            .arg(crate::bus::STREAM_TTL_MS)
+            .arg(&self.bus_channel);
         l2.invoke::<String>("publish", &invocation)
             .await
             .map(|_| ())
@@ -1426,19 +1445,16 @@ impl Inner {
         let Some(l2) = &self.l2 else {
             return Ok(());
         };
-        let (keys, leads) = self.pending.snapshot(REPLAY_BATCH);
-        let leads_done = leads.len();
-        for lead in leads {
-            let index_key = self.keys.history_index(lead);
-            let members = l2.members(&index_key).await.map_err(|e| e.kind)?;
-            let mut doomed: Vec<String> = members
-                .iter()
-                .filter_map(|m| self.keys.history_from_member(lead, m))
-                .map(|page| self.keys.render(&page))
-                .collect();
+        let (keys, tags) = self.pending.snapshot(REPLAY_BATCH);
+        let tags_done = tags.len();
+        for tag in tags {
+            let index_key = self.keys.tag_index(&tag);
+            let mut doomed = l2.members(&index_key).await.map_err(|e| e.kind)?;
+            // Only keys of this namespace: a member is deleted as it is written.
+            doomed.retain(|m| m.starts_with(self.keys.namespace()));
             doomed.push(index_key);
             l2.del(&doomed).await.map_err(|e| e.kind)?;
-            self.pending.resolve_history(lead);
+            self.pending.resolve_tag(&tag);
         }
         if !keys.is_empty() {
             let rendered: Vec<String> = keys.iter().map(|k| self.keys.render(k)).collect();
@@ -1464,7 +1480,7 @@ impl Inner {
             published += 1;
         }
         self.observer
-            .owed_replayed(keys.len() + leads_done + published);
+            .owed_replayed(keys.len() + tags_done + published);
         Ok(())
     }
 }
@@ -1566,10 +1582,11 @@ mod tests {
     /// its value, though the key was not in L1 when it looked.
     #[tokio::test]
     async fn an_invalidation_waits_for_an_install_under_way_and_removes_its_value() {
-        let cache = TwoTierCache::new(CacheConfig::builder().build().unwrap(), crate::NoopObserver)
-            .unwrap();
+        let k = crate::test_schema::keys();
+        let config = CacheConfig::builder().schema(k.schema.clone()).build().unwrap();
+        let cache = TwoTierCache::new(config, crate::NoopObserver).unwrap();
         let inner = Arc::clone(&cache.inner);
-        let key = cache.keys().lead_by_id(7);
+        let key = k.by_id.key(7);
         let (checked_tx, checked_rx) = tokio::sync::oneshot::channel();
         let (insert_tx, insert_rx) = tokio::sync::oneshot::channel::<()>();
         let installer = {
@@ -1601,7 +1618,7 @@ mod tests {
         assert!(!inner.l1.contains_key(&key), "the install's value went");
 
         // A key neither in L1 nor held costs no lock: the removal is done at once.
-        let idle = [cache.keys().lead_by_id(8)];
+        let idle = [k.by_id.key(8)];
         let mut removal = std::pin::pin!(inner.drop_from_l1(&idle, &[]));
         let first = std::future::poll_fn(|cx| Poll::Ready(removal.as_mut().poll(cx))).await;
         assert!(first.is_ready());

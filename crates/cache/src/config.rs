@@ -4,8 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{ConfigError, ConfigProblem};
-use crate::observer::Entity;
 use crate::policy::{EntityPolicy, Policies};
+use crate::schema::{Entity, Schema};
 use crate::seal::EncryptionKey;
 
 /// Everything the cache needs to start; built by [`CacheConfig::builder`], always valid.
@@ -13,7 +13,8 @@ use crate::seal::EncryptionKey;
 pub struct CacheConfig {
     pub(crate) prefix: String,
     pub(crate) env: String,
-    pub(crate) schema: u32,
+    pub(crate) version: u32,
+    pub(crate) schema: Schema,
     pub(crate) key_secret: Vec<u8>,
     pub(crate) encryption_key: Option<EncryptionKey>,
     pub(crate) l1_enabled: bool,
@@ -51,7 +52,7 @@ impl CacheConfig {
     /// Shortest HMAC secret accepted.
     pub const MIN_SECRET_LEN: usize = 16;
 
-    /// A builder with the defaults: L1 only, seed policies.
+    /// A builder with the defaults: L1 only, an empty schema.
     pub fn builder() -> CacheConfigBuilder {
         CacheConfigBuilder::default()
     }
@@ -69,6 +70,11 @@ impl CacheConfig {
     /// The policy for `entity`.
     pub fn policy(&self, entity: Entity) -> &EntityPolicy {
         self.policies.get(entity)
+    }
+
+    /// The declared schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
     }
 
     /// The Redis settings, when L2 is enabled.
@@ -93,6 +99,7 @@ impl fmt::Debug for CacheConfig {
         let CacheConfig {
             prefix,
             env,
+            version,
             schema,
             key_secret: _,
             encryption_key,
@@ -109,6 +116,7 @@ impl fmt::Debug for CacheConfig {
         f.debug_struct("CacheConfig")
             .field("prefix", prefix)
             .field("env", env)
+            .field("version", version)
             .field("schema", schema)
             .field("key_secret", &"set")
             .field("encryption_key", &set_or_not(encryption_key.is_some()))
@@ -217,12 +225,13 @@ impl Default for BreakerConfig {
 pub struct CacheConfigBuilder {
     prefix: String,
     env: String,
-    schema: u32,
+    version: u32,
+    schema: Schema,
     key_secret: Option<Vec<u8>>,
     encryption_key: Option<EncryptionKey>,
     l1_enabled: bool,
     l1_max_bytes: u64,
-    policies: Policies,
+    policies: Vec<(Entity, EntityPolicy)>,
     redis_url: Option<String>,
     redis_ca_cert: Option<Vec<u8>>,
     pool_size: u32,
@@ -241,6 +250,7 @@ impl fmt::Debug for CacheConfigBuilder {
         let CacheConfigBuilder {
             prefix,
             env,
+            version,
             schema,
             key_secret,
             encryption_key,
@@ -262,6 +272,7 @@ impl fmt::Debug for CacheConfigBuilder {
         f.debug_struct("CacheConfigBuilder")
             .field("prefix", prefix)
             .field("env", env)
+            .field("version", version)
             .field("schema", schema)
             .field("key_secret", &set(key_secret.is_some()))
             .field("encryption_key", &set(encryption_key.is_some()))
@@ -287,12 +298,13 @@ impl Default for CacheConfigBuilder {
         CacheConfigBuilder {
             prefix: CacheConfig::DEFAULT_PREFIX.to_owned(),
             env: CacheConfig::DEFAULT_ENV.to_owned(),
-            schema: CacheConfig::DEFAULT_SCHEMA,
+            version: CacheConfig::DEFAULT_SCHEMA,
+            schema: Schema::empty(),
             key_secret: None,
             encryption_key: None,
             l1_enabled: true,
             l1_max_bytes: CacheConfig::DEFAULT_L1_MAX_BYTES,
-            policies: Policies::default(),
+            policies: Vec::new(),
             redis_url: None,
             redis_ca_cert: None,
             pool_size: RedisConfig::DEFAULT_POOL_SIZE,
@@ -321,12 +333,19 @@ impl CacheConfigBuilder {
     }
 
     /// The schema version in the namespace; bump it when a cached type changes shape.
-    pub fn schema(mut self, schema: u32) -> Self {
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The entities, key shapes and tags this cache serves (see [`Schema`]); their declared
+    /// policies apply unless [`policy`](Self::policy) replaces one.
+    pub fn schema(mut self, schema: Schema) -> Self {
         self.schema = schema;
         self
     }
 
-    /// The HMAC secret for phone numbers in keys. Required with Redis (every instance must
+    /// The HMAC secret for digests in keys (phone numbers, any text). Required with Redis (every instance must
     /// agree on key names); without Redis a random per-process secret is used if unset.
     pub fn key_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.key_secret = Some(secret.into());
@@ -356,9 +375,10 @@ impl CacheConfigBuilder {
         self
     }
 
-    /// Replaces the policy of one entity.
+    /// Replaces the declared policy of one of the schema's entities.
     pub fn policy(mut self, entity: Entity, policy: EntityPolicy) -> Self {
-        self.policies.set(entity, policy);
+        self.policies.retain(|(e, _)| *e != entity);
+        self.policies.push((entity, policy));
         self
     }
 
@@ -452,8 +472,17 @@ impl CacheConfigBuilder {
                 "must be greater than zero".to_owned(),
             );
         }
-        for entity in Entity::ALL {
-            for (field, message) in self.policies.get(entity).problems() {
+        let mut policies = Policies::declared(&self.schema);
+        for (entity, policy) in &self.policies {
+            if !policies.set(*entity, *policy) {
+                problem(
+                    format!("policy.{entity}"),
+                    "the schema declares no such entity".to_owned(),
+                );
+            }
+        }
+        for (entity, policy) in policies.iter() {
+            for (field, message) in policy.problems() {
                 problem(format!("policy.{entity}.{field}"), message);
             }
         }
@@ -544,12 +573,13 @@ impl CacheConfigBuilder {
         Ok(CacheConfig {
             prefix: self.prefix,
             env: self.env,
+            version: self.version,
             schema: self.schema,
             key_secret,
             encryption_key: self.encryption_key,
             l1_enabled: self.l1_enabled,
             l1_max_bytes: self.l1_max_bytes,
-            policies: self.policies,
+            policies,
             redis,
             load_timeout: self.load_timeout,
             soft_timeout: self.soft_timeout,
@@ -566,25 +596,30 @@ mod tests {
 
     #[test]
     fn defaults_build_an_l1_only_config() {
-        let config = CacheConfig::builder().build().unwrap();
+        let k = crate::test_schema::keys();
+        let config = CacheConfig::builder().schema(k.schema.clone()).build().unwrap();
         assert!(!config.redis_enabled());
         assert_eq!(config.key_secret.len(), 32);
-        assert_eq!(config.policy(Entity::Org).l2_ttl, Duration::from_secs(1800));
+        assert_eq!(config.policy(k.item).l2_ttl, Duration::from_secs(900));
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
+        let k = crate::test_schema::keys();
+        let undeclared = Schema::builder().entity("other", EntityPolicy::with_l2_ttl(Duration::from_secs(1)));
         let err = CacheConfig::builder()
             .prefix("bad prefix")
+            .schema(k.schema.clone())
             .redis_url(Some("http://nope".to_owned()))
             .l2_timeout(Duration::ZERO)
             .policy(
-                Entity::Greeting,
+                k.view,
                 EntityPolicy {
                     l1_ttl: Duration::from_secs(999),
-                    ..EntityPolicy::seed(Entity::Greeting)
+                    ..EntityPolicy::with_l2_ttl(Duration::from_secs(300))
                 },
             )
+            .policy(undeclared, EntityPolicy::with_l2_ttl(Duration::from_secs(1)))
             .build()
             .unwrap_err();
         let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
@@ -592,7 +627,8 @@ mod tests {
             fields,
             [
                 "prefix",
-                "policy.greeting.l1_ttl",
+                "policy.other",
+                "policy.view.l1_ttl",
                 "redis_url",
                 "key_secret",
                 "l2_timeout"

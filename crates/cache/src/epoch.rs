@@ -1,33 +1,34 @@
-//! Invalidation epochs: how a read that did not hold a key's lock while it read (the batched
-//! call lookup) tells whether an invalidation may have passed it by.
+//! Invalidation epochs: how a read that did not hold a key's lock while it read (a batched
+//! read, see `batch.rs`) tells whether an invalidation may have passed it by.
 //!
-//! Each invalidation bumps the epoch of the phone numbers it concerns (a lead's, an
-//! organization's) before it removes any key from L1 (`Inner::drop_from_l1`). A batched
-//! read notes the epochs of the phones it is about before it reads anything, and installs a
+//! Each invalidation bumps the epoch of the groups it names (for the voice agent, the
+//! phone numbers of a lead or an organization) before it removes any key from L1
+//! (`Inner::drop_from_l1`). A batched read notes the epochs of its groups before it reads
+//! anything, and installs a
 //! value only if, under that key's lock, the epoch has not moved; it holds the key in
 //! `installing` from before that check to after the insert. Either the install comes first
 //! (the invalidation then finds the key in L1 or held, and removes it under its lock), or
-//! the epoch has moved (and nothing stale is installed). Epochs are striped: another phone
+//! the epoch has moved (and nothing stale is installed). Epochs are striped: another group
 //! on the same stripe only costs an install that is skipped, never a wrong answer.
-//! Invalidations that name no phone (one exact key) bump a global epoch that every batched
+//! Invalidations that name no group (one exact key) bump a global epoch that every batched
 //! read checks too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::key::PhoneDigest;
+use crate::schema::Group;
 use crate::stripes::Stripes;
 
-/// Striped epoch counters, one per phone-number group, and one global.
+/// Striped epoch counters, one per group, and one global.
 pub(crate) struct Epochs {
     stripes: Stripes,
     global: AtomicU64,
 }
 
 /// The epochs a batched read saw before it read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     global: u64,
-    stripes: [(usize, u64); 2],
+    stripes: Vec<(usize, u64)>,
 }
 
 impl Epochs {
@@ -39,7 +40,7 @@ impl Epochs {
     }
 
     /// Marks `group` invalidated (or everything, for `None`).
-    pub fn bump(&self, group: Option<&PhoneDigest>) {
+    pub fn bump(&self, group: Option<&Group>) {
         match group {
             Some(group) => {
                 self.stripes.add(self.stripes.of(group));
@@ -55,12 +56,17 @@ impl Epochs {
         self.global.load(Ordering::Acquire)
     }
 
-    /// The epochs of two groups (and the global one), before a read.
-    pub fn snapshot(&self, a: &PhoneDigest, b: &PhoneDigest) -> Snapshot {
-        let (sa, sb) = (self.stripes.of(a), self.stripes.of(b));
+    /// The epochs of `groups` (and the global one), before a read.
+    pub fn snapshot(&self, groups: &[Group]) -> Snapshot {
         Snapshot {
             global: self.global.load(Ordering::Acquire),
-            stripes: [(sa, self.stripes.get(sa)), (sb, self.stripes.get(sb))],
+            stripes: groups
+                .iter()
+                .map(|group| {
+                    let i = self.stripes.of(group);
+                    (i, self.stripes.get(i))
+                })
+                .collect(),
         }
     }
 
@@ -77,24 +83,21 @@ impl Epochs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeySchema;
+    use crate::schema::KeySchema;
 
     #[test]
     fn a_bump_of_either_group_or_the_global_epoch_is_seen() {
-        let keys = KeySchema::new("tc", "t", 1, b"0123456789abcdef").unwrap();
-        let (org, lead) = (
-            keys.phone_digest("+18005550001"),
-            keys.phone_digest("+16462000000"),
-        );
+        let keys = KeySchema::new("tc", "t", 1, b"0123456789abcdef", crate::Schema::empty()).unwrap();
+        let (org, lead) = (keys.group("+18005550001"), keys.group("+16462000000"));
         let epochs = Epochs::new();
-        let before = epochs.snapshot(&org, &lead);
+        let before = epochs.snapshot(&[org, lead]);
         assert!(epochs.unchanged(&before));
         epochs.bump(Some(&lead));
         assert!(!epochs.unchanged(&before));
-        let again = epochs.snapshot(&org, &lead);
+        let again = epochs.snapshot(&[org, lead]);
         epochs.bump(Some(&org));
         assert!(!epochs.unchanged(&again));
-        let third = epochs.snapshot(&org, &lead);
+        let third = epochs.snapshot(&[org, lead]);
         epochs.bump(None);
         assert!(!epochs.unchanged(&third));
     }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::observer::Entity;
+use crate::schema::Entity;
 
 /// A boxed loader error, as the loader returned it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -94,12 +94,17 @@ pub enum KeyError {
     /// The namespace is empty, has characters other than `[A-Za-z0-9_-]`, or does not match.
     #[error("key namespace is empty, malformed or not this cache's")]
     Namespace,
-    /// The key does not have the shape of any entity key.
-    #[error("key is not of any known shape")]
+    /// The key does not have the shape of any declared key.
+    #[error("key is not of any declared shape")]
     Malformed,
-    /// The greeting channel is not one of voice, sms, web.
-    #[error("channel must be one of voice, sms, web")]
-    Channel,
+}
+
+/// A schema declaration that was refused, listing every problem at once.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid cache schema: {}", problems.join("; "))]
+pub struct SchemaError {
+    /// Every problem found, each naming the entity, key template or tag.
+    pub problems: Vec<String>,
 }
 
 /// Why a text is not an [`EncryptionKey`](crate::EncryptionKey); never quotes the text.

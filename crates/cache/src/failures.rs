@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::key::CacheKey;
+use crate::schema::CacheKey;
 
 /// How long a failed load is shared with the callers that were queued behind it.
 const SHARING: Duration = Duration::from_secs(1);
@@ -67,20 +67,19 @@ impl Failures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeySchema;
-    use crate::observer::Entity;
+    use crate::test_schema::keys;
 
     #[test]
     fn a_failure_answers_those_who_asked_before_it_and_no_one_after() {
-        let keys = KeySchema::new("tc", "t", 1, b"0123456789abcdef").unwrap();
-        let (a, b) = (keys.lead_by_id(1), keys.lead_by_id(2));
+        let k = keys();
+        let (a, b) = (k.by_id.key(1), k.by_id.key(2));
         let failures = Failures::new();
         let before = Instant::now();
         assert!(failures.since(&a, before).is_none(), "nothing failed yet");
         failures.record(
             a,
             Error::LoadTimeout {
-                entity: Entity::Lead,
+                entity: k.item,
                 after: Duration::from_secs(2),
             },
         );

@@ -6,58 +6,7 @@
 use std::time::Duration;
 
 use crate::l2::L2ErrorKind;
-
-/// The kinds of cached entity; each has its own key shape and policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Entity {
-    /// A lead, by (phone, org) or by id.
-    Lead,
-    /// An organization, by the phone number it is reached on.
-    Org,
-    /// A lead's conversation context (the agent's dynamic variables).
-    Context,
-    /// A lead's conversation summary.
-    Summary,
-    /// A greeting for (lead, channel).
-    Greeting,
-    /// A page of a lead's message history.
-    History,
-}
-
-impl Entity {
-    /// Every entity, in a fixed order (the order of [`Entity::index`]).
-    pub const ALL: [Entity; 6] = [
-        Entity::Lead,
-        Entity::Org,
-        Entity::Context,
-        Entity::Summary,
-        Entity::Greeting,
-        Entity::History,
-    ];
-
-    /// The label value for this entity.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Entity::Lead => "lead",
-            Entity::Org => "org",
-            Entity::Context => "context",
-            Entity::Summary => "summary",
-            Entity::Greeting => "greeting",
-            Entity::History => "history",
-        }
-    }
-
-    /// A dense index (0..6), for per-entity arrays.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl std::fmt::Display for Entity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::schema::Entity;
 
 /// A cache tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -17,8 +17,8 @@
 //! An invalidation's Redis script and its L1 removals run side by side. While the script
 //! is on its way, its keys are marked in flight ([`PendingDeletes::begin`]): this
 //! instance does not read them from L2 either, so a read between the L1 removal and the
-//! Redis delete cannot bring the old value back. The marks are striped counters (a
-//! history page counts under its lead, so one mark covers every page of it): another key
+//! Redis delete cannot bring the old value back. The marks are striped counters (an
+//! indexed key counts under its tags too, so one mark covers every key of a tag): another key
 //! on the same stripe only skips an L2 read, never serves a wrong value. A script that
 //! fails owes its keys (above) before its marks go.
 
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::key::CacheKey;
+use crate::schema::{CacheKey, Schema, Tag};
 use crate::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::outstanding::Outstanding;
 use crate::stripes::Stripes;
@@ -45,8 +45,8 @@ struct State {
     /// Publishes were dropped past the bound: owe one "flush everything" instead.
     publish_overflow: bool,
     keys: HashSet<CacheKey>,
-    /// Leads whose history pages in Redis could not even be listed.
-    history_leads: HashSet<i64>,
+    /// Tags whose indexed keys in Redis could not even be listed.
+    tags: HashSet<Tag>,
     /// After an overflow: skip every L2 read until then.
     bypass_until: Option<Instant>,
 }
@@ -61,6 +61,8 @@ pub(crate) struct PendingDeletes {
     in_flight: Outstanding,
     /// Their keys' marks, per stripe.
     stripes: Stripes,
+    /// Which tags index a key.
+    schema: Schema,
 }
 
 /// An invalidation's in-flight marks; dropping it takes them back.
@@ -80,13 +82,14 @@ impl Drop for InFlight<'_> {
 
 impl PendingDeletes {
     /// An empty set; `overflow_bypass` is the longest L2 TTL.
-    pub fn new(overflow_bypass: Duration) -> Self {
+    pub fn new(overflow_bypass: Duration, schema: Schema) -> Self {
         PendingDeletes {
             any: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             overflow_bypass,
             in_flight: Outstanding::new(),
             stripes: Stripes::new(),
+            schema,
         }
     }
 
@@ -95,16 +98,16 @@ impl PendingDeletes {
         self.in_flight.zero().await;
     }
 
-    /// Marks `keys` and `history_of`'s pages in flight until the guard drops.
+    /// Marks `keys` and every key of `tags` in flight until the guard drops.
     pub fn begin<'a>(
         &'a self,
         keys: impl IntoIterator<Item = &'a CacheKey>,
-        history_of: Option<i64>,
+        tags: &[Tag],
     ) -> InFlight<'a> {
         let mut stripes: Vec<usize> = keys
             .into_iter()
-            .map(|key| self.stripe(key))
-            .chain(history_of.map(|lead| self.lead_stripe(lead)))
+            .map(|key| self.stripes.of(key))
+            .chain(tags.iter().map(|tag| self.stripes.of(tag)))
             .collect();
         stripes.sort_unstable();
         stripes.dedup();
@@ -119,26 +122,18 @@ impl PendingDeletes {
         }
     }
 
-    /// Whether an invalidation of `key` is on its way to Redis.
+    /// Whether an invalidation of `key`, or of a tag indexing it, is on its way to Redis.
     fn in_flight(&self, key: &CacheKey) -> bool {
-        self.in_flight.any() && self.stripes.get(self.stripe(key)) > 0
+        self.in_flight.any()
+            && (self.stripes.get(self.stripes.of(key)) > 0
+                || self
+                    .schema
+                    .indexed_tags(key)
+                    .any(|tag| self.stripes.get(self.stripes.of(&tag)) > 0))
     }
 
-    /// A key's stripe; every history page of a lead shares its lead's.
-    fn stripe(&self, key: &CacheKey) -> usize {
-        match key.history_page() {
-            Some((lead, _, _)) => self.lead_stripe(lead),
-            None => self.stripes.of(key),
-        }
-    }
-
-    fn lead_stripe(&self, lead: i64) -> usize {
-        // Apart from any key's hash: a lead's pages are not a key of their own.
-        self.stripes.of(&("history", lead))
-    }
-
-    /// Owes the deletion of `keys` and of `history_of`'s pages.
-    pub fn add(&self, keys: impl IntoIterator<Item = CacheKey>, history_of: Option<i64>) {
+    /// Owes the deletion of `keys` and of every key of `tags`.
+    pub fn add(&self, keys: impl IntoIterator<Item = CacheKey>, tags: &[Tag]) {
         let mut state = self.lock();
         for key in keys {
             if state.keys.len() >= MAX_PENDING_KEYS {
@@ -156,9 +151,7 @@ impl PendingDeletes {
             }
             state.keys.insert(key);
         }
-        if let Some(lead) = history_of {
-            state.history_leads.insert(lead);
-        }
+        state.tags.extend(tags.iter().copied());
         self.any.store(true, Ordering::Release);
     }
 
@@ -212,9 +205,11 @@ impl PendingDeletes {
             self.refresh_any(&state);
         }
         state.keys.contains(key)
-            || key
-                .history_page()
-                .is_some_and(|(lead, _, _)| state.history_leads.contains(&lead))
+            || (!state.tags.is_empty()
+                && self
+                    .schema
+                    .indexed_tags(key)
+                    .any(|tag| state.tags.contains(&tag)))
     }
 
     /// `key` no longer holds a stale value in L2 (deleted, or overwritten with a fresh one).
@@ -227,34 +222,34 @@ impl PendingDeletes {
         self.refresh_any(&state);
     }
 
-    /// Every lead's history pages are gone from L2.
-    pub fn resolve_history(&self, lead: i64) {
+    /// Every indexed key of `tag` is gone from L2.
+    pub fn resolve_tag(&self, tag: &Tag) {
         let mut state = self.lock();
-        state.history_leads.remove(&lead);
+        state.tags.remove(tag);
         self.refresh_any(&state);
     }
 
-    /// Up to `max` keys and leads still owed.
-    pub fn snapshot(&self, max: usize) -> (Vec<CacheKey>, Vec<i64>) {
+    /// Up to `max` keys and tags still owed.
+    pub fn snapshot(&self, max: usize) -> (Vec<CacheKey>, Vec<Tag>) {
         let state = self.lock();
         (
             state.keys.iter().take(max).copied().collect(),
-            state.history_leads.iter().take(max).copied().collect(),
+            state.tags.iter().take(max).copied().collect(),
         )
     }
 
-    /// How many keys, leads and bus messages are owed.
+    /// How many keys, tags and bus messages are owed.
     pub fn len(&self) -> usize {
         let state = self.lock();
         state.keys.len()
-            + state.history_leads.len()
+            + state.tags.len()
             + state.publishes.len()
             + usize::from(state.publish_overflow)
     }
 
     fn refresh_any(&self, state: &State) {
         let any = !state.keys.is_empty()
-            || !state.history_leads.is_empty()
+            || !state.tags.is_empty()
             || !state.publishes.is_empty()
             || state.publish_overflow
             || state.bypass_until.is_some();
@@ -270,46 +265,47 @@ impl PendingDeletes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeySchema;
+    use crate::test_schema::{TestKeys, keys};
 
-    fn keys() -> KeySchema {
-        KeySchema::new("tc", "t", 1, b"0123456789abcdef").unwrap()
+    fn pending() -> (&'static TestKeys, PendingDeletes) {
+        let k = keys();
+        (k, PendingDeletes::new(Duration::from_secs(60), k.schema.clone()))
     }
 
     #[test]
     fn owed_keys_block_l2_reads_until_resolved() {
-        let k = keys();
-        let pending = PendingDeletes::new(Duration::from_secs(60));
-        assert!(!pending.blocks(&k.lead_by_id(1)));
-        pending.add([k.lead_by_id(1)], Some(7));
-        assert!(pending.blocks(&k.lead_by_id(1)));
-        assert!(!pending.blocks(&k.lead_by_id(2)));
-        assert!(pending.blocks(&k.history(7, 10, 0)), "any page of the lead");
-        assert!(!pending.blocks(&k.history(8, 10, 0)));
+        let (k, pending) = pending();
+        assert!(!pending.blocks(&k.by_id.key(1)));
+        pending.add([k.by_id.key(1)], &[k.owner.of(7)]);
+        assert!(pending.blocks(&k.by_id.key(1)));
+        assert!(!pending.blocks(&k.by_id.key(2)));
+        assert!(pending.blocks(&k.page.key((7, 10))), "any indexed key of the tag");
+        assert!(!pending.blocks(&k.page.key((8, 10))));
         assert_eq!(pending.len(), 2);
-        pending.resolve(&k.lead_by_id(1));
-        pending.resolve_history(7);
-        assert!(!pending.blocks(&k.lead_by_id(1)));
-        assert!(!pending.blocks(&k.history(7, 10, 0)));
+        pending.resolve(&k.by_id.key(1));
+        pending.resolve_tag(&k.owner.of(7));
+        assert!(!pending.blocks(&k.by_id.key(1)));
+        assert!(!pending.blocks(&k.page.key((7, 10))));
         assert_eq!(pending.len(), 0);
         assert!(!pending.any.load(Ordering::Acquire));
     }
 
     #[test]
     fn keys_in_flight_block_l2_reads_until_the_guard_drops() {
-        let k = keys();
-        let pending = PendingDeletes::new(Duration::from_secs(60));
-        let (a, b) = (k.lead_by_id(1), k.lead_by_id(2));
-        let first = pending.begin([&a], Some(7));
+        let (k, pending) = pending();
+        let (a, b) = (k.by_id.key(1), k.by_id.key(2));
+        let tag = k.owner.of(7);
+        let first = pending.begin([&a], &[tag]);
         assert!(pending.blocks(&a));
-        assert!(pending.blocks(&k.history(7, 10, 0)), "any page of the lead");
+        assert!(pending.blocks(&k.page.key((7, 10))), "any indexed key of the tag");
         // Two invalidations of one key: it stays blocked until both are through.
-        let second = pending.begin([&a, &b], None);
+        let second = pending.begin([&a, &b], &[]);
         drop(first);
         assert!(pending.blocks(&a) && pending.blocks(&b));
-        // Unless the lead's stripe is one of the keys' (striping: a skipped L2 read only).
-        let page = k.history(7, 10, 0);
-        if ![pending.stripe(&a), pending.stripe(&b)].contains(&pending.stripe(&page)) {
+        // Unless the tag's stripe is one of the keys' (striping: a skipped L2 read only).
+        let page = k.page.key((7, 10));
+        let stripes = [pending.stripes.of(&a), pending.stripes.of(&b)];
+        if !stripes.contains(&pending.stripes.of(&tag)) && !stripes.contains(&pending.stripes.of(&page)) {
             assert!(!pending.blocks(&page));
         }
         drop(second);
@@ -321,13 +317,12 @@ mod tests {
 
     #[test]
     fn overflow_skips_every_l2_read_for_a_while() {
-        let k = keys();
-        let pending = PendingDeletes::new(Duration::from_secs(60));
+        let (k, pending) = pending();
         pending.add(
-            (0..MAX_PENDING_KEYS as i64 + 5).map(|id| k.lead_by_id(id)),
-            None,
+            (0..MAX_PENDING_KEYS as i64 + 5).map(|id| k.by_id.key(id)),
+            &[],
         );
         assert_eq!(pending.len(), MAX_PENDING_KEYS);
-        assert!(pending.blocks(&k.org_by_phone("+1")), "unrelated keys too");
+        assert!(pending.blocks(&k.sized.key((1, crate::test_schema::Size::Small))), "unrelated keys too");
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::observer::Entity;
+use crate::schema::{Entity, Schema};
 
 /// How long one entity's values live in each tier.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,20 +34,11 @@ impl EntityPolicy {
     /// Default stale grace window for every entity.
     pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
 
-    /// The seed policy for `entity`: L2 TTLs from the design (lead 900 s, org 1800 s,
-    /// context 600 s, summary 1200 s, greeting 300 s, history 600 s).
-    pub fn seed(entity: Entity) -> Self {
-        let l2_secs = match entity {
-            Entity::Lead => 900,
-            Entity::Org => 1800,
-            Entity::Context => 600,
-            Entity::Summary => 1200,
-            Entity::Greeting => 300,
-            Entity::History => 600,
-        };
+    /// A policy keeping values `l2_ttl` in Redis, with the defaults for everything else.
+    pub fn with_l2_ttl(l2_ttl: Duration) -> Self {
         EntityPolicy {
-            l2_ttl: Duration::from_secs(l2_secs),
-            l1_ttl: Self::DEFAULT_L1_TTL,
+            l2_ttl,
+            l1_ttl: Self::DEFAULT_L1_TTL.min(l2_ttl),
             negative_ttl: Self::DEFAULT_NEGATIVE_TTL,
             jitter: Self::DEFAULT_JITTER,
             grace: Self::DEFAULT_GRACE,
@@ -114,34 +105,63 @@ pub(crate) fn apply_jitter(ttl: Duration, jitter: f64, rng: &mut impl Rng) -> Du
     ttl.mul_f64(factor).max(Duration::from_millis(1))
 }
 
-/// One policy per entity.
+/// One policy per declared entity, indexed by [`Entity::index`].
 #[derive(Clone, PartialEq)]
-pub struct Policies([EntityPolicy; 6]);
+pub struct Policies {
+    by_entity: Vec<(Entity, EntityPolicy)>,
+}
 
 impl std::fmt::Debug for Policies {
     /// A map by entity name, so the start-up log says whose policy each one is.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(Entity::ALL.iter().map(|e| (e.as_str(), self.get(*e))))
+            .entries(self.by_entity.iter().map(|(e, p)| (e.as_str(), p)))
             .finish()
     }
 }
 
+/// The policy of an entity no schema declared: what a key of another schema is kept by.
+const UNDECLARED: EntityPolicy = EntityPolicy {
+    l2_ttl: Duration::from_secs(60),
+    l1_ttl: Duration::from_secs(60),
+    negative_ttl: EntityPolicy::DEFAULT_NEGATIVE_TTL,
+    jitter: EntityPolicy::DEFAULT_JITTER,
+    grace: Duration::ZERO,
+};
+
 impl Policies {
+    /// The policies `schema` declares.
+    pub fn declared(schema: &Schema) -> Self {
+        Policies {
+            by_entity: schema
+                .entities()
+                .map(|e| (e, schema.policy(e).copied().unwrap_or(UNDECLARED)))
+                .collect(),
+        }
+    }
+
     /// The policy for `entity`.
     pub fn get(&self, entity: Entity) -> &EntityPolicy {
-        &self.0[entity.index()]
+        self.by_entity
+            .get(entity.index())
+            .filter(|(e, _)| *e == entity)
+            .map_or(&UNDECLARED, |(_, p)| p)
     }
 
-    /// Replaces the policy for `entity`.
-    pub fn set(&mut self, entity: Entity, policy: EntityPolicy) {
-        self.0[entity.index()] = policy;
+    /// Replaces the policy for `entity`; `false` when the schema does not declare it.
+    pub fn set(&mut self, entity: Entity, policy: EntityPolicy) -> bool {
+        match self.by_entity.get_mut(entity.index()) {
+            Some((e, slot)) if *e == entity => {
+                *slot = policy;
+                true
+            }
+            _ => false,
+        }
     }
-}
 
-impl Default for Policies {
-    fn default() -> Self {
-        Policies(Entity::ALL.map(EntityPolicy::seed))
+    /// Every entity with its policy, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = (Entity, &EntityPolicy)> {
+        self.by_entity.iter().map(|(e, p)| (*e, p))
     }
 }
 
@@ -153,31 +173,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_names_each_entity() {
-        let text = format!("{:?}", Policies::default());
-        for e in Entity::ALL {
-            assert!(
-                text.contains(&format!("\"{e}\": EntityPolicy {{")),
-                "{e}: {text}"
-            );
-        }
-    }
-
-    #[test]
-    fn seed_ttls_follow_the_design() {
-        let p = Policies::default();
-        let secs: Vec<u64> = Entity::ALL
-            .iter()
-            .map(|e| p.get(*e).l2_ttl.as_secs())
-            .collect();
-        assert_eq!(secs, [900, 1800, 600, 1200, 300, 600]);
-        for e in Entity::ALL {
-            assert!(
-                p.get(e).l1_ttl < p.get(e).l2_ttl,
-                "{e}: L1 TTL must be shorter"
-            );
-            assert!(p.get(e).problems().is_empty());
-        }
+    fn declared_policies_are_kept_by_entity_and_named_in_debug() {
+        let mut builder = Schema::builder();
+        let a = builder.entity("alpha", EntityPolicy::with_l2_ttl(Duration::from_secs(900)));
+        let b = builder.entity("beta", EntityPolicy::with_l2_ttl(Duration::from_secs(30)));
+        let schema = builder.build().unwrap();
+        let mut policies = Policies::declared(&schema);
+        assert_eq!(policies.get(a).l2_ttl, Duration::from_secs(900));
+        assert_eq!(policies.get(b).l1_ttl, Duration::from_secs(30), "capped by l2");
+        let text = format!("{policies:?}");
+        assert!(text.contains("\"alpha\": EntityPolicy {"), "{text}");
+        let other = Schema::builder().entity("gamma", EntityPolicy::with_l2_ttl(Duration::from_secs(1)));
+        assert!(!policies.set(other, EntityPolicy::with_l2_ttl(Duration::from_secs(5))));
+        assert_eq!(*policies.get(other), UNDECLARED);
+        assert!(policies.set(b, EntityPolicy::with_l2_ttl(Duration::from_secs(5))));
+        assert_eq!(policies.get(b).l2_ttl, Duration::from_secs(5));
     }
 
     #[test]

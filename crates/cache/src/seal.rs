@@ -27,7 +27,6 @@ use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
 use crate::envelope::{self, ENVELOPE_VERSION};
 use crate::error::{EncryptionKeyError, SealError};
-use crate::key::CacheKey;
 use crate::observer::CorruptKind;
 
 /// The high bit of an envelope's first byte: set on a sealed envelope.
@@ -198,16 +197,16 @@ impl Sealing {
         self.0.is_some()
     }
 
-    /// What Redis keeps of the plain envelope `plain` at `key` (rendered: `redis_key`):
-    /// sealed, showing its id if the call script follows it, or `plain` itself.
+    /// What Redis keeps of the plain envelope `plain` at `redis_key`: sealed, showing its
+    /// id when `show_id` (a batched read follows it, see `batch.rs`), or `plain` itself.
     pub fn store(
         &self,
-        key: &CacheKey,
         redis_key: &str,
         plain: Vec<u8>,
+        show_id: bool,
     ) -> Result<Vec<u8>, SealError> {
         match &self.0 {
-            Some(sealer) => sealer.seal(redis_key, &plain, key.followed_by_call()),
+            Some(sealer) => sealer.seal(redis_key, &plain, show_id),
             None => Ok(plain),
         }
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::cache::Inner;
-use crate::key::CacheKey;
+use crate::schema::CacheKey;
 use crate::outstanding::Outstanding;
 
 /// Values waiting for the task; past this, a miss writes its value itself.

@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::cache::{Inner, L1Entry, TwoTierCache};
 use crate::envelope;
 use crate::invalidation::Invalidation;
-use crate::key::CacheKey;
+use crate::schema::CacheKey;
 use crate::observer::InvalidationSource;
 
 /// Taken before a write to the row a key caches: how often invalidations had removed that
@@ -79,10 +79,15 @@ impl TwoTierCache {
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// use tiercache::{CacheConfig, Invalidation, InvalidationSource, NoopObserver, TwoTierCache};
+    /// use std::time::Duration;
+    /// use tiercache::{CacheConfig, EntityPolicy, Invalidation, InvalidationSource, KeyDef, NoopObserver, Schema, TwoTierCache};
     ///
-    /// let cache = TwoTierCache::new(CacheConfig::builder().build()?, NoopObserver)?;
-    /// let key = cache.keys().lead_by_id(42);
+    /// let mut schema = Schema::builder();
+    /// let user = schema.entity("user", EntityPolicy::with_l2_ttl(Duration::from_secs(600)));
+    /// let user_by_id: KeyDef<i64> = schema.key(user, "user:{}");
+    /// let config = CacheConfig::builder().schema(schema.build()?).build()?;
+    /// let cache = TwoTierCache::new(config, NoopObserver)?;
+    /// let key = user_by_id.key(42);
     /// let ticket = cache.write_ticket(&key);
     /// // … the write commits and returns the new row …
     /// let row = "Ada Lovelace".to_owned();
@@ -92,7 +97,7 @@ impl TwoTierCache {
     /// // The next read is a hit: the loader is not called.
     /// let name = cache.get_or_load(key, || async { Ok::<Option<String>, std::io::Error>(None) }).await?;
     /// assert_eq!(name.as_deref().map(String::as_str), Some("Ada Lovelace"));
-    /// # Ok::<(), tiercache::Error>(()) }).unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
     /// ```
     pub async fn invalidate_and_cache<T>(
         &self,

@@ -45,10 +45,9 @@ pub struct PoolState {
     pub idle: u32,
 }
 
-/// A page key to add to its lead's history index when its load takes the lease.
-pub(crate) struct IndexEntry<'a> {
-    pub index_key: &'a str,
-    pub member: String,
+/// A tag's index a key joins when its load takes the lease (the key is the member).
+pub(crate) struct IndexEntry {
+    pub index_key: String,
     pub ttl: Duration,
 }
 
@@ -216,15 +215,15 @@ impl L2 {
 
     /// The value at `key`, or when it is absent, a load lease: `marker` written there
     /// (`SET key marker NX GET PX ttl`, one command, Redis ≥ 7.0). Another load's marker
-    /// found there is [`GetOrLease::Busy`]. With an index entry, a history page joins its
-    /// lead's index in the same round trip, so an invalidation from now on finds the page
+    /// found there is [`GetOrLease::Busy`]. With index entries, the key joins its tags'
+    /// indexes in the same round trip, so an invalidation of a tag from now on finds it
     /// (and deletes its marker, so the load's write does not land).
     pub async fn get_or_lease(
         &self,
         key: &str,
         marker: &str,
         ttl: Duration,
-        index: Option<&IndexEntry<'_>>,
+        indexes: &[IndexEntry],
     ) -> Result<GetOrLease, L2Error> {
         let mut set = redis::cmd("SET");
         set.arg(key)
@@ -233,24 +232,25 @@ impl L2 {
             .arg("GET")
             .arg("PX")
             .arg(millis(ttl));
-        let found: Option<Vec<u8>> = match index {
-            None => self.command("get_or_lease", &set).await?,
-            Some(index) => {
-                let mut pipe = redis::pipe();
-                pipe.add_command(set)
-                    .cmd("SADD")
-                    .arg(index.index_key)
-                    .arg(&index.member)
+        let found: Option<Vec<u8>> = if indexes.is_empty() {
+            self.command("get_or_lease", &set).await?
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.add_command(set);
+            for index in indexes {
+                pipe.cmd("SADD")
+                    .arg(&index.index_key)
+                    .arg(key)
                     .ignore()
                     .cmd("PEXPIRE")
-                    .arg(index.index_key)
+                    .arg(&index.index_key)
                     .arg(millis(index.ttl))
                     .ignore();
-                let (found,): (Option<Vec<u8>>,) = self
-                    .run("get_or_lease", async |conn| pipe.query_async(conn).await)
-                    .await?;
-                found
             }
+            let (found,): (Option<Vec<u8>>,) = self
+                .run("get_or_lease", async |conn| pipe.query_async(conn).await)
+                .await?;
+            found
         };
         Ok(match found {
             None => GetOrLease::Leased,
@@ -266,18 +266,14 @@ impl L2 {
         key: &str,
         marker: &str,
         ttl: Duration,
-        index: Option<&IndexEntry<'_>>,
+        indexes: &[IndexEntry],
     ) -> Result<GetOrLease, L2Error> {
         let script = take_lease_script();
         let mut invocation = script.prepare_invoke();
         invocation.key(key).arg(marker).arg(millis(ttl));
-        match index {
-            Some(index) => invocation
-                .key(index.index_key)
-                .arg(&index.member)
-                .arg(millis(index.ttl)),
-            None => invocation.key(key).arg("").arg(0),
-        };
+        for index in indexes {
+            invocation.key(&index.index_key).arg(millis(index.ttl));
+        }
         let leased: i64 = self.invoke("take_lease", &invocation).await?;
         Ok(if leased == 1 {
             GetOrLease::Leased
@@ -325,15 +321,14 @@ impl L2 {
 
     /// One invalidation, in one script (one round trip): `INCR` each epoch key (kept for
     /// `ttl`; an install whose snapshot saw an older value no longer lands), `DEL` the doomed
-    /// keys, then `history`'s pages as its index lists them (and the index),
-    /// then `publish` the bus message, with those pages appended to its keys. Returns the
-    /// index's members.
+    /// keys, then the keys each tag index lists (and the index), then `publish` the bus
+    /// message, with those keys appended to its own. Returns the indexes' members.
     pub async fn invalidate(
         &self,
         epochs: &[String],
         ttl: Duration,
         doomed: &[String],
-        history: Option<&HistoryPages>,
+        indexes: &[String],
         publish: Option<&Publish<'_>>,
     ) -> Result<Vec<String>, L2Error> {
         let script = invalidate_script();
@@ -341,26 +336,20 @@ impl L2 {
         invocation
             .arg(epochs.len())
             .arg(doomed.len())
-            .arg(millis(ttl));
-        for key in epochs.iter().chain(doomed) {
+            .arg(millis(ttl))
+            .arg(indexes.len());
+        for key in epochs.iter().chain(doomed).chain(indexes) {
             invocation.key(key);
         }
-        match history {
-            Some(pages) => invocation
-                .key(&pages.index_key)
-                .arg(1)
-                .arg(&pages.page_prefix),
-            None => invocation.arg(0).arg(""),
-        };
         match publish {
             Some(message) => invocation
                 .key(message.stream)
-                .key(message.channel)
                 .arg(1)
                 .arg(crate::bus::STREAM_MAXLEN)
                 .arg(message.payload)
-                .arg(crate::bus::STREAM_TTL_MS),
-            None => invocation.arg(0).arg(0).arg("").arg(0),
+                .arg(crate::bus::STREAM_TTL_MS)
+                .arg(message.channel),
+            None => invocation.arg(0).arg(0).arg("").arg(0).arg(""),
         };
         self.invoke("invalidate", &invocation).await
     }
@@ -617,22 +606,13 @@ impl L2 {
     }
 }
 
-/// A lead's history pages for [`L2::invalidate`]: a page's key is `page_prefix` followed by
-/// its index member.
-pub(crate) struct HistoryPages {
-    /// The set listing the pages cached in Redis.
-    pub index_key: String,
-    /// The pages' keys before the member.
-    pub page_prefix: String,
-}
-
 /// A bus message for [`L2::invalidate`] to append to the stream and announce on the channel.
 pub(crate) struct Publish<'a> {
     /// The capped stream.
     pub stream: &'a str,
     /// The pub/sub channel.
     pub channel: &'a str,
-    /// The encoded message; the pages found are appended to its keys.
+    /// The encoded message; the indexed keys found are appended to its keys.
     pub payload: &'a str,
 }
 
@@ -664,8 +644,8 @@ pub(crate) fn is_lease_marker(bytes: &[u8]) -> bool {
     bytes.starts_with(LEASE_MARKER_PREFIX.as_bytes())
 }
 
-/// KEYS: the key, then a history index (or the key again). ARGV: marker, ttl, then the
-/// index member (`''`: none) and the index's ttl. Returns 1 when the marker was written.
+/// KEYS: the key, then the tag indexes it joins. ARGV: marker, ttl, then each index's ttl.
+/// Returns 1 when the marker was written.
 fn take_lease_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
@@ -677,9 +657,9 @@ const TAKE_LEASE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, string.len('PREFIX')) == 'PREFIX' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] ~= '' then
-  redis.call('SADD', KEYS[2], ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+for i = 2, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  redis.call('PEXPIRE', KEYS[i], ARGV[i + 1])
 end
 return 1
 ";
@@ -738,17 +718,17 @@ return 0
 /// Runs when Redis is out of memory (`allow-oom`): an invalidation frees more than it
 /// adds, and refusing it would leave every instance serving what it should drop.
 ///
-/// KEYS: the epochs (ARGV[1] of them), the doomed keys (ARGV[2]), the history index when
-/// ARGV[4] is 1, then the bus stream and channel when ARGV[6] is 1.
-/// ARGV: epoch count, doomed count, epoch ttl, index flag, page prefix, publish flag,
-/// stream length, message, stream ttl. The stream append and announcement are those of
+/// KEYS: the epochs (ARGV[1] of them), the doomed keys (ARGV[2]), the tag indexes
+/// (ARGV[4]), then the bus stream when ARGV[5] is 1.
+/// ARGV: epoch count, doomed count, epoch ttl, index count, publish flag, stream length,
+/// message, stream ttl, channel. The stream append and announcement are those of
 /// [`crate::bus::PUBLISH_SCRIPT`].
 fn invalidate_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
         redis::Script::new(
             r"#!lua flags=allow-oom
-local epochs, doomed = tonumber(ARGV[1]), tonumber(ARGV[2])
+local epochs, doomed, indexes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 for i = 1, epochs do
   redis.call('INCR', KEYS[i])
   redis.call('PEXPIRE', KEYS[i], ARGV[3])
@@ -756,25 +736,24 @@ end
 local dels = {}
 for i = epochs + 1, epochs + doomed do dels[#dels + 1] = KEYS[i] end
 local at = epochs + doomed + 1
-local members, pages = {}, {}
-if ARGV[4] == '1' then
-  members = redis.call('SMEMBERS', KEYS[at])
-  for _, m in ipairs(members) do
-    pages[#pages + 1] = ARGV[5] .. m
-    dels[#dels + 1] = ARGV[5] .. m
+local members = {}
+for i = at, at + indexes - 1 do
+  for _, m in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+    members[#members + 1] = m
+    dels[#dels + 1] = m
   end
-  dels[#dels + 1] = KEYS[at]
-  at = at + 1
+  dels[#dels + 1] = KEYS[i]
 end
+at = at + indexes
 for i = 1, #dels, 500 do
   redis.call('DEL', unpack(dels, i, math.min(i + 499, #dels)))
 end
-if ARGV[6] == '1' then
-  local message = ARGV[8]
-  if #pages > 0 then message = message .. ' ' .. table.concat(pages, ' ') end
-  local id = redis.call('XADD', KEYS[at], 'MAXLEN', '~', ARGV[7], '*', 'm', message)
-  redis.call('PEXPIRE', KEYS[at], ARGV[9])
-  redis.call('PUBLISH', KEYS[at + 1], id .. ' ' .. message)
+if ARGV[5] == '1' then
+  local message = ARGV[7]
+  if #members > 0 then message = message .. ' ' .. table.concat(members, ' ') end
+  local id = redis.call('XADD', KEYS[at], 'MAXLEN', '~', ARGV[6], '*', 'm', message)
+  redis.call('PEXPIRE', KEYS[at], ARGV[8])
+  redis.call('PUBLISH', ARGV[9], id .. ' ' .. message)
 end
 return members
 ",
