@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tiercache::{
-    BreakerConfig, CacheConfig, CacheConfigBuilder, Entity, EntityPolicy, TwoTierCache,
-};
+use tiercache::{BreakerConfig, CacheConfig, CacheConfigBuilder, EntityPolicy, TwoTierCache};
 
 use crate::Recorder;
 
@@ -41,9 +39,11 @@ impl TestLead {
     }
 }
 
-/// A config builder under namespace `ns`, with L2 on `redis_url` when given.
+/// A config builder for the voice agent's schema under namespace `ns`, with L2 on
+/// `redis_url` when given.
 pub fn config(ns: &str, redis_url: Option<&str>) -> CacheConfigBuilder {
     CacheConfig::builder()
+        .schema(tiercache_repository::schema().schema.clone())
         .prefix(ns)
         .env("test")
         .key_secret(TEST_SECRET.to_vec())
@@ -71,7 +71,7 @@ pub fn with_ttls(
     l2: Duration,
     negative: Duration,
 ) -> CacheConfigBuilder {
-    for entity in Entity::ALL {
+    for entity in tiercache_repository::schema().schema.entities() {
         builder = builder.policy(
             entity,
             EntityPolicy {

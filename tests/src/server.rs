@@ -133,7 +133,9 @@ impl TestServer {
         let pool = tiercache_server::startup::connect(&config.database)
             .await
             .unwrap();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(
+            tiercache_repository::schema().schema.entities(),
+        ));
         let mut observers: Vec<Arc<dyn CacheObserver>> = vec![metrics.clone()];
         observers.extend(opts.observer);
         let cache =
@@ -199,7 +201,9 @@ impl TestServer {
             .acquire_timeout(Duration::from_millis(300))
             .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/none"))
             .unwrap();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(
+            tiercache_repository::schema().schema.entities(),
+        ));
         let cache = TwoTierCache::with_observer(
             tiercache::CacheConfig::builder().build().unwrap(),
             metrics.clone(),

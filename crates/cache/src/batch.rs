@@ -457,7 +457,10 @@ impl TwoTierCache {
             };
         }
         let started = Instant::now();
-        let Ok(values) = l2.invoke::<Vec<Option<Vec<u8>>>>("batch", &invocation).await else {
+        let Ok(values) = l2
+            .invoke::<Vec<Option<Vec<u8>>>>("batch", &invocation)
+            .await
+        else {
             return;
         };
         let took = started.elapsed();
@@ -482,11 +485,9 @@ impl TwoTierCache {
             let def = batch.plan.steps[i].clone();
             if !batch.found[i].slot.is_known() {
                 let reachable = batch.reachable(i);
-                let key = batch.found[i].key.or_else(|| {
-                    reachable
-                        .then(|| batch.key_of(i, &ids))
-                        .flatten()
-                });
+                let key = batch.found[i]
+                    .key
+                    .or_else(|| reachable.then(|| batch.key_of(i, &ids)).flatten());
                 if let Some(key) = key {
                     batch.found[i].key = Some(key);
                     batch.found[i].slot = self
@@ -506,7 +507,11 @@ impl TwoTierCache {
         &self,
         key: CacheKey,
         holds: fn(&(dyn Any + Send + Sync)) -> bool,
-    ) -> (Slot<dyn Any + Send + Sync>, Option<(Erased, u64)>, Option<Erased>) {
+    ) -> (
+        Slot<dyn Any + Send + Sync>,
+        Option<(Erased, u64)>,
+        Option<Erased>,
+    ) {
         let entity = key.entity();
         let now = Instant::now();
         let Some(entry) = self.l1().get(&key).await else {
@@ -750,7 +755,10 @@ mod tests {
     #[tokio::test]
     async fn a_value_read_before_an_invalidation_of_either_group_is_served_but_not_installed() {
         let k = keys();
-        let config = CacheConfig::builder().schema(k.schema.clone()).build().unwrap();
+        let config = CacheConfig::builder()
+            .schema(k.schema.clone())
+            .build()
+            .unwrap();
         let cache = TwoTierCache::new(config, NoopObserver).unwrap();
         let groups = [cache.keys().group(ORG), cache.keys().group(CALLER)];
         let key = k.sized.key((42, Size::Small));
@@ -762,8 +770,12 @@ mod tests {
             })
         };
         let invalidations = [
-            Invalidation::new(k.view).with_tag(k.owner.of(42)).with_group(groups[1]),
-            Invalidation::new(k.item).with_key(k.by_id.key(7)).with_group(groups[0]),
+            Invalidation::new(k.view)
+                .with_tag(k.owner.of(42))
+                .with_group(groups[1]),
+            Invalidation::new(k.item)
+                .with_key(k.by_id.key(7))
+                .with_group(groups[0]),
             Invalidation::key(k.by_id.key(42)),
         ];
         for invalidation in invalidations {
@@ -809,7 +821,10 @@ mod tests {
             }
         }
         let k = keys();
-        let config = CacheConfig::builder().schema(k.schema.clone()).build().unwrap();
+        let config = CacheConfig::builder()
+            .schema(k.schema.clone())
+            .build()
+            .unwrap();
         let cache = TwoTierCache::new(config, NoopObserver).unwrap();
         let plan = |name: &str| {
             let mut plan = Plan::new();
@@ -819,7 +834,9 @@ mod tests {
         };
         let found = k.by_name.key((cache.keys().digest("found"), 1));
         cache
-            .get_or_load(found, || async { Ok::<_, std::io::Error>(Some(Item { id: 5 })) })
+            .get_or_load(found, || async {
+                Ok::<_, std::io::Error>(Some(Item { id: 5 }))
+            })
             .await
             .unwrap();
         let view = k.sized.key((5, Size::Large));
@@ -843,7 +860,10 @@ mod tests {
         let batch = cache.read(p).await;
         assert!(matches!(batch.get(item), Slot::NotFound));
         assert!(matches!(batch.get(step), Slot::Missing));
-        assert!(batch.is_complete(), "nothing follows a value that is not there");
+        assert!(
+            batch.is_complete(),
+            "nothing follows a value that is not there"
+        );
 
         let (p, _, _) = plan("unknown");
         assert!(!cache.read(p).await.is_complete());
@@ -854,7 +874,8 @@ mod tests {
     #[test]
     fn the_script_builds_the_key_the_rust_definition_renders() {
         let k = keys();
-        let schema = crate::KeySchema::new("tc", "t", 1, b"0123456789abcdef", k.schema.clone()).unwrap();
+        let schema =
+            crate::KeySchema::new("tc", "t", 1, b"0123456789abcdef", k.schema.clone()).unwrap();
         let mut plan = Plan::new();
         let item = plan.key::<u32>(k.by_id.key(1));
         #[derive(serde::Serialize, serde::Deserialize)]

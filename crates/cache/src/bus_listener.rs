@@ -14,9 +14,9 @@ use redis::streams::StreamRangeReply;
 
 use crate::bus::{BusMessage, RECONNECT_MAX, RECONNECT_MIN, StreamId};
 use crate::cache::{Inner, age_since};
-use crate::schema::CacheKey;
 use crate::l2::L2Error;
 use crate::observer::InvalidationSource;
+use crate::schema::CacheKey;
 
 /// Bound on connecting and subscribing.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -28,9 +28,9 @@ use crate::observer::{
     CacheObserver, CircuitState, CorruptKind, EvictionCause, InvalidationSource, LoadOutcome,
     Outcome, StaleReason, Tier,
 };
-use crate::schema::{CacheKey, Entity, Group, KeySchema, Tag};
 use crate::pending::PendingDeletes;
 use crate::policy::Policies;
+use crate::schema::{CacheKey, Entity, Group, KeySchema, Tag};
 use crate::seal::Sealing;
 use crate::stripes::Stripes;
 use crate::tag_index::TagIndex;
@@ -897,12 +897,7 @@ impl Inner {
 
     /// The load lease of `redis_key` over its value (which is not trusted); the marker, or
     /// `None` when another load holds the key or Redis fails.
-    async fn take_lease(
-        &self,
-        l2: &L2,
-        redis_key: &str,
-        index: &[IndexEntry],
-    ) -> Option<String> {
+    async fn take_lease(&self, l2: &L2, redis_key: &str, index: &[IndexEntry]) -> Option<String> {
         let marker = self.lease_marker();
         match l2
             .take_lease(redis_key, &marker, self.load_timeout, index)
@@ -1143,7 +1138,10 @@ impl Inner {
         // nothing is written: the lease holder writes it. With one, the write goes behind
         // (see `write_behind.rs`), or here when its queue is full.
         if let (Some(redis_key), Some(lease)) = (redis_key, lease) {
-            match self.sealing.store(&redis_key, bytes, self.keys.schema().followable(&key)) {
+            match self
+                .sealing
+                .store(&redis_key, bytes, self.keys.schema().followable(&key))
+            {
                 Ok(bytes) => {
                     let set = QueuedSet {
                         key,
@@ -1347,13 +1345,7 @@ impl Inner {
                 payload,
             });
             match l2
-                .invalidate(
-                    &epochs,
-                    EPOCH_TTL,
-                    &doomed,
-                    &indexes,
-                    publish.as_ref(),
-                )
+                .invalidate(&epochs, EPOCH_TTL, &doomed, &indexes, publish.as_ref())
                 .await
             {
                 Ok(members) => {
@@ -1583,7 +1575,10 @@ mod tests {
     #[tokio::test]
     async fn an_invalidation_waits_for_an_install_under_way_and_removes_its_value() {
         let k = crate::test_schema::keys();
-        let config = CacheConfig::builder().schema(k.schema.clone()).build().unwrap();
+        let config = CacheConfig::builder()
+            .schema(k.schema.clone())
+            .build()
+            .unwrap();
         let cache = TwoTierCache::new(config, crate::NoopObserver).unwrap();
         let inner = Arc::clone(&cache.inner);
         let key = k.by_id.key(7);

@@ -597,7 +597,10 @@ mod tests {
     #[test]
     fn defaults_build_an_l1_only_config() {
         let k = crate::test_schema::keys();
-        let config = CacheConfig::builder().schema(k.schema.clone()).build().unwrap();
+        let config = CacheConfig::builder()
+            .schema(k.schema.clone())
+            .build()
+            .unwrap();
         assert!(!config.redis_enabled());
         assert_eq!(config.key_secret.len(), 32);
         assert_eq!(config.policy(k.item).l2_ttl, Duration::from_secs(900));
@@ -606,7 +609,8 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let k = crate::test_schema::keys();
-        let undeclared = Schema::builder().entity("other", EntityPolicy::with_l2_ttl(Duration::from_secs(1)));
+        let undeclared =
+            Schema::builder().entity("other", EntityPolicy::with_l2_ttl(Duration::from_secs(1)));
         let err = CacheConfig::builder()
             .prefix("bad prefix")
             .schema(k.schema.clone())
@@ -619,7 +623,10 @@ mod tests {
                     ..EntityPolicy::with_l2_ttl(Duration::from_secs(300))
                 },
             )
-            .policy(undeclared, EntityPolicy::with_l2_ttl(Duration::from_secs(1)))
+            .policy(
+                undeclared,
+                EntityPolicy::with_l2_ttl(Duration::from_secs(1)),
+            )
             .build()
             .unwrap_err();
         let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();

@@ -87,7 +87,8 @@ mod tests {
 
     #[test]
     fn a_bump_of_either_group_or_the_global_epoch_is_seen() {
-        let keys = KeySchema::new("tc", "t", 1, b"0123456789abcdef", crate::Schema::empty()).unwrap();
+        let keys =
+            KeySchema::new("tc", "t", 1, b"0123456789abcdef", crate::Schema::empty()).unwrap();
         let (org, lead) = (keys.group("+18005550001"), keys.group("+16462000000"));
         let epochs = Epochs::new();
         let before = epochs.snapshot(&[org, lead]);

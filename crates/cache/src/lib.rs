@@ -8,11 +8,11 @@
 //! loaders are plain async closures, and what happens is reported through
 //! [`CacheObserver`] for the monitoring crate to count.
 
+mod batch;
 pub mod breaker;
 mod bus;
 mod bus_listener;
 mod cache;
-mod batch;
 mod coherence;
 mod config;
 pub mod envelope;
@@ -36,9 +36,9 @@ mod test_schema;
 mod write_behind;
 mod write_through;
 
+pub use batch::{Batch, Identified, Plan, Slot, Step, Value};
 pub use bus::STREAM_TTL_MS as BUS_STREAM_TTL_MS;
 pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
-pub use batch::{Batch, Identified, Plan, Slot, Step, Value};
 pub use coherence::Feed;
 pub use config::{BreakerConfig, CacheConfig, CacheConfigBuilder, RedisConfig};
 pub use error::{

@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::schema::{CacheKey, Schema, Tag};
 use crate::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::outstanding::Outstanding;
+use crate::schema::{CacheKey, Schema, Tag};
 use crate::stripes::Stripes;
 
 /// Keys kept at most; beyond, L2 reads are skipped altogether for a while.
@@ -269,7 +269,10 @@ mod tests {
 
     fn pending() -> (&'static TestKeys, PendingDeletes) {
         let k = keys();
-        (k, PendingDeletes::new(Duration::from_secs(60), k.schema.clone()))
+        (
+            k,
+            PendingDeletes::new(Duration::from_secs(60), k.schema.clone()),
+        )
     }
 
     #[test]
@@ -279,7 +282,10 @@ mod tests {
         pending.add([k.by_id.key(1)], &[k.owner.of(7)]);
         assert!(pending.blocks(&k.by_id.key(1)));
         assert!(!pending.blocks(&k.by_id.key(2)));
-        assert!(pending.blocks(&k.page.key((7, 10))), "any indexed key of the tag");
+        assert!(
+            pending.blocks(&k.page.key((7, 10))),
+            "any indexed key of the tag"
+        );
         assert!(!pending.blocks(&k.page.key((8, 10))));
         assert_eq!(pending.len(), 2);
         pending.resolve(&k.by_id.key(1));
@@ -297,7 +303,10 @@ mod tests {
         let tag = k.owner.of(7);
         let first = pending.begin([&a], &[tag]);
         assert!(pending.blocks(&a));
-        assert!(pending.blocks(&k.page.key((7, 10))), "any indexed key of the tag");
+        assert!(
+            pending.blocks(&k.page.key((7, 10))),
+            "any indexed key of the tag"
+        );
         // Two invalidations of one key: it stays blocked until both are through.
         let second = pending.begin([&a, &b], &[]);
         drop(first);
@@ -305,7 +314,9 @@ mod tests {
         // Unless the tag's stripe is one of the keys' (striping: a skipped L2 read only).
         let page = k.page.key((7, 10));
         let stripes = [pending.stripes.of(&a), pending.stripes.of(&b)];
-        if !stripes.contains(&pending.stripes.of(&tag)) && !stripes.contains(&pending.stripes.of(&page)) {
+        if !stripes.contains(&pending.stripes.of(&tag))
+            && !stripes.contains(&pending.stripes.of(&page))
+        {
             assert!(!pending.blocks(&page));
         }
         drop(second);
@@ -323,6 +334,9 @@ mod tests {
             &[],
         );
         assert_eq!(pending.len(), MAX_PENDING_KEYS);
-        assert!(pending.blocks(&k.sized.key((1, crate::test_schema::Size::Small))), "unrelated keys too");
+        assert!(
+            pending.blocks(&k.sized.key((1, crate::test_schema::Size::Small))),
+            "unrelated keys too"
+        );
     }
 }

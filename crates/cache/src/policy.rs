@@ -180,10 +180,15 @@ mod tests {
         let schema = builder.build().unwrap();
         let mut policies = Policies::declared(&schema);
         assert_eq!(policies.get(a).l2_ttl, Duration::from_secs(900));
-        assert_eq!(policies.get(b).l1_ttl, Duration::from_secs(30), "capped by l2");
+        assert_eq!(
+            policies.get(b).l1_ttl,
+            Duration::from_secs(30),
+            "capped by l2"
+        );
         let text = format!("{policies:?}");
         assert!(text.contains("\"alpha\": EntityPolicy {"), "{text}");
-        let other = Schema::builder().entity("gamma", EntityPolicy::with_l2_ttl(Duration::from_secs(1)));
+        let other =
+            Schema::builder().entity("gamma", EntityPolicy::with_l2_ttl(Duration::from_secs(1)));
         assert!(!policies.set(other, EntityPolicy::with_l2_ttl(Duration::from_secs(5))));
         assert_eq!(*policies.get(other), UNDECLARED);
         assert!(policies.set(b, EntityPolicy::with_l2_ttl(Duration::from_secs(5))));

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::cache::Inner;
-use crate::schema::CacheKey;
 use crate::outstanding::Outstanding;
+use crate::schema::CacheKey;
 
 /// Values waiting for the task; past this, a miss writes its value itself.
 const QUEUE: usize = 4096;

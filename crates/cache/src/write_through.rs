@@ -26,8 +26,8 @@ use serde::Serialize;
 use crate::cache::{Inner, L1Entry, TwoTierCache};
 use crate::envelope;
 use crate::invalidation::Invalidation;
-use crate::schema::CacheKey;
 use crate::observer::InvalidationSource;
+use crate::schema::CacheKey;
 
 /// Taken before a write to the row a key caches: how often invalidations had removed that
 /// key (its stripe) and flushed L1, for

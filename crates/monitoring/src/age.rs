@@ -38,6 +38,7 @@ struct Cell {
 /// `tiercache_served_value_age_seconds{entity, tier}`.
 pub struct AgeHistograms {
     desc: Desc,
+    entities: Vec<Entity>,
     cells: Vec<Cell>,
 }
 
@@ -46,25 +47,35 @@ impl AgeHistograms {
     pub const NAME: &'static str = "tiercache_served_value_age_seconds";
 
     /// One histogram per (entity, tier), all zero.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub fn new(entities: &[Entity]) -> Result<Self, prometheus::Error> {
         let desc = Desc::new(
             Self::NAME.to_owned(),
             "How long before being served a cached value was read from PostgreSQL.".to_owned(),
             vec!["entity".to_owned(), "tier".to_owned()],
             Default::default(),
         )?;
-        let cells = (0..Entity::ALL.len() * Tier::ALL.len())
+        let cells = (0..entities.len() * Tier::ALL.len())
             .map(|_| Cell {
                 buckets: std::array::from_fn(|_| AtomicU64::new(0)),
                 sum_micros: AtomicU64::new(0),
             })
             .collect();
-        Ok(AgeHistograms { desc, cells })
+        Ok(AgeHistograms {
+            desc,
+            entities: entities.to_vec(),
+            cells,
+        })
     }
 
     /// Records one value served from `tier`, `age` after it was loaded.
     pub fn observe(&self, entity: Entity, tier: Tier, age: Duration) {
-        let cell = &self.cells[entity as usize * Tier::ALL.len() + tier as usize];
+        // An entity these histograms were not built for is not counted.
+        let Some(cell) = self
+            .cells
+            .get(entity.index() * Tier::ALL.len() + tier as usize)
+        else {
+            return;
+        };
         let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
         let bucket = BOUNDS_MS.iter().position(|b| ms <= *b).unwrap_or(BUCKETS);
         cell.buckets[bucket].fetch_add(1, Ordering::Relaxed);
@@ -75,7 +86,7 @@ impl AgeHistograms {
     /// Observations so far for (entity, tier).
     #[cfg(test)]
     pub fn count(&self, entity: Entity, tier: Tier) -> u64 {
-        self.cells[entity as usize * Tier::ALL.len() + tier as usize]
+        self.cells[entity.index() * Tier::ALL.len() + tier as usize]
             .buckets
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
@@ -90,9 +101,9 @@ impl Collector for AgeHistograms {
 
     fn collect(&self) -> Vec<proto::MetricFamily> {
         let mut metrics = Vec::with_capacity(self.cells.len());
-        for entity in Entity::ALL {
+        for entity in &self.entities {
             for tier in Tier::ALL {
-                let cell = &self.cells[entity as usize * Tier::ALL.len() + tier as usize];
+                let cell = &self.cells[entity.index() * Tier::ALL.len() + tier as usize];
                 let mut histogram = proto::Histogram::default();
                 let mut cumulative = 0u64;
                 let mut buckets = Vec::with_capacity(BUCKETS);
@@ -135,17 +146,18 @@ fn label(name: &str, value: &str) -> proto::LabelPair {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_entities;
 
     #[test]
     fn ages_land_in_their_buckets_and_export_cumulatively() {
-        let h = AgeHistograms::new().unwrap();
-        h.observe(Entity::Lead, Tier::L1, Duration::from_millis(50)); // ≤ 0.1 s
-        h.observe(Entity::Lead, Tier::L1, Duration::from_millis(100)); // ≤ 0.1 s (inclusive)
-        h.observe(Entity::Lead, Tier::L1, Duration::from_secs(45)); // ≤ 60 s
-        h.observe(Entity::Lead, Tier::L1, Duration::from_secs(7200)); // +Inf
-        h.observe(Entity::Org, Tier::L2, Duration::from_secs(2));
-        assert_eq!(h.count(Entity::Lead, Tier::L1), 4);
-        assert_eq!(h.count(Entity::Org, Tier::L2), 1);
+        let h = AgeHistograms::new(&test_entities::ALL).unwrap();
+        h.observe(*test_entities::LEAD, Tier::L1, Duration::from_millis(50)); // ≤ 0.1 s
+        h.observe(*test_entities::LEAD, Tier::L1, Duration::from_millis(100)); // ≤ 0.1 s (inclusive)
+        h.observe(*test_entities::LEAD, Tier::L1, Duration::from_secs(45)); // ≤ 60 s
+        h.observe(*test_entities::LEAD, Tier::L1, Duration::from_secs(7200)); // +Inf
+        h.observe(*test_entities::ORG, Tier::L2, Duration::from_secs(2));
+        assert_eq!(h.count(*test_entities::LEAD, Tier::L1), 4);
+        assert_eq!(h.count(*test_entities::ORG, Tier::L2), 1);
         let family = &h.collect()[0];
         let lead = family
             .get_metric()

@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod monitor;
 pub mod routes;
 pub mod stats;
+#[cfg(test)]
+mod test_entities;
 
 pub use call_log::{CallDropReason, CallLogMetrics, FeedClientGuard, FeedTransport};
 pub use health::{CallLogProbe, CallLogSample, CallsHealth, DatabaseProbe, DbPoolState};

@@ -40,7 +40,6 @@ pub const AGE_BUCKETS: [f64; 12] = [
     0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
-const E: usize = Entity::ALL.len();
 const T: usize = Tier::ALL.len();
 const O: usize = Outcome::ALL.len();
 const K: usize = CorruptKind::ALL.len();
@@ -48,6 +47,8 @@ const K: usize = CorruptKind::ALL.len();
 /// Every metric, registered in one [`Registry`].
 pub struct Metrics {
     registry: Registry,
+    /// The declared entities the series are for, in index order.
+    entities: Vec<Entity>,
     requests: Vec<IntCounter>,
     lookup_seconds: Vec<Histogram>,
     loads: Vec<IntCounter>,
@@ -138,9 +139,9 @@ pub(crate) fn invalid_definition<T>(e: prometheus::Error) -> T {
 }
 
 /// Every (entity, tier, outcome) for `tiers`, in index order.
-fn entity_tier_outcome(tiers: &[Tier]) -> Vec<Vec<&'static str>> {
-    let mut out = Vec::with_capacity(E * tiers.len() * O);
-    for e in Entity::ALL {
+fn entity_tier_outcome(entities: &[Entity], tiers: &[Tier]) -> Vec<Vec<&'static str>> {
+    let mut out = Vec::with_capacity(entities.len() * tiers.len() * O);
+    for e in entities {
         for t in tiers {
             for o in Outcome::ALL {
                 out.push(vec![e.as_str(), t.as_str(), o.as_str()]);
@@ -150,9 +151,13 @@ fn entity_tier_outcome(tiers: &[Tier]) -> Vec<Vec<&'static str>> {
     out
 }
 
-fn per_entity<I: Copy>(other: &[I], name: impl Fn(I) -> &'static str) -> Vec<Vec<&'static str>> {
+fn per_entity<I: Copy>(
+    entities: &[Entity],
+    other: &[I],
+    name: impl Fn(I) -> &'static str,
+) -> Vec<Vec<&'static str>> {
     let mut out = Vec::new();
-    for e in Entity::ALL {
+    for e in entities {
         for x in other {
             out.push(vec![e.as_str(), name(*x)]);
         }
@@ -161,17 +166,19 @@ fn per_entity<I: Copy>(other: &[I], name: impl Fn(I) -> &'static str) -> Vec<Vec
 }
 
 impl Metrics {
-    /// A registry with every Tiercache metric.
+    /// A registry with every Tiercache metric, a series per declared entity (see
+    /// [`tiercache::Schema::entities`]), in the order of [`Entity::index`].
     #[allow(clippy::too_many_lines)]
-    pub fn new() -> Self {
+    pub fn new(declared: impl IntoIterator<Item = Entity>) -> Self {
         let r = Registry::new();
-        let entities: Vec<Vec<&str>> = Entity::ALL.iter().map(|e| vec![e.as_str()]).collect();
+        let declared: Vec<Entity> = declared.into_iter().collect();
+        let entities: Vec<Vec<&str>> = declared.iter().map(|e| vec![e.as_str()]).collect();
         let requests = counters(
             &r,
             "tiercache_cache_requests_total",
             "Cache lookups by entity, tier and result.",
             &["entity", "tier", "result"],
-            entity_tier_outcome(&Tier::ALL),
+            entity_tier_outcome(&declared, &Tier::ALL),
         );
         // Only the timed tiers: an L1 series would never get a sample.
         let lookup_seconds = histograms(
@@ -180,14 +187,14 @@ impl Metrics {
             "Time to look a key up in one tier (L2 only: L1 lookups are not timed).",
             &LATENCY_BUCKETS,
             &["entity", "tier", "result"],
-            entity_tier_outcome(&Tier::TIMED),
+            entity_tier_outcome(&declared, &Tier::TIMED),
         );
         let loads = counters(
             &r,
             "tiercache_loads_total",
             "Loader calls (reads from PostgreSQL) by entity and result.",
             &["entity", "result"],
-            per_entity(&LoadOutcome::ALL, LoadOutcome::as_str),
+            per_entity(&declared, &LoadOutcome::ALL, LoadOutcome::as_str),
         );
         let load_seconds = histograms(
             &r,
@@ -205,7 +212,7 @@ impl Metrics {
             entities.clone(),
         );
         let mut stale_labels = Vec::new();
-        for e in Entity::ALL {
+        for e in &declared {
             for reason in StaleReason::ALL {
                 stale_labels.push(vec![e.as_str(), reason.as_str()]);
             }
@@ -228,8 +235,8 @@ impl Metrics {
             )
             .unwrap_or_else(invalid_definition),
         );
-        let mut corrupt = Vec::with_capacity(E * T * K);
-        for e in Entity::ALL {
+        let mut corrupt = Vec::with_capacity(declared.len() * T * K);
+        for e in &declared {
             for t in Tier::ALL {
                 for k in CorruptKind::ALL {
                     corrupt.push(k.occurs_in(t).then(|| {
@@ -250,14 +257,18 @@ impl Metrics {
             "tiercache_l1_evictions_total",
             "Entries L1 dropped on its own, by cause.",
             &["entity", "cause"],
-            per_entity(&EvictionCause::ALL, EvictionCause::as_str),
+            per_entity(&declared, &EvictionCause::ALL, EvictionCause::as_str),
         );
         let invalidations = counters(
             &r,
             "tiercache_invalidations_total",
             "Invalidations by entity and source.",
             &["entity", "source"],
-            per_entity(&InvalidationSource::ALL, InvalidationSource::as_str),
+            per_entity(
+                &declared,
+                &InvalidationSource::ALL,
+                InvalidationSource::as_str,
+            ),
         );
         let circuit_transitions = counters(
             &r,
@@ -266,7 +277,8 @@ impl Metrics {
             &["state"],
             CircuitState::ALL.iter().map(|s| vec![s.as_str()]).collect(),
         );
-        let age_seconds = Arc::new(AgeHistograms::new().unwrap_or_else(invalid_definition));
+        let age_seconds =
+            Arc::new(AgeHistograms::new(&declared).unwrap_or_else(invalid_definition));
         if let Err(e) = r.register(Box::new(SharedCollector(Arc::clone(&age_seconds)))) {
             tracing::error!(error = %e, "metric registered twice");
         }
@@ -459,6 +471,7 @@ impl Metrics {
         let call_log = CallLogMetrics::register(&r);
         Metrics {
             registry: r,
+            entities: declared,
             requests,
             lookup_seconds,
             loads,
@@ -578,7 +591,14 @@ impl Metrics {
 
     /// Lookups by (entity, tier, outcome) so far.
     pub fn requests(&self, entity: Entity, tier: Tier, outcome: Outcome) -> u64 {
-        self.requests[lookup_index(entity, tier, outcome)].get()
+        self.requests
+            .get(lookup_index(entity, tier, outcome))
+            .map_or(0, IntCounter::get)
+    }
+
+    /// The entities the series are for.
+    pub fn entities(&self) -> &[Entity] {
+        &self.entities
     }
 
     /// Every series, in the Prometheus text format; gauges are read from `cache` first.
@@ -606,12 +626,6 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -657,22 +671,31 @@ fn status_label(status: u16) -> &'static str {
 }
 
 fn lookup_index(entity: Entity, tier: Tier, outcome: Outcome) -> usize {
-    (entity as usize * T + tier as usize) * O + outcome as usize
+    (entity.index() * T + tier as usize) * O + outcome as usize
 }
 
 /// Where a lookup's duration goes, if its tier is timed.
 fn timed_index(entity: Entity, tier: Tier, outcome: Outcome) -> Option<usize> {
     let t = Tier::TIMED.iter().position(|&timed| timed == tier)?;
-    Some((entity as usize * Tier::TIMED.len() + t) * O + outcome as usize)
+    Some((entity.index() * Tier::TIMED.len() + t) * O + outcome as usize)
+}
+
+/// Counts one event in `series[i]`; an entity this registry was not built for has none,
+/// and is not counted (never a panic, never a new series).
+fn inc(series: &[IntCounter], i: usize) {
+    if let Some(counter) = series.get(i) {
+        counter.inc();
+    }
 }
 
 impl CacheObserver for Metrics {
     fn lookup(&self, entity: Entity, tier: Tier, outcome: Outcome, took: Duration) {
-        let i = lookup_index(entity, tier, outcome);
-        self.requests[i].inc();
+        inc(&self.requests, lookup_index(entity, tier, outcome));
         // L1 lookups are not timed (see `CacheObserver::lookup`): only L2 has a duration.
-        if let Some(t) = timed_index(entity, tier, outcome) {
-            self.lookup_seconds[t].observe(took.as_secs_f64());
+        if let Some(histogram) =
+            timed_index(entity, tier, outcome).and_then(|t| self.lookup_seconds.get(t))
+        {
+            histogram.observe(took.as_secs_f64());
         }
     }
 
@@ -681,21 +704,29 @@ impl CacheObserver for Metrics {
     }
 
     fn load(&self, entity: Entity, outcome: LoadOutcome, took: Duration) {
-        self.loads[entity as usize * LoadOutcome::ALL.len() + outcome as usize].inc();
-        self.load_seconds[entity as usize].observe(took.as_secs_f64());
+        inc(
+            &self.loads,
+            entity.index() * LoadOutcome::ALL.len() + outcome as usize,
+        );
+        if let Some(histogram) = self.load_seconds.get(entity.index()) {
+            histogram.observe(took.as_secs_f64());
+        }
     }
 
     fn coalesced(&self, entity: Entity) {
-        self.coalesced[entity as usize].inc();
+        inc(&self.coalesced, entity.index());
     }
 
     fn stale_served(&self, entity: Entity, reason: StaleReason) {
-        self.stale[entity as usize * StaleReason::ALL.len() + reason as usize].inc();
+        inc(
+            &self.stale,
+            entity.index() * StaleReason::ALL.len() + reason as usize,
+        );
     }
 
     fn corrupt(&self, entity: Entity, tier: Tier, kind: CorruptKind) {
-        let i = (entity as usize * T + tier as usize) * K + kind as usize;
-        if let Some(counter) = &self.corrupt[i] {
+        let i = (entity.index() * T + tier as usize) * K + kind as usize;
+        if let Some(Some(counter)) = self.corrupt.get(i) {
             counter.inc();
         }
     }
@@ -705,11 +736,17 @@ impl CacheObserver for Metrics {
     }
 
     fn evicted(&self, entity: Entity, cause: EvictionCause) {
-        self.evictions[entity as usize * EvictionCause::ALL.len() + cause as usize].inc();
+        inc(
+            &self.evictions,
+            entity.index() * EvictionCause::ALL.len() + cause as usize,
+        );
     }
 
     fn invalidated(&self, entity: Entity, source: InvalidationSource) {
-        self.invalidations[entity as usize * InvalidationSource::ALL.len() + source as usize].inc();
+        inc(
+            &self.invalidations,
+            entity.index() * InvalidationSource::ALL.len() + source as usize,
+        );
     }
 
     fn owed_replayed(&self, keys: usize) {
@@ -733,21 +770,22 @@ impl CacheObserver for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_entities;
 
     #[test]
     fn handles_line_up_with_their_labels() {
-        let m = Metrics::new();
+        let m = Metrics::new(test_entities::ALL.iter().copied());
         m.lookup(
-            Entity::Greeting,
+            *test_entities::GREETING,
             Tier::L2,
             Outcome::NegativeHit,
             Duration::from_micros(80),
         );
-        m.corrupt(Entity::History, Tier::L1, CorruptKind::Type);
-        m.corrupt(Entity::History, Tier::L2, CorruptKind::Seal);
-        m.invalidated(Entity::Org, InvalidationSource::Database);
+        m.corrupt(*test_entities::HISTORY, Tier::L1, CorruptKind::Type);
+        m.corrupt(*test_entities::HISTORY, Tier::L2, CorruptKind::Seal);
+        m.invalidated(*test_entities::ORG, InvalidationSource::Database);
         m.load(
-            Entity::Summary,
+            *test_entities::SUMMARY,
             LoadOutcome::Timeout,
             Duration::from_millis(3),
         );
@@ -769,11 +807,11 @@ mod tests {
             assert!(text.contains(line), "missing {line}");
         }
         assert_eq!(
-            m.requests(Entity::Greeting, Tier::L2, Outcome::NegativeHit),
+            m.requests(*test_entities::GREETING, Tier::L2, Outcome::NegativeHit),
             1
         );
         assert_eq!(
-            m.requests(Entity::Greeting, Tier::L1, Outcome::NegativeHit),
+            m.requests(*test_entities::GREETING, Tier::L1, Outcome::NegativeHit),
             0
         );
     }
@@ -781,7 +819,7 @@ mod tests {
     /// Sends every event the engine can report, each label combination it can use.
     fn everything_the_engine_reports(m: &Metrics) {
         let took = Duration::from_millis(1);
-        for e in Entity::ALL {
+        for e in test_entities::ALL.iter().copied() {
             for t in Tier::ALL {
                 for o in Outcome::ALL {
                     m.lookup(e, t, o, took);
@@ -833,7 +871,7 @@ mod tests {
 
     #[test]
     fn every_exported_counter_and_histogram_series_can_get_a_sample() {
-        let m = Metrics::new();
+        let m = Metrics::new(test_entities::ALL.iter().copied());
         everything_the_engine_reports(&m);
         let mut empty = Vec::new();
         for family in m.registry.gather() {
@@ -866,7 +904,7 @@ mod tests {
 
     #[test]
     fn no_l1_lookup_latency_and_only_possible_corruptions_are_exported() {
-        let m = Metrics::new();
+        let m = Metrics::new(test_entities::ALL.iter().copied());
         let families = m.registry.gather();
         let count = |name: &str| {
             families
@@ -874,14 +912,20 @@ mod tests {
                 .find(|f| f.name() == name)
                 .map_or(0, |f| f.get_metric().len())
         };
-        assert_eq!(count("tiercache_cache_lookup_duration_seconds"), E * O);
+        assert_eq!(
+            count("tiercache_cache_lookup_duration_seconds"),
+            test_entities::ALL.len() * O
+        );
         // L1: `type` only; L2: decode, version, seal.
-        assert_eq!(count("tiercache_corrupt_entries_total"), E * 4);
+        assert_eq!(
+            count("tiercache_corrupt_entries_total"),
+            test_entities::ALL.len() * 4
+        );
     }
 
     #[test]
     fn the_scrape_carries_build_info_process_metrics_and_buckets_to_10_s() {
-        let m = Metrics::new();
+        let m = Metrics::new(test_entities::ALL.iter().copied());
         m.db_acquired(Duration::from_secs(3), true);
         m.set_db_pool(DbPoolState {
             size: 4,
@@ -924,12 +968,15 @@ mod tests {
 
     #[test]
     fn every_label_combination_is_exported_from_the_start() {
-        let m = Metrics::new();
+        let m = Metrics::new(test_entities::ALL.iter().copied());
         let families = m.registry.gather();
         let requests = families
             .iter()
             .find(|f| f.name() == "tiercache_cache_requests_total")
             .unwrap();
-        assert_eq!(requests.get_metric().len(), E * T * O);
+        assert_eq!(
+            requests.get_metric().len(),
+            test_entities::ALL.len() * T * O
+        );
     }
 }

@@ -251,12 +251,17 @@ mod tests {
 
     use super::*;
     use crate::alerts::THRESHOLDS;
+    use crate::test_entities;
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_subscriber_that_never_reads_never_holds_the_monitor_up() {
         let cache =
             TwoTierCache::new(CacheConfig::builder().build().unwrap(), NoopObserver).unwrap();
-        let monitor = Monitor::new(Arc::new(Metrics::new()), cache, THRESHOLDS);
+        let monitor = Monitor::new(
+            Arc::new(Metrics::new(test_entities::ALL.iter().copied())),
+            cache,
+            THRESHOLDS,
+        );
         let mut idle = monitor.subscribe();
         // Four times the buffer: every tick publishes, none waits for the idle subscriber.
         for _ in 0..STREAM_BUFFER * 4 {

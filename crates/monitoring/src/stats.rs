@@ -9,36 +9,42 @@ use crate::metrics::Metrics;
 
 /// Lookup counts by (entity, tier, outcome), as read at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counts(Vec<u64>);
+pub struct Counts {
+    entities: Vec<Entity>,
+    counts: Vec<u64>,
+}
 
 impl Counts {
     /// Reads the counters now.
     pub fn read(metrics: &Metrics) -> Self {
-        let mut out = Vec::with_capacity(Entity::ALL.len() * Tier::ALL.len() * Outcome::ALL.len());
-        for e in Entity::ALL {
+        let entities = metrics.entities().to_vec();
+        let mut counts = Vec::with_capacity(entities.len() * Tier::ALL.len() * Outcome::ALL.len());
+        for e in &entities {
             for t in Tier::ALL {
                 for o in Outcome::ALL {
-                    out.push(metrics.requests(e, t, o));
+                    counts.push(metrics.requests(*e, t, o));
                 }
             }
         }
-        Counts(out)
+        Counts { entities, counts }
     }
 
     /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &Counts) -> Counts {
-        Counts(
-            self.0
+        Counts {
+            entities: self.entities.clone(),
+            counts: self
+                .counts
                 .iter()
-                .zip(earlier.0.iter().chain(std::iter::repeat(&0)))
+                .zip(earlier.counts.iter().chain(std::iter::repeat(&0)))
                 .map(|(now, then)| now.saturating_sub(*then))
                 .collect(),
-        )
+        }
     }
 
     fn get(&self, e: Entity, t: Tier, o: Outcome) -> u64 {
-        let i = (e as usize * Tier::ALL.len() + t as usize) * Outcome::ALL.len() + o as usize;
-        self.0.get(i).copied().unwrap_or(0)
+        let i = (e.index() * Tier::ALL.len() + t as usize) * Outcome::ALL.len() + o as usize;
+        self.counts.get(i).copied().unwrap_or(0)
     }
 
     fn tier(&self, entities: &[Entity], t: Tier) -> TierRate {
@@ -72,15 +78,16 @@ impl Counts {
 
     /// (lookups, answered from a cache tier), over every entity.
     pub fn lookups_and_hits(&self) -> (u64, u64) {
-        let r = self.rates(&Entity::ALL);
+        let r = self.rates(&self.entities);
         (r.lookups, r.served_from_cache)
     }
 
     /// The statistics these counts make.
     pub fn stats(&self) -> StatsBlock {
         StatsBlock {
-            overall: self.rates(&Entity::ALL),
-            by_entity: Entity::ALL
+            overall: self.rates(&self.entities),
+            by_entity: self
+                .entities
                 .iter()
                 .map(|e| (e.as_str(), self.rates(&[*e])))
                 .collect(),

@@ -1,6 +1,6 @@
 //! Greetings: what the agent says or sends first, per channel, from a lead's context.
 
-use tiercache::Channel;
+use crate::cache_keys::Channel;
 
 use crate::model::Context;
 

@@ -3,6 +3,7 @@
 //! writes, and the [`DbListener`] that invalidates it on writes that bypass the service.
 
 pub mod api_key;
+pub mod cache_keys;
 pub mod error;
 pub mod greeting;
 pub mod listen;
@@ -14,6 +15,7 @@ pub mod queries;
 mod repository;
 pub mod seed;
 
+pub use cache_keys::{Channel, ChannelError, Keys, keys, schema};
 pub use error::{DbError, Error};
 pub use listener::{DbListener, ListenerStatus};
 pub use phone::{Phone, PhoneError};

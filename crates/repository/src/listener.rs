@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgListener};
-use tiercache::{Feed, Invalidation, InvalidationSource, TwoTierCache};
+use tiercache::{Feed, InvalidationSource, TwoTierCache};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -224,17 +224,17 @@ async fn handle(
 }
 
 async fn apply(listener: &mut PgListener, cache: &TwoTierCache, change: Change) {
-    let keys = cache.keys();
+    let keys = crate::cache_keys::keys(cache);
     let invalidation = match change {
-        Change::Lead { id, org_id, phone } => Invalidation::lead(keys, id, org_id, &phone),
-        Change::Message { lead_id, phone } => Invalidation::lead_activity(keys, lead_id, &phone),
+        Change::Lead { id, org_id, phone } => keys.lead_changed(id, org_id, &phone),
+        Change::Message { lead_id, phone } => keys.lead_activity(lead_id, &phone),
         Change::Org { id, phone } => {
             match crate::queries::org_invalidation(&mut *listener, keys, id, &phone).await {
                 Ok(invalidation) => invalidation,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list an organization's leads; flushing L1");
                     cache.flush_l1();
-                    Invalidation::org(keys, &phone, &[])
+                    keys.org_changed(&phone, &[])
                 }
             }
         }

@@ -162,16 +162,17 @@ pub async fn org_lead_ids(db: impl PgExecutor<'_>, org_id: i64) -> Result<Vec<i6
 }
 
 /// What a change to organization `org_id` (reached on `phone`) invalidates: its phone key
-/// and its leads' views that show its name ([`Invalidation::org`]). The one meaning of "an
-/// organization changed", for the database listener and the admin API alike.
+/// and its leads' views that show its name ([`Keys::org_changed`](crate::Keys::org_changed)).
+/// The one meaning of "an organization changed", for the database listener and the admin
+/// API alike.
 pub async fn org_invalidation(
     db: impl PgExecutor<'_>,
-    keys: &tiercache::KeySchema,
+    keys: crate::Keys<'_>,
     org_id: i64,
     phone: &str,
 ) -> Result<tiercache::Invalidation, sqlx::Error> {
     let leads = org_lead_ids(db, org_id).await?;
-    Ok(tiercache::Invalidation::org(keys, phone, &leads))
+    Ok(keys.org_changed(phone, &leads))
 }
 
 /// The lead with `phone` (E.164) in organization `org_id`.

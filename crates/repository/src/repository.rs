@@ -6,7 +6,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tiercache::log_throttle::{LOG_INTERVAL, LogThrottle};
-use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
+use tiercache::{InvalidationSource, TwoTierCache};
+
+use crate::cache_keys::{Channel, keys};
 
 use crate::error::Error;
 use crate::greeting::greeting_text;
@@ -75,7 +77,7 @@ pub struct CallView {
 }
 
 /// The cached parts of a call, as [`Repository::call_cached`] found them.
-pub type CallSlots = tiercache::CallSlots<Org, Lead, Context, Greeting>;
+pub type CallSlots = crate::cache_keys::CallSlots<Org, Lead, Context, Greeting>;
 
 struct ExpireAtOnce;
 
@@ -150,7 +152,7 @@ impl Repository {
 
     /// The organization reached on `phone`.
     pub async fn org_by_phone(&self, phone: &Phone) -> Result<Option<Arc<Org>>, Error> {
-        let key = self.cache.keys().org_by_phone(phone.as_str());
+        let key = keys(&self.cache).org_by_phone(phone.as_str());
         let (db, phone) = (self.db.clone(), phone.clone());
         Ok(self
             .cache
@@ -173,8 +175,9 @@ impl Repository {
 
     /// The first half of [`call`](Self::call): what the cache tiers hold.
     pub async fn call_cached(&self, called: &Phone, caller: &Phone) -> CallSlots {
-        self.cache
-            .get_call(called.as_str(), caller.as_str(), Channel::Voice)
+        keys(&self.cache)
+            .call(called.as_str(), caller.as_str(), Channel::Voice)
+            .read(&self.cache)
             .await
     }
 
@@ -199,7 +202,7 @@ impl Repository {
             Ok(view) => Ok((*view).clone()),
             // The database failed: what L1 held past its freshness (within grace) answers,
             // marked stale, if it covers the whole call.
-            Err(e) if self.cache.fall_back_to_stale(&mut spare) => {
+            Err(e) if spare.fall_back_to_stale(&self.cache) => {
                 // Every call while the database is down: one line per interval
                 // (`tiercache_stale_served_total` counts each).
                 static STALE_CALL: LogThrottle = LogThrottle::new(LOG_INTERVAL);
@@ -228,15 +231,20 @@ impl Repository {
             .await
             .map_err(Error::from)?;
         let took = started.elapsed();
-        let keys = self.cache.keys();
-        let org = match &slots.org {
-            Slot::Found(org) => Some(Arc::clone(org)),
+        let keys = keys(&self.cache);
+        let schema = crate::cache_keys::schema();
+        let org = match slots.org() {
+            Slot::Found(org) => Some(org),
             Slot::NotFound => None,
             Slot::Missing => {
                 self.cache
-                    .observe_load(tiercache::Entity::Org, rows.org.is_some(), took);
+                    .observe_load(schema.org, rows.org.is_some(), took);
                 self.cache
-                    .install(&slots, keys.org_by_phone(called.as_str()), rows.org.clone())
+                    .install(
+                        slots.batch(),
+                        keys.org_by_phone(called.as_str()),
+                        rows.org.clone(),
+                    )
                     .await?
             }
         };
@@ -251,15 +259,15 @@ impl Repository {
         // The query found the lead through the organization it found; a cached organization
         // must be the same one for its rows to apply.
         let rows_apply = rows.org.as_ref().is_some_and(|o| o.id == org.id);
-        let lead = match &slots.lead {
-            Slot::Found(lead) => Some(Arc::clone(lead)),
+        let lead = match slots.lead() {
+            Slot::Found(lead) => Some(lead),
             Slot::NotFound => None,
             Slot::Missing if rows_apply => {
                 self.cache
-                    .observe_load(tiercache::Entity::Lead, rows.lead.is_some(), took);
+                    .observe_load(schema.lead, rows.lead.is_some(), took);
                 self.cache
                     .install(
-                        &slots,
+                        slots.batch(),
                         keys.lead_by_phone(caller.as_str(), org.id),
                         rows.lead.clone(),
                     )
@@ -276,20 +284,20 @@ impl Repository {
             }));
         };
         let rows_apply = rows_apply && rows.lead.as_ref().is_some_and(|l| l.id == lead.id);
-        let context = match &slots.context {
-            Slot::Found(context) => Some(Arc::clone(context)),
+        let context = match slots.context() {
+            Slot::Found(context) => Some(context),
             Slot::NotFound => None,
             Slot::Missing if rows_apply => {
                 self.cache
-                    .observe_load(tiercache::Entity::Context, rows.context.is_some(), took);
+                    .observe_load(schema.context, rows.context.is_some(), took);
                 self.cache
-                    .install(&slots, keys.context(lead.id), rows.context.clone())
+                    .install(slots.batch(), keys.context(lead.id), rows.context.clone())
                     .await?
             }
             Slot::Missing => self.context(lead.id).await?,
         };
-        let greeting = match (&slots.greeting, &context) {
-            (Slot::Found(greeting), _) => Some(Arc::clone(greeting)),
+        let greeting = match (slots.greeting(), &context) {
+            (Slot::Found(greeting), _) => Some(greeting),
             (Slot::NotFound, _) | (Slot::Missing, None) => None,
             (Slot::Missing, Some(context)) => {
                 let greeting = Greeting {
@@ -297,14 +305,11 @@ impl Repository {
                     channel: Channel::Voice.as_str().to_owned(),
                     text: greeting_text(context, Channel::Voice),
                 };
-                self.cache.observe_load(
-                    tiercache::Entity::Greeting,
-                    true,
-                    std::time::Duration::ZERO,
-                );
+                self.cache
+                    .observe_load(schema.greeting, true, std::time::Duration::ZERO);
                 self.cache
                     .install(
-                        &slots,
+                        slots.batch(),
                         keys.greeting(lead.id, Channel::Voice),
                         Some(greeting),
                     )
@@ -325,7 +330,7 @@ impl Repository {
         phone: &Phone,
         org_id: i64,
     ) -> Result<Option<Arc<Lead>>, Error> {
-        let key = self.cache.keys().lead_by_phone(phone.as_str(), org_id);
+        let key = keys(&self.cache).lead_by_phone(phone.as_str(), org_id);
         let (db, phone) = (self.db.clone(), phone.clone());
         Ok(self
             .cache
@@ -341,7 +346,7 @@ impl Repository {
 
     /// The lead with id `id`.
     pub async fn lead(&self, id: i64) -> Result<Option<Arc<Lead>>, Error> {
-        let key = self.cache.keys().lead_by_id(id);
+        let key = keys(&self.cache).lead_by_id(id);
         let db = self.db.clone();
         Ok(self
             .cache
@@ -354,7 +359,7 @@ impl Repository {
 
     /// The lead's conversation context.
     pub async fn context(&self, lead_id: i64) -> Result<Option<Arc<Context>>, Error> {
-        let key = self.cache.keys().context(lead_id);
+        let key = keys(&self.cache).context(lead_id);
         let db = self.db.clone();
         Ok(self
             .cache
@@ -367,7 +372,7 @@ impl Repository {
 
     /// The lead's conversation summary.
     pub async fn summary(&self, lead_id: i64) -> Result<Option<Arc<Summary>>, Error> {
-        let key = self.cache.keys().summary(lead_id);
+        let key = keys(&self.cache).summary(lead_id);
         let db = self.db.clone();
         Ok(self
             .cache
@@ -384,7 +389,7 @@ impl Repository {
         lead_id: i64,
         channel: Channel,
     ) -> Result<Option<Arc<Greeting>>, Error> {
-        let key = self.cache.keys().greeting(lead_id, channel);
+        let key = keys(&self.cache).greeting(lead_id, channel);
         let repo = self.clone();
         let loaded = self
             .cache
@@ -426,7 +431,7 @@ impl Repository {
                 message: format!("must be at most {MAX_PAGE_OFFSET}, got {offset}"),
             });
         }
-        let key = self.cache.keys().history(lead_id, limit, offset);
+        let key = keys(&self.cache).history(lead_id, limit, offset);
         let db = self.db.clone();
         Ok(self
             .cache
@@ -456,7 +461,7 @@ impl Repository {
         if let Some(Some(notes)) = &patch.notes {
             check_text("notes", notes, false)?;
         }
-        let keys = self.cache.keys();
+        let keys = keys(&self.cache);
         let by_id = keys.lead_by_id(id);
         // Before the write: the written row is cached only if no other invalidation of the
         // lead comes between (see `TwoTierCache::invalidate_and_cache`).
@@ -473,7 +478,7 @@ impl Repository {
         let cached = [by_id, keys.lead_by_phone(&lead.phone, lead.org_id)];
         self.cache
             .invalidate_and_cache(
-                Invalidation::lead(keys, lead.id, lead.org_id, &lead.phone),
+                keys.lead_changed(lead.id, lead.org_id, &lead.phone),
                 InvalidationSource::Write,
                 ticket,
                 lead.clone(),
@@ -526,10 +531,9 @@ impl Repository {
             return Ok(None);
         };
         tx.commit().await.map_err(|e| self.db.checked(e))?;
-        let keys = self.cache.keys();
         self.cache
             .invalidate_after_write(
-                Invalidation::lead_activity(keys, lead_id, &phone),
+                keys(&self.cache).lead_activity(lead_id, &phone),
                 InvalidationSource::Write,
             )
             .await;
@@ -546,10 +550,10 @@ fn view_of(slots: &CallSlots) -> CallView {
         }
     }
     CallView {
-        org: get(&slots.org),
-        lead: get(&slots.lead),
-        context: get(&slots.context),
-        greeting: get(&slots.greeting),
+        org: get(&slots.org()),
+        lead: get(&slots.lead()),
+        context: get(&slots.context()),
+        greeting: get(&slots.greeting()),
     }
 }
 

@@ -443,7 +443,7 @@ impl RawConfig {
     /// Parses each variable on its own, noting those that do not parse.
     fn parse(env: &mut Env) -> RawConfig {
         let mut ttl_overrides = [TtlOverrides::default(); 6];
-        for entity in Entity::ALL {
+        for (entity, _) in declared_entities() {
             let [l2_var, l1_var, negative_var] = TTL_VARS[entity.index()];
             let (l2, l1, negative) = (env.secs(l2_var), env.secs(l1_var), env.secs(negative_var));
             // With one of them unreadable the entity keeps its whole seed policy, so the
@@ -771,7 +771,8 @@ impl RawConfig {
         let mut builder = CacheConfig::builder()
             .prefix(cache_prefix)
             .env(app_env)
-            .schema(cache_schema_version)
+            .schema_version(cache_schema_version)
+            .schema(tiercache_repository::schema().schema.clone())
             .key_secret(key_secret.into_bytes())
             .encryption_key(encryption_key)
             .l1_enabled(l1_enabled)
@@ -787,8 +788,7 @@ impl RawConfig {
             .pool_size(redis_pool_size)
             .l2_timeout(redis_command_timeout)
             .connect_timeout(redis_connect_timeout);
-        for entity in Entity::ALL {
-            let seed = EntityPolicy::seed(entity);
+        for (entity, seed) in declared_entities() {
             let overrides = ttl_overrides[entity.index()];
             builder = builder.policy(
                 entity,
@@ -845,12 +845,23 @@ impl RawConfig {
     }
 }
 
+/// The cached entities and their declared policies (what the TTL variables override).
+fn declared_entities() -> Vec<(Entity, EntityPolicy)> {
+    let schema = &tiercache_repository::schema().schema;
+    schema
+        .entities()
+        .filter_map(|e| Some((e, *schema.policy(e)?)))
+        .collect()
+}
+
 /// The variable behind a field the cache's builder rejected (`policy.lead.l1_ttl` is
 /// `CACHE_TTL_LEAD_L1_SECS`), or `None` for a field no variable sets.
 fn cache_field_var(field: &str) -> Option<&'static str> {
     if let Some(rest) = field.strip_prefix("policy.") {
         let (entity, policy_field) = rest.split_once('.')?;
-        let entity = Entity::ALL.into_iter().find(|e| e.as_str() == entity)?;
+        let (entity, _) = declared_entities()
+            .into_iter()
+            .find(|(e, _)| e.as_str() == entity)?;
         let [l2, l1, negative] = TTL_VARS[entity.index()];
         return match policy_field {
             "l2_ttl" => Some(l2),

@@ -52,7 +52,9 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Service> {
         .context("running database migrations")?;
     let seeded = seed_quietly(&config.database).await?;
     let demo_api_key = demo_api_key(config, pool.pool()).await?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(
+        tiercache_repository::schema().schema.entities(),
+    ));
     let cache = TwoTierCache::with_observer(config.cache.clone(), metrics.clone())
         .context("building the cache")?;
     let db_listener = spawn_db_listener(&config.database, &cache)?;

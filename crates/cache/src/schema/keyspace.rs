@@ -197,7 +197,12 @@ impl KeySchema {
 
 /// Writes `form`'s segments with `parts`; with a `hole`, that part is left out and its
 /// place in `out` returned.
-fn write_parts(form: &Form, parts: &[u64; SLOTS], out: &mut String, hole: Option<usize>) -> Option<usize> {
+fn write_parts(
+    form: &Form,
+    parts: &[u64; SLOTS],
+    out: &mut String,
+    hole: Option<usize>,
+) -> Option<usize> {
     let mut at = None;
     for (i, segment) in form.segments.iter().enumerate() {
         if i > 0 {

@@ -236,11 +236,13 @@ impl SchemaBuilder {
     /// sets its TTLs (a service's configuration may override it).
     pub fn entity(&mut self, name: &'static str, policy: EntityPolicy) -> Entity {
         if !is_name(name, false) {
-            self.problems
-                .push(format!("entity {name:?}: use lowercase letters, digits and _"));
+            self.problems.push(format!(
+                "entity {name:?}: use lowercase letters, digits and _"
+            ));
         }
         if self.entities.iter().any(|(e, _)| e.as_str() == name) {
-            self.problems.push(format!("entity {name:?}: declared twice"));
+            self.problems
+                .push(format!("entity {name:?}: declared twice"));
         }
         let index = u16::try_from(self.entities.len()).unwrap_or(u16::MAX);
         let entity = Entity::new(index, name);
@@ -387,10 +389,7 @@ fn form_of(entity: Entity, template: &'static str, kinds: &[PartKind]) -> Result
         }
     }
     if next != kinds.len() {
-        return Err(format!(
-            "has {next} {{}} for {} typed parts",
-            kinds.len()
-        ));
+        return Err(format!("has {next} {{}} for {} typed parts", kinds.len()));
     }
     let mut offsets = Vec::with_capacity(kinds.len());
     let mut at = 0;
@@ -453,13 +452,19 @@ mod tests {
         let (k, s) = (keys(), namespaced());
         let name = s.digest("+16462000042");
         assert_eq!(s.render(&k.by_id.key(-42)), "tc:t:v1:item:id:-42");
-        assert_eq!(s.render(&k.sized.key((7, Size::Large))), "tc:t:v1:view:7:large");
+        assert_eq!(
+            s.render(&k.sized.key((7, Size::Large))),
+            "tc:t:v1:view:7:large"
+        );
         // Indexed by its tag: the tag's part is a hash tag, as in the tag's index.
         assert_eq!(s.render(&k.page.key((7, 20))), "tc:t:v1:page:{7}:20");
         assert_eq!(s.tag_index(&k.owner.of(7)), "tc:t:v1:tag:item:{7}");
         let by_name = s.render(&k.by_name.key((name, 3)));
         assert_eq!(by_name, format!("tc:t:v1:item:name:{}:3", name.to_hex()));
-        assert!(!by_name.contains("6462000042"), "text enters a key as a digest");
+        assert!(
+            !by_name.contains("6462000042"),
+            "text enters a key as a digest"
+        );
         for key in [
             k.by_id.key(1),
             k.by_name.key((name, 9)),
@@ -468,7 +473,10 @@ mod tests {
         ] {
             assert_eq!(s.parse(&s.render(&key)).unwrap(), key);
         }
-        assert_eq!(s.parse_tag_index(&s.tag_index(&k.owner.of(7))), Some(k.owner.of(7)));
+        assert_eq!(
+            s.parse_tag_index(&s.tag_index(&k.owner.of(7))),
+            Some(k.owner.of(7))
+        );
         assert_eq!(s.parse_tag_index("tc:t:v1:tag:item:7"), None);
         assert_eq!(k.page.parts(&k.page.key((4, 100))), Some((4, 100)));
         assert_eq!(k.by_id.parts(&k.page.key((4, 100))), None);
@@ -477,11 +485,26 @@ mod tests {
     #[test]
     fn bad_keys_are_typed_errors() {
         let s = namespaced();
-        assert_eq!(s.parse("other:ns:v1:item:id:1").unwrap_err(), KeyError::Namespace);
-        assert_eq!(s.parse("tc:t:v1:item:id:x").unwrap_err(), KeyError::Malformed);
-        assert_eq!(s.parse("tc:t:v1:view:1:medium").unwrap_err(), KeyError::Malformed);
-        assert_eq!(s.parse("tc:t:v1:item:name:zz:1").unwrap_err(), KeyError::Malformed);
-        assert_eq!(s.parse("tc:t:v1:page:7:20").unwrap_err(), KeyError::Malformed);
+        assert_eq!(
+            s.parse("other:ns:v1:item:id:1").unwrap_err(),
+            KeyError::Namespace
+        );
+        assert_eq!(
+            s.parse("tc:t:v1:item:id:x").unwrap_err(),
+            KeyError::Malformed
+        );
+        assert_eq!(
+            s.parse("tc:t:v1:view:1:medium").unwrap_err(),
+            KeyError::Malformed
+        );
+        assert_eq!(
+            s.parse("tc:t:v1:item:name:zz:1").unwrap_err(),
+            KeyError::Malformed
+        );
+        assert_eq!(
+            s.parse("tc:t:v1:page:7:20").unwrap_err(),
+            KeyError::Malformed
+        );
         assert!(KeySchema::new("t c", "x", 1, b"secret", Schema::empty()).is_err());
         assert!(KeySchema::new("tc", "", 1, b"secret", Schema::empty()).is_err());
     }
@@ -492,11 +515,19 @@ mod tests {
         let tag = k.owner.of(7);
         let mut out = Vec::new();
         s.schema().enumerate(&tag, &mut out);
-        assert_eq!(out, [k.sized.key((7, Size::Small)), k.sized.key((7, Size::Large))]);
+        assert_eq!(
+            out,
+            [k.sized.key((7, Size::Small)), k.sized.key((7, Size::Large))]
+        );
         assert!(s.schema().has_index(&tag));
         let indexed: Vec<Tag> = s.schema().indexed_tags(&k.page.key((7, 20))).collect();
         assert_eq!(indexed, [tag]);
-        assert_eq!(s.schema().indexed_tags(&k.sized.key((7, Size::Small))).count(), 0);
+        assert_eq!(
+            s.schema()
+                .indexed_tags(&k.sized.key((7, Size::Small)))
+                .count(),
+            0
+        );
     }
 
     #[test]
@@ -529,7 +560,10 @@ mod tests {
             "key \"amb:y:{}\": reads the same",
             "the tag's parts must be the key's first parts",
         ] {
-            assert!(problems.iter().any(|p| p.contains(expected)), "{expected}: {problems:?}");
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected}: {problems:?}"
+            );
         }
     }
 }

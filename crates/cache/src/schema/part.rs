@@ -289,7 +289,11 @@ mod tests {
             assert_eq!(&back[..kind.slots()], slots);
         }
         let mut slot = [0u64; 2];
-        assert!(PartKind::Word(Size::WORDS).parse("medium", &mut slot).is_none());
+        assert!(
+            PartKind::Word(Size::WORDS)
+                .parse("medium", &mut slot)
+                .is_none()
+        );
         assert!(PartKind::Int.parse("x", &mut slot).is_none());
         assert!(PartKind::Digest.parse("zz", &mut slot).is_none());
     }

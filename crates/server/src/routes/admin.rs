@@ -59,7 +59,7 @@ type Outcome = Result<(&'static str, Response), (&'static str, ApiError)>;
 async fn run(state: &AppState, body: Result<Json<InvalidateRequest>, JsonRejection>) -> Outcome {
     let Json(request) = body.map_err(|e| ("invalidate", ApiError::from(e)))?;
     let cache = state.repo.cache();
-    let keys = cache.keys();
+    let keys = tiercache_repository::keys(cache);
     match request {
         InvalidateRequest {
             entity: Some(entity),
@@ -70,7 +70,7 @@ async fn run(state: &AppState, body: Result<Json<InvalidateRequest>, JsonRejecti
             let pool = state.repo.pool();
             let invalidation = match entity.as_str() {
                 "lead" => match queries::lead_by_id(pool, id).await {
-                    Ok(Some(lead)) => Invalidation::lead(keys, lead.id, lead.org_id, &lead.phone),
+                    Ok(Some(lead)) => keys.lead_changed(lead.id, lead.org_id, &lead.phone),
                     Ok(None) => return Err(("invalidate_lead", ApiError::NotFound("lead"))),
                     Err(e) => {
                         return Err((
@@ -129,6 +129,7 @@ async fn run(state: &AppState, body: Result<Json<InvalidateRequest>, JsonRejecti
             all: None,
         } => {
             let key = keys
+                .namespace()
                 .parse(&text)
                 .map_err(|e| ("invalidate_key", ApiError::bad("key", e.to_string())))?;
             let report = cache

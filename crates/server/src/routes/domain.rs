@@ -12,7 +12,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use tiercache::Channel;
+use tiercache_repository::Channel;
 use tiercache_repository::Phone;
 use tiercache_repository::model::{
     Context, Greeting, HistoryPage, Lead, LeadPatch, Message, NewMessage, Org, Summary,

@@ -166,8 +166,8 @@ pub async fn conversation_initiation(
             // From L1, else one Redis round trip; what is known so far is kept for the
             // deadline's answer.
             let slots = state.repo.call_cached(&called, &caller).await;
-            if let Slot::Found(org) = &slots.org {
-                partial.org = Some(Arc::clone(org));
+            if let Slot::Found(org) = slots.org() {
+                partial.org = Some(org);
             }
             // Else one batched query for whatever the tiers lacked.
             let view = state.repo.call_complete(&called, &caller, slots).await?;
