@@ -14,6 +14,7 @@ use redis::AsyncCommands;
 use tiercache::seal::Sealer;
 use tiercache::{CacheConfig, EncryptionKey, NoopObserver, TwoTierCache, envelope};
 use tiercache_benches::{Lead, sample_lead};
+use tiercache_repository::keys;
 use tokio::runtime::Runtime;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -49,6 +50,7 @@ fn sealed_cache(
 ) -> TwoTierCache {
     let _runtime = rt.enter();
     let config = CacheConfig::builder()
+        .schema(tiercache_repository::schema().schema.clone())
         .prefix(prefix)
         .env("bench")
         .key_secret(SECRET.to_vec())
@@ -68,7 +70,7 @@ async fn load(id: i64) -> Result<Option<Lead>, io::Error> {
 fn l1_hit(c: &mut Criterion) {
     let rt = runtime();
     let cache = cache(&rt, "benchl1", false);
-    let key = cache.keys().lead_by_id(1);
+    let key = keys(&cache).lead_by_id(1);
     rt.block_on(cache.get_or_load(key, || load(1))).unwrap();
     let mut group = c.benchmark_group("l1_hit");
     group.bench_function("get_or_load", |b| {
@@ -77,12 +79,12 @@ fn l1_hit(c: &mut Criterion) {
         })
     });
     // Includes building the key: one HMAC-SHA256 of the phone.
-    let phone_key = cache.keys().lead_by_phone("+16462000042", 7);
+    let phone_key = keys(&cache).lead_by_phone("+16462000042", 7);
     rt.block_on(cache.get_or_load(phone_key, || load(1)))
         .unwrap();
     group.bench_function("get_or_load_by_phone_with_key_building", |b| {
         b.to_async(&rt).iter(|| async {
-            let key = cache.keys().lead_by_phone(black_box("+16462000042"), 7);
+            let key = keys(&cache).lead_by_phone(black_box("+16462000042"), 7);
             black_box(cache.get_or_load(key, || load(1)).await.unwrap())
         })
     });
@@ -113,7 +115,7 @@ fn l2_hit_vs_bare_get(c: &mut Criterion) {
         rt.block_on(async {
             let mut pipe = redis::pipe();
             for id in start..start + n as i64 {
-                let key = writer.keys().render(&writer.keys().lead_by_id(id));
+                let key = writer.keys().render(&keys(&writer).lead_by_id(id));
                 let mut lead = sample_lead();
                 lead.id = id;
                 // Loaded now, so a value stays young enough to serve even while a starved
@@ -136,7 +138,7 @@ fn l2_hit_vs_bare_get(c: &mut Criterion) {
                 let mut conn = conn.clone();
                 let began = Instant::now();
                 for id in start..start + iters as i64 {
-                    let key = writer.keys().render(&writer.keys().lead_by_id(id));
+                    let key = writer.keys().render(&keys(&writer).lead_by_id(id));
                     let bytes: Vec<u8> = conn.get(key).await.unwrap();
                     black_box(bytes);
                 }
@@ -154,7 +156,7 @@ fn l2_hit_vs_bare_get(c: &mut Criterion) {
                 rt.block_on(async {
                     let began = Instant::now();
                     for id in start..start + iters as i64 {
-                        let key = reader.keys().lead_by_id(id);
+                        let key = keys(&reader).lead_by_id(id);
                         black_box(reader.get_or_load(key, || load(-1)).await.unwrap());
                     }
                     began.elapsed()
@@ -179,7 +181,7 @@ fn miss_then_load(c: &mut Criterion) {
                 let id = next.fetch_add(1, Ordering::Relaxed);
                 black_box(
                     cache
-                        .get_or_load(cache.keys().lead_by_id(id), move || load(id))
+                        .get_or_load(keys(&cache).lead_by_id(id), move || load(id))
                         .await
                         .unwrap(),
                 )
@@ -228,12 +230,11 @@ fn envelope_and_keys(c: &mut Criterion) {
     let mut group = c.benchmark_group("key");
     group.bench_function("lead_by_phone", |b| {
         b.iter(|| {
-            cache
-                .keys()
+            keys(&cache)
                 .lead_by_phone(black_box("+16462000042"), black_box(7))
         })
     });
-    let key = cache.keys().lead_by_phone("+16462000042", 7);
+    let key = keys(&cache).lead_by_phone("+16462000042", 7);
     group.bench_function("render", |b| {
         b.iter(|| cache.keys().render(black_box(&key)))
     });
@@ -277,11 +278,13 @@ fn observability(c: &mut Criterion) {
             .unwrap()
     };
     let off = TwoTierCache::new(config(), NoopObserver).unwrap();
-    let metrics = std::sync::Arc::new(tiercache_monitoring::Metrics::new());
+    let metrics = std::sync::Arc::new(tiercache_monitoring::Metrics::new(
+        tiercache_repository::schema().schema.entities(),
+    ));
     let on = TwoTierCache::with_observer(config(), metrics).unwrap();
     let mut group = c.benchmark_group("observability");
     for (name, cache) in [("l1_hit_metrics_off", &off), ("l1_hit_metrics_on", &on)] {
-        let key = cache.keys().lead_by_id(1);
+        let key = keys(&cache).lead_by_id(1);
         rt.block_on(cache.get_or_load(key, || load(1))).unwrap();
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {

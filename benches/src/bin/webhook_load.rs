@@ -597,7 +597,8 @@ fn count_sql_statements() -> anyhow::Result<()> {
     tracing::subscriber::set_global_default(subscriber).context("installing the SQL counter")
 }
 
-const ENTITIES: usize = Entity::ALL.len();
+/// Room for the voice schema's entities (six).
+const ENTITIES: usize = 8;
 
 impl CacheObserver for Counters {
     fn lookup(&self, _entity: Entity, tier: Tier, outcome: Outcome, _took: Duration) {
@@ -612,8 +613,14 @@ impl CacheObserver for Counters {
     }
 
     fn load(&self, entity: Entity, _outcome: LoadOutcome, took: Duration) {
-        self.loads[entity.index()].fetch_add(1, Ordering::Relaxed);
-        self.load_nanos[entity.index()].fetch_add(
+        let (Some(loads), Some(nanos)) = (
+            self.loads.get(entity.index()),
+            self.load_nanos.get(entity.index()),
+        ) else {
+            return;
+        };
+        loads.fetch_add(1, Ordering::Relaxed);
+        nanos.fetch_add(
             u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
@@ -823,7 +830,9 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let db = startup::connect(&config.database).await?;
         let pool = db.pool().clone();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(
+            tiercache_repository::schema().schema.entities(),
+        ));
         let observers: Vec<Arc<dyn CacheObserver>> = vec![metrics.clone(), counters];
         let cache = TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers)))
             .context("building the cache")?;
@@ -1369,9 +1378,10 @@ impl Report {
     /// Per entity: values loaded from PostgreSQL per request, and the mean time of the
     /// load that brought them, in ms (one batched query may bring several entities).
     fn loads_by_entity(&self) -> Vec<(Entity, f64, f64)> {
-        Entity::ALL
-            .into_iter()
-            .filter(|e| self.counts.loads[e.index()] > 0)
+        tiercache_repository::schema()
+            .schema
+            .entities()
+            .filter(|e| self.counts.loads.get(e.index()).is_some_and(|n| *n > 0))
             .map(|e| {
                 let loads = self.counts.loads[e.index()];
                 (

@@ -32,7 +32,7 @@ pub struct QueryCounts {
 
 impl CacheObserver for QueryCounts {
     fn load(&self, entity: Entity, _outcome: LoadOutcome, _took: Duration) {
-        if entity == Entity::Lead {
+        if entity == tiercache_repository::schema().lead {
             self.reads.fetch_add(1, Ordering::Relaxed);
         }
     }

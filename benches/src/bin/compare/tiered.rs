@@ -48,7 +48,9 @@ struct Instance {
 impl Instance {
     async fn start(config: &Config, counts: &Arc<QueryCounts>) -> anyhow::Result<Instance> {
         let pool = startup::connect(&config.database).await?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(
+            tiercache_repository::schema().schema.entities(),
+        ));
         // The metrics first, as production has them; the load counter beside them.
         let observers: Vec<Arc<dyn CacheObserver>> = vec![metrics.clone(), counts.clone()];
         let cache = TwoTierCache::with_observer(config.cache.clone(), Arc::new(Fanout(observers)))
@@ -129,7 +131,7 @@ impl Tiercache {
         Fut: Future<Output = anyhow::Result<Option<Lead>>> + Send + 'static,
     {
         let cache = self.instance(caller).repo.cache();
-        let key = cache.keys().lead_by_id(PROBE_LEAD_ID);
+        let key = tiercache_repository::keys(cache).lead_by_id(PROBE_LEAD_ID);
         Ok(cache.get_or_load(key, loader).await?)
     }
 
