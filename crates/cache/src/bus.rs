@@ -79,7 +79,7 @@ impl BusMessage {
     pub fn flush_all(instance: u64) -> Self {
         BusMessage {
             instance,
-            sent_ms: crate::cache::unix_millis(),
+            sent_ms: crate::clock::unix_millis(),
             entity: None,
             groups: Vec::new(),
             keys: Vec::new(),
@@ -167,16 +167,6 @@ impl BusMessage {
         self.keys.iter().filter_map(|k| schema.parse_tag_index(k))
     }
 }
-
-/// Appends to the stream (renewing its TTL, ARGV[3] ms) and announces `id payload` on the
-/// channel (ARGV[4]: not a key, so the script touches one slot), atomically; also when
-/// Redis is out of memory, as invalidations do.
-pub(crate) const PUBLISH_SCRIPT: &str = r"#!lua flags=allow-oom
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[2])
-return id
-";
 
 /// Backoff between reconnection attempts of the subscriber.
 pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);

@@ -74,7 +74,7 @@ impl Coherence {
     /// Whether a value that left the source of truth at `loaded_at_ms` (Unix ms) may be
     /// served as fresh right now.
     pub fn serveable(&self, now: Instant, loaded_at_ms: u64) -> bool {
-        self.trusted(now) || crate::cache::age_since(loaded_at_ms) <= self.age_cap
+        self.trusted(now) || crate::clock::age_since(loaded_at_ms) <= self.age_cap
     }
 
     /// Claims a slot for a feed, counted as confirmed now: nothing cached so far can have
@@ -163,7 +163,7 @@ mod tests {
         assert!(!c.trusted(confirmed + Duration::from_millis(150)));
         // Untrusted: only values younger than half the bound are served.
         let later = confirmed + Duration::from_millis(150);
-        let now_ms = crate::cache::unix_millis();
+        let now_ms = crate::clock::unix_millis();
         assert!(c.serveable(later, now_ms));
         assert!(!c.serveable(later, now_ms - 1_000));
         drop(feed);

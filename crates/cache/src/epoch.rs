@@ -3,7 +3,7 @@
 //!
 //! Each invalidation bumps the epoch of the groups it names (for the voice agent, the
 //! phone numbers of a lead or an organization) before it removes any key from L1
-//! (`Inner::drop_from_l1`). A batched read notes the epochs of its groups before it reads
+//! (`Engine::drop_from_l1`). A batched read notes the epochs of its groups before it reads
 //! anything, and installs a
 //! value only if, under that key's lock, the epoch has not moved; it holds the key in
 //! `installing` from before that check to after the insert. Either the install comes first

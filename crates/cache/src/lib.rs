@@ -8,18 +8,19 @@
 //! loaders are plain async closures, and what happens is reported through
 //! [`CacheObserver`] for the monitoring crate to count.
 
-mod batch;
 pub mod breaker;
 mod bus;
-mod bus_listener;
 mod cache;
+mod clock;
 mod coherence;
 mod config;
+mod engine;
 pub mod envelope;
 mod epoch;
 mod error;
 mod failures;
 mod invalidation;
+mod l1;
 pub mod l2;
 pub mod log_throttle;
 mod observer;
@@ -33,19 +34,18 @@ mod stripes;
 mod tag_index;
 #[cfg(test)]
 mod test_schema;
-mod write_behind;
-mod write_through;
 
-pub use batch::{Batch, Identified, Plan, Slot, Step, Value};
 pub use bus::STREAM_TTL_MS as BUS_STREAM_TTL_MS;
-pub use cache::{InvalidationReport, L1Stats, TwoTierCache};
+pub use cache::TwoTierCache;
 pub use coherence::Feed;
 pub use config::{BreakerConfig, CacheConfig, CacheConfigBuilder, RedisConfig};
+pub use engine::{Batch, Identified, InvalidationReport, Plan, Slot, Step, Value, WriteTicket};
 pub use error::{
     BoxError, ConfigError, ConfigProblem, EncryptionKeyError, Error, KeyError, SchemaError,
     SealError,
 };
 pub use invalidation::Invalidation;
+pub use l1::L1Stats;
 pub use l2::{L2Error, L2ErrorKind, LastL2Error, PoolState, RedisInfo};
 pub use observer::{
     CacheObserver, CircuitState, CorruptKind, EvictionCause, Fanout, InvalidationSource,
@@ -59,4 +59,3 @@ pub use schema::{
 };
 pub use seal::EncryptionKey;
 pub use tag_index::MAX_INDEXED_PER_TAG;
-pub use write_through::WriteTicket;

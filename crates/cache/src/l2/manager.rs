@@ -132,7 +132,7 @@ const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
 /// Refuses a server older than [`MIN_REDIS_VERSION`], given its `INFO server` text; one
 /// that does not say its version is taken on trust.
 fn check_version(info: &str) -> Result<(), redis::RedisError> {
-    let Some(version) = super::info_field(info, "redis_version") else {
+    let Some(version) = super::info::info_field(info, "redis_version") else {
         return Ok(());
     };
     let mut parts = version.split('.').map(|p| p.parse::<u32>());

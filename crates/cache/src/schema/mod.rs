@@ -396,10 +396,10 @@ fn form_of(entity: Entity, template: &'static str, kinds: &[PartKind]) -> Result
     for kind in kinds {
         offsets.push(at);
         at += kind.slots();
-        if let PartKind::Word(words) = kind {
-            if words.is_empty() || words.iter().any(|w| !is_name(w, true)) {
-                return Err(format!("bad words {words:?}"));
-            }
+        if let PartKind::Word(words) = kind
+            && (words.is_empty() || words.iter().any(|w| !is_name(w, true)))
+        {
+            return Err(format!("bad words {words:?}"));
         }
     }
     if at > SLOTS {

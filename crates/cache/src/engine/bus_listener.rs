@@ -12,8 +12,9 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use redis::streams::StreamRangeReply;
 
+use super::Engine;
 use crate::bus::{BusMessage, RECONNECT_MAX, RECONNECT_MIN, StreamId};
-use crate::cache::{Inner, age_since};
+use crate::clock::age_since;
 use crate::l2::L2Error;
 use crate::observer::InvalidationSource;
 use crate::schema::CacheKey;
@@ -25,7 +26,7 @@ const CATCH_UP_BATCH: usize = 1_000;
 const CATCH_UP_BATCHES: usize = 100;
 
 /// Runs until the cache is dropped (which also aborts it).
-pub(crate) async fn listen(cache: Weak<Inner>) {
+pub(crate) async fn listen(cache: Weak<Engine>) {
     let mut last: Option<StreamId> = None;
     let mut backoff = RECONNECT_MIN;
     let mut lost_before = false;
@@ -121,7 +122,7 @@ pub(crate) async fn listen(cache: Weak<Inner>) {
     }
 }
 
-impl Inner {
+impl Engine {
     /// Confirms the bus feed (as recovered after an outage when `recovered`) if Redis takes
     /// a write as an invalidation would: a bus that delivers every message is no use while
     /// the writers' messages are refused. Returns whether it did.

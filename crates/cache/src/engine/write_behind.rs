@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::cache::Inner;
+use super::Engine;
+use crate::l2::StoredValue;
 use crate::outstanding::Outstanding;
 use crate::schema::CacheKey;
 
@@ -90,17 +91,17 @@ impl WriteBehind {
 
 /// A write on its way to Redis outside the queue (a call's install), counted until it
 /// drops, so `flushed` waits for it too.
-pub(crate) struct Unsent(Arc<Inner>);
+pub(crate) struct Unsent(Arc<Engine>);
 
 impl Unsent {
     /// Counts one write for `cache`.
-    pub fn new(cache: &Arc<Inner>) -> Self {
+    pub fn new(cache: &Arc<Engine>) -> Self {
         cache.write_behind.unsent.add(1);
         Unsent(Arc::clone(cache))
     }
 
     /// The cache it is counted for.
-    pub fn cache(&self) -> &Inner {
+    pub fn cache(&self) -> &Engine {
         &self.0
     }
 }
@@ -114,7 +115,7 @@ impl Drop for Unsent {
 /// The task: takes what has queued (up to [`MAX_BATCH`], gathering more when busy),
 /// sends it in one script call, and again. It holds only a `Weak`, and the cache aborts it
 /// on drop.
-pub(crate) async fn run(cache: Weak<Inner>, mut rx: mpsc::Receiver<QueuedSet>) {
+pub(crate) async fn run(cache: Weak<Engine>, mut rx: mpsc::Receiver<QueuedSet>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_call: Option<Instant> = None;
     loop {
@@ -142,10 +143,19 @@ pub(crate) async fn run(cache: Weak<Inner>, mut rx: mpsc::Receiver<QueuedSet>) {
 
 /// Sends `sets` in one script call; an owed invalidation whose key a fresh value replaced is
 /// resolved. Also how a miss writes its value itself when the queue is full.
-pub(crate) async fn send(inner: &Inner, sets: &[QueuedSet]) {
+pub(crate) async fn send(inner: &Engine, sets: &[QueuedSet]) {
     let Some(l2) = &inner.l2 else { return };
     // Absorbed: a value missing from L2 costs a later load, nothing more.
-    if let Ok(landed) = l2.set_over_markers(sets).await {
+    let values: Vec<StoredValue<'_>> = sets
+        .iter()
+        .map(|set| StoredValue {
+            key: &set.redis_key,
+            bytes: &set.bytes,
+            ttl: set.ttl,
+            lease: &set.lease,
+        })
+        .collect();
+    if let Ok(landed) = l2.set_over_markers(&values).await {
         for (set, landed) in sets.iter().zip(landed) {
             if set.owed && landed {
                 // The fresh value replaced whatever stale copy a failed delete left.
