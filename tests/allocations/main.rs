@@ -39,7 +39,7 @@ async fn an_l1_hit_allocates_nothing() {
         NoopObserver,
     )
     .unwrap();
-    let key = cache.keys().lead_by_phone("+16462000042", 3);
+    let key = tiercache_repository::keys(&cache).lead_by_phone("+16462000042", 3);
     let lead = TestLead::new(42, 1);
     let loaded = cache
         .get_or_load(key, || async {

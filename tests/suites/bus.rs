@@ -56,7 +56,7 @@ async fn a_write_on_one_instance_clears_the_others_l1() {
     let (a, rec_a) = instance(&ns, &server.url());
     let (b, rec_b) = instance(&ns, &server.url());
     subscribed(&server, &ns, 2).await;
-    let key = a.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&a).lead_by_id(1);
     assert_eq!(read(&a, key, 1).await, (1, true));
     assert_eq!(
         read(&b, key, 1).await,
@@ -66,7 +66,7 @@ async fn a_write_on_one_instance_clears_the_others_l1() {
     assert_eq!(read(&b, key, 1).await, (1, false));
 
     a.invalidate(
-        Invalidation::lead(a.keys(), 1, 1, "+16462000000"),
+        tiercache_repository::keys(&a).lead_changed(1, 1, "+16462000000"),
         InvalidationSource::Write,
     )
     .await;
@@ -102,7 +102,7 @@ async fn warm_pair(tag: &str, ids: &[i64]) -> Pair {
     let (b, rec_b) = instance(&ns, &server.url());
     subscribed(&server, &ns, 2).await;
     for id in ids {
-        let key = a.keys().lead_by_id(*id);
+        let key = tiercache_repository::keys(&a).lead_by_id(*id);
         read(&a, key, 1).await;
         read(&b, key, 1).await;
     }
@@ -125,7 +125,7 @@ async fn a_disconnected_instance_catches_up_from_the_stream() {
         rec_b,
         ..
     } = warm_pair("buscatch", &[1]).await;
-    let key = a.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&a).lead_by_id(1);
 
     // Every subscriber is cut off; A's invalidation reaches only the stream.
     let mut admin = server.client().await;
@@ -153,7 +153,10 @@ async fn a_loss_while_away_flushes_l1(tag: &str, lose: fn(String) -> redis::Cmd)
         rec_b,
         ..
     } = warm_pair(tag, &[1, 2]).await;
-    let (k1, k2) = (a.keys().lead_by_id(1), a.keys().lead_by_id(2));
+    let (k1, k2) = (
+        tiercache_repository::keys(&a).lead_by_id(1),
+        tiercache_repository::keys(&a).lead_by_id(2),
+    );
     let mut admin = server.client().await;
     let _: () = redis::cmd("CLIENT")
         .arg(&["KILL", "TYPE", "pubsub"])
@@ -215,7 +218,7 @@ async fn every_append_renews_the_streams_ttl() {
     let fresh =
         |ttl: i64| ttl > (BUS_STREAM_TTL_MS as i64) - 60_000 && ttl <= BUS_STREAM_TTL_MS as i64;
     a.invalidate(
-        Invalidation::key(a.keys().lead_by_id(1)),
+        Invalidation::key(tiercache_repository::keys(&a).lead_by_id(1)),
         InvalidationSource::Write,
     )
     .await;
@@ -247,7 +250,7 @@ async fn a_publish_redis_refused_is_sent_when_it_can_be() {
         rec_b,
         ..
     } = warm_pair("busowed", &[1]).await;
-    let key = a.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&a).lead_by_id(1);
 
     let mut admin = server.client().await;
     let _: () = redis::cmd("ACL")
@@ -276,7 +279,7 @@ async fn a_healthy_bus_stays_subscribed_and_l1_stays_trusted() {
     subscribed(&server, &ns, 1).await;
     let mut admin = server.client().await;
     let subscribes = command_count(&mut admin, "subscribe").await;
-    let key = cache.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&cache).lead_by_id(1);
     assert_eq!(read(&cache, key, 1).await, (1, true));
 
     // Past half the staleness bound (the age cap while the bus is not confirmed), over

@@ -2,11 +2,12 @@
 //! when L1 lacks anything, none when L1 has everything, and no stale install after an
 //! invalidation even though the batched load holds no key lock while it reads.
 
-use tiercache::{Channel, Invalidation, InvalidationSource, NoopObserver, Slot, TwoTierCache};
+use tiercache::{InvalidationSource, NoopObserver, Slot, TwoTierCache};
+use tiercache_repository::Channel;
 use tiercache_tests::cache::{TestLead, build, config};
 use tiercache_tests::{RedisServer, command_count, unique_namespace};
 
-type Slots = tiercache::CallSlots<TestLead, TestLead, TestLead, TestLead>;
+type Slots = tiercache_repository::cache_keys::CallSlots<TestLead, TestLead, TestLead, TestLead>;
 
 const ORG: &str = "+18005550001";
 const CALLER: &str = "+16462000000";
@@ -17,23 +18,27 @@ fn cache(ns: &str, redis_url: &str) -> TwoTierCache {
 
 /// Loads the missing parts the way the repository does: org 7, lead 42, its context and greeting.
 async fn complete(cache: &TwoTierCache, slots: &Slots, lead: Option<TestLead>) {
-    let keys = cache.keys();
-    if !slots.org.is_known() {
+    let keys = tiercache_repository::keys(cache);
+    if !slots.org().is_known() {
         cache
-            .install(slots, keys.org_by_phone(ORG), Some(TestLead::new(7, 1)))
+            .install(
+                slots.batch(),
+                keys.org_by_phone(ORG),
+                Some(TestLead::new(7, 1)),
+            )
             .await
             .unwrap();
     }
-    if !slots.lead.is_known() {
+    if !slots.lead().is_known() {
         cache
-            .install(slots, keys.lead_by_phone(CALLER, 7), lead.clone())
+            .install(slots.batch(), keys.lead_by_phone(CALLER, 7), lead.clone())
             .await
             .unwrap();
     }
     if let Some(lead) = lead {
         cache
             .install(
-                slots,
+                slots.batch(),
                 keys.context(lead.id),
                 Some(TestLead::new(lead.id, 10)),
             )
@@ -41,7 +46,7 @@ async fn complete(cache: &TwoTierCache, slots: &Slots, lead: Option<TestLead>) {
             .unwrap();
         cache
             .install(
-                slots,
+                slots.batch(),
                 keys.greeting(lead.id, Channel::Voice),
                 Some(TestLead::new(lead.id, 20)),
             )
@@ -66,25 +71,34 @@ async fn a_warm_call_costs_one_script_round_trip_or_nothing() {
     let (a, b) = (cache(&ns, &server.url()), cache(&ns, &server.url()));
     let mut admin = server.client().await;
 
-    let cold: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    let cold: Slots = tiercache_repository::keys(&a)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&a)
+        .await;
     assert!(!cold.is_complete());
     complete(&a, &cold, Some(TestLead::new(42, 1))).await;
 
     // Instance A: everything in L1, no Redis command.
     let before = command_count(&mut admin, "evalsha").await;
-    let warm: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    let warm: Slots = tiercache_repository::keys(&a)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&a)
+        .await;
     assert!(warm.is_complete());
     assert_eq!(command_count(&mut admin, "evalsha").await, before);
 
     // Instance B, cold L1: one script call follows the ids through Redis and finds all four.
     let gets = command_count(&mut admin, "get").await;
-    let from_l2: Slots = b.get_call(ORG, CALLER, Channel::Voice).await;
+    let from_l2: Slots = tiercache_repository::keys(&b)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&b)
+        .await;
     assert_eq!(
         [
-            found(&from_l2.org),
-            found(&from_l2.lead),
-            found(&from_l2.context),
-            found(&from_l2.greeting)
+            found(&from_l2.org()),
+            found(&from_l2.lead()),
+            found(&from_l2.context()),
+            found(&from_l2.greeting())
         ],
         [Some((7, 1)), Some((42, 1)), Some((42, 10)), Some((42, 20))]
     );
@@ -97,7 +111,10 @@ async fn a_warm_call_costs_one_script_round_trip_or_nothing() {
     // all inside that one call.
     assert_eq!(command_count(&mut admin, "get").await, gets + 7);
     // And B now has them in L1.
-    let again: Slots = b.get_call(ORG, CALLER, Channel::Voice).await;
+    let again: Slots = tiercache_repository::keys(&b)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&b)
+        .await;
     assert!(again.is_complete());
     assert_eq!(command_count(&mut admin, "evalsha").await, before + 1);
 }
@@ -110,7 +127,10 @@ async fn a_lease_marker_on_the_way_is_missing_not_corrupt() {
     let ns = unique_namespace("callmarker");
     let a = cache(&ns, &server.url());
     let (b, rec) = build(config(&ns, Some(&server.url())));
-    let cold: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    let cold: Slots = tiercache_repository::keys(&a)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&a)
+        .await;
     complete(&a, &cold, Some(TestLead::new(42, 1))).await;
     a.flush_l2_writes().await;
 
@@ -118,24 +138,27 @@ async fn a_lease_marker_on_the_way_is_missing_not_corrupt() {
     let mut admin = server.client().await;
     let marker = format!("{}elsewhere:1", tiercache::l2::LEASE_MARKER_PREFIX);
     let _: () = redis::cmd("SET")
-        .arg(a.keys().render(&a.keys().context(42)))
+        .arg(a.keys().render(&tiercache_repository::keys(&a).context(42)))
         .arg(&marker)
         .arg("PX")
         .arg(60_000)
         .query_async(&mut admin)
         .await
         .unwrap();
-    let slots: Slots = b.get_call(ORG, CALLER, Channel::Voice).await;
+    let slots: Slots = tiercache_repository::keys(&b)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&b)
+        .await;
     assert_eq!(
         [
-            found(&slots.org),
-            found(&slots.lead),
-            found(&slots.context),
-            found(&slots.greeting)
+            found(&slots.org()),
+            found(&slots.lead()),
+            found(&slots.context()),
+            found(&slots.greeting())
         ],
         [Some((7, 1)), Some((42, 1)), None, Some((42, 20))]
     );
-    assert!(matches!(slots.context, Slot::Missing));
+    assert!(matches!(slots.context(), Slot::Missing));
     assert_eq!(rec.sum("corrupt"), 0, "a marker is not a corrupt entry");
 }
 
@@ -144,12 +167,18 @@ async fn a_new_caller_is_cached_as_not_found_in_both_tiers() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("callneg");
     let (a, b) = (cache(&ns, &server.url()), cache(&ns, &server.url()));
-    let cold: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    let cold: Slots = tiercache_repository::keys(&a)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&a)
+        .await;
     complete(&a, &cold, None).await;
     for instance in [&a, &b] {
-        let slots: Slots = instance.get_call(ORG, CALLER, Channel::Voice).await;
+        let slots: Slots = tiercache_repository::keys(instance)
+            .call(ORG, CALLER, Channel::Voice)
+            .read(instance)
+            .await;
         assert!(slots.is_complete());
-        assert!(matches!(slots.lead, Slot::NotFound));
+        assert!(matches!(slots.lead(), Slot::NotFound));
     }
 }
 
@@ -158,33 +187,31 @@ async fn a_batched_load_that_raced_an_invalidation_is_not_installed() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("callrace");
     let a = cache(&ns, &server.url());
-    let keys = a.keys().clone();
-    let warm: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    let keys = tiercache_repository::keys(&a);
+    let warm: Slots = keys.call(ORG, CALLER, Channel::Voice).read(&a).await;
     complete(&a, &warm, Some(TestLead::new(42, 1))).await;
-    a.invalidate(
-        Invalidation::lead_activity(&keys, 42, CALLER),
-        InvalidationSource::Write,
-    )
-    .await;
+    a.invalidate(keys.lead_activity(42, CALLER), InvalidationSource::Write)
+        .await;
 
     // A lookup starts, reads (context missing), loads the old row...
-    let racing: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
-    assert!(matches!(racing.context, Slot::Missing));
+    let racing: Slots = keys.call(ORG, CALLER, Channel::Voice).read(&a).await;
+    assert!(matches!(racing.context(), Slot::Missing));
     // ...a write to the same lead commits and invalidates...
-    a.invalidate(
-        Invalidation::lead_activity(&keys, 42, CALLER),
-        InvalidationSource::Write,
-    )
-    .await;
+    a.invalidate(keys.lead_activity(42, CALLER), InvalidationSource::Write)
+        .await;
     // ...and the old row arrives: it is returned to its caller but not cached.
     let served = a
-        .install(&racing, keys.context(42), Some(TestLead::new(42, 10)))
+        .install(
+            racing.batch(),
+            keys.context(42),
+            Some(TestLead::new(42, 10)),
+        )
         .await
         .unwrap();
     assert_eq!(served.map(|v| v.version), Some(10));
-    let after: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
+    let after: Slots = keys.call(ORG, CALLER, Channel::Voice).read(&a).await;
     assert!(
-        matches!(after.context, Slot::Missing),
+        matches!(after.context(), Slot::Missing),
         "the stale context was not installed"
     );
     let mut admin = server.client().await;
@@ -194,11 +221,11 @@ async fn a_batched_load_that_raced_an_invalidation_is_not_installed() {
     assert!(!exists, "nor written to Redis");
 
     // Without a racing invalidation, the same install lands.
-    a.install(&after, keys.context(42), Some(TestLead::new(42, 11)))
+    a.install(after.batch(), keys.context(42), Some(TestLead::new(42, 11)))
         .await
         .unwrap();
-    let last: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
-    assert_eq!(found(&last.context), Some((42, 11)));
+    let last: Slots = keys.call(ORG, CALLER, Channel::Voice).read(&a).await;
+    assert_eq!(found(&last.context()), Some((42, 11)));
 }
 
 /// A call's install puts the value in L1 without waiting for Redis, and no Redis command runs
@@ -212,15 +239,20 @@ async fn an_install_holds_no_key_lock_while_redis_answers() {
         &ns,
         &server.url(),
     ));
-    let slots: Slots = cache.get_call(ORG, CALLER, Channel::Voice).await;
-    assert!(!slots.org.is_known());
+    let slots: Slots = tiercache_repository::keys(&cache)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&cache)
+        .await;
+    assert!(!slots.org().is_known());
     server.pause();
-    let key = cache.keys().org_by_phone(ORG);
+    let key = tiercache_repository::keys(&cache).org_by_phone(ORG);
     let bound = std::time::Duration::from_secs(5);
-    let installed =
-        tokio::time::timeout(bound, cache.install(&slots, key, Some(TestLead::new(7, 1))))
-            .await
-            .expect("the install does not wait for a frozen Redis");
+    let installed = tokio::time::timeout(
+        bound,
+        cache.install(slots.batch(), key, Some(TestLead::new(7, 1))),
+    )
+    .await
+    .expect("the install does not wait for a frozen Redis");
     assert_eq!(installed.unwrap().unwrap().version, 1);
     let read = tokio::time::timeout(
         bound,

@@ -12,7 +12,7 @@ use tiercache_tests::{SHARED_REDIS_URL, unique_namespace};
 async fn stampede(redis_url: Option<&str>) {
     let ns = unique_namespace("stampede");
     let (cache, rec) = build(config(&ns, redis_url));
-    let key = cache.keys().lead_by_id(77);
+    let key = tiercache_repository::keys(&cache).lead_by_id(77);
     let calls = Arc::new(AtomicU32::new(0));
     let tasks: Vec<_> = (0..500)
         .map(|_| {
@@ -67,7 +67,7 @@ async fn five_hundred_callers_one_load_l1_only() {
 async fn a_failed_load_is_shared_with_its_waiters_not_retried_by_each() {
     let ns = unique_namespace("failshare");
     let (cache, _) = build(config(&ns, None));
-    let key = cache.keys().context(1);
+    let key = tiercache_repository::keys(&cache).context(1);
     let calls = Arc::new(AtomicU32::new(0));
     let tasks: Vec<_> = (0..100)
         .map(|_| {

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, oneshot};
 
 async fn read(cache: &TwoTierCache, id: i64, calls: &Arc<AtomicU32>) -> TestLead {
     let calls = calls.clone();
-    let key = cache.keys().lead_by_id(id);
+    let key = tiercache_repository::keys(cache).lead_by_id(id);
     let v = cache
         .get_or_load(key, move || async move {
             calls.fetch_add(1, Ordering::SeqCst);
@@ -268,7 +268,7 @@ async fn an_invalidation_redis_missed_is_owed_honoured_and_replayed() {
         rec.clone(),
     )
     .unwrap();
-    let keys = cache.keys().clone();
+    let keys = tiercache_repository::keys(&cache);
     let (a, b) = (keys.lead_by_id(1), keys.lead_by_id(2));
     for (key, id) in [(a, 1), (b, 2)] {
         cache
@@ -370,7 +370,7 @@ async fn a_stampede_over_two_instances_loads_once() {
     let a = cache_on(&server, &ns);
     let b = cache_on(&server, &ns);
     let calls = Arc::new(AtomicU32::new(0));
-    let key = a.keys().lead_by_id(7);
+    let key = tiercache_repository::keys(&a).lead_by_id(7);
     let tasks: Vec<_> = (0..500)
         .map(|i| {
             let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -417,7 +417,7 @@ async fn failed_load(cache: &TwoTierCache, id: i64, before_failing: impl AsyncFn
     let fail = Arc::new(Notify::new());
     let load = {
         let (cache, fail) = (cache.clone(), fail.clone());
-        let key = cache.keys().lead_by_id(id);
+        let key = tiercache_repository::keys(&cache).lead_by_id(id);
         tokio::spawn(async move {
             cache
                 .get_or_load(key, || async move {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use tiercache::{Channel, Invalidation, InvalidationSource, TwoTierCache};
+use tiercache::{Invalidation, InvalidationSource, TwoTierCache};
+use tiercache_repository::Channel;
 use tiercache_tests::cache::{TestLead, build, config, frozen_redis_config};
 use tiercache_tests::{RedisServer, SHARED_REDIS_URL, shared_redis, unique_namespace};
 use tokio::sync::{Notify, oneshot};
@@ -43,7 +44,7 @@ async fn a_lead_write_drops_every_derived_key_from_both_tiers() {
     let ns = unique_namespace("derived");
     let (a, rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
     let (b, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
-    let keys = a.keys().clone();
+    let keys = tiercache_repository::keys(&a);
     let phone = "+16462000005";
     let derived = |id: i64| {
         let mut list = vec![
@@ -66,17 +67,14 @@ async fn a_lead_write_drops_every_derived_key_from_both_tiers() {
     put(&a, keys.context(6), TestLead::new(6, 1)).await;
 
     let report = a
-        .invalidate(
-            Invalidation::lead(&keys, 5, 9, phone),
-            InvalidationSource::Write,
-        )
+        .invalidate(keys.lead_changed(5, 9, phone), InvalidationSource::Write)
         .await;
     assert_eq!(report.l2_failure, None);
     assert_eq!(rec.count("invalidated.lead.write"), 1);
 
     let mut redis = shared_redis().await;
     let history_index: bool = redis
-        .exists(format!("{ns}:test:v1:history-pages:5"))
+        .exists(format!("{ns}:test:v1:tag:lead:{{5}}"))
         .await
         .unwrap();
     assert!(!history_index, "the history index is gone too");
@@ -98,7 +96,7 @@ async fn a_lead_write_drops_every_derived_key_from_both_tiers() {
 async fn a_new_message_drops_the_conversation_views_but_not_the_lead() {
     let ns = unique_namespace("activity");
     let (cache, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
-    let keys = cache.keys().clone();
+    let keys = tiercache_repository::keys(&cache);
     for key in [
         keys.lead_by_id(8),
         keys.context(8),
@@ -110,7 +108,7 @@ async fn a_new_message_drops_the_conversation_views_but_not_the_lead() {
     }
     cache
         .invalidate(
-            Invalidation::lead_activity(&keys, 8, "+16462000008"),
+            keys.lead_activity(8, "+16462000008"),
             InvalidationSource::Write,
         )
         .await;
@@ -142,7 +140,7 @@ async fn a_write_without_a_row_returns_before_redis_answers() {
     let ns = unique_namespace("activity-early");
     let (cache, _) = build(frozen_redis_config(&ns, &server.url()));
     let bound = Duration::from_secs(10);
-    let keys = cache.keys().clone();
+    let keys = tiercache_repository::keys(&cache);
     let (context, greeting) = (keys.context(8), keys.greeting(8, Channel::Voice));
     for key in [context, greeting] {
         put(&cache, key, TestLead::new(8, 1)).await;
@@ -158,7 +156,7 @@ async fn a_write_without_a_row_returns_before_redis_answers() {
     tokio::time::timeout(
         bound,
         cache.invalidate_after_write(
-            Invalidation::lead_activity(&keys, 8, "+16462000008"),
+            keys.lead_activity(8, "+16462000008"),
             InvalidationSource::Write,
         ),
     )
@@ -188,7 +186,7 @@ async fn a_write_without_a_row_returns_before_redis_answers() {
 async fn set_after_delete(redis_url: Option<&str>) {
     let ns = unique_namespace("race");
     let (cache, _) = build(config(&ns, redis_url));
-    let key = cache.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&cache).lead_by_id(1);
     let db = Arc::new(Mutex::new(TestLead::new(1, 1)));
     let release = Arc::new(Notify::new());
     let (started_tx, started_rx) = oneshot::channel();
@@ -263,11 +261,11 @@ async fn a_stalled_load_cannot_install_after_an_invalidation_with_redis() {
 async fn invalidating_a_key_that_is_not_cached_is_harmless() {
     let ns = unique_namespace("absent");
     let (cache, _) = build(config(&ns, Some(SHARED_REDIS_URL)));
-    let keys = cache.keys().clone();
+    let keys = tiercache_repository::keys(&cache);
     let report = tokio::time::timeout(
         Duration::from_secs(5),
         cache.invalidate(
-            Invalidation::lead(&keys, 404, 1, "+16460000000"),
+            keys.lead_changed(404, 1, "+16460000000"),
             InvalidationSource::Admin,
         ),
     )
@@ -285,8 +283,8 @@ async fn invalidating_a_key_that_is_not_cached_is_harmless() {
 async fn a_page_cached_while_its_index_write_failed_is_dropped_by_another_instances_write() {
     let (ns, a, b, b_rec) = two_on_the_bus("pageidx").await;
     let mut redis = shared_redis().await;
-    let keys = a.keys().clone();
-    let index = format!("{ns}:test:v1:history-pages:5");
+    let keys = tiercache_repository::keys(&a);
+    let index = format!("{ns}:test:v1:tag:lead:{{5}}");
     let () = redis.set(&index, "not a set").await.unwrap();
     let page = keys.history(5, 20, 0);
     let (v, loaded) = probe(&b, page, TestLead::new(5, 1)).await;
@@ -296,7 +294,7 @@ async fn a_page_cached_while_its_index_write_failed_is_dropped_by_another_instan
     let () = redis.del(&index).await.unwrap();
 
     a.invalidate(
-        Invalidation::lead_activity(&keys, 5, "+16462000005"),
+        keys.lead_activity(5, "+16462000005"),
         InvalidationSource::Write,
     )
     .await;
@@ -310,14 +308,14 @@ async fn a_page_cached_while_its_index_write_failed_is_dropped_by_another_instan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_invalidation_is_counted_under_the_entity_that_changed() {
     let (_, a, _b, b_rec) = two_on_the_bus("busentity").await;
-    let keys = a.keys().clone();
+    let keys = tiercache_repository::keys(&a);
     a.invalidate(
-        Invalidation::lead(&keys, 5, 9, "+16462000005"),
+        keys.lead_changed(5, 9, "+16462000005"),
         InvalidationSource::Write,
     )
     .await;
     a.invalidate(
-        Invalidation::lead_activity(&keys, 6, "+16462000006"),
+        keys.lead_activity(6, "+16462000006"),
         InvalidationSource::Write,
     )
     .await;

@@ -16,9 +16,10 @@ async fn l1_is_bounded_by_bytes_and_reports_evictions() {
             ..TestLead::new(id, 1)
         };
         cache
-            .get_or_load(cache.keys().lead_by_id(id), move || async move {
-                Ok::<_, io::Error>(Some(lead))
-            })
+            .get_or_load(
+                tiercache_repository::keys(&cache).lead_by_id(id),
+                move || async move { Ok::<_, io::Error>(Some(lead)) },
+            )
             .await
             .unwrap();
     }
@@ -42,9 +43,10 @@ async fn l1_is_bounded_by_bytes_and_reports_evictions() {
     let (small, _) = build(config(&unique_namespace("bytes"), None).l1_max_bytes(max_bytes));
     for id in 0..2000 {
         small
-            .get_or_load(small.keys().lead_by_id(id), move || async move {
-                Ok::<_, io::Error>(Some(TestLead::new(id, 1)))
-            })
+            .get_or_load(
+                tiercache_repository::keys(&small).lead_by_id(id),
+                move || async move { Ok::<_, io::Error>(Some(TestLead::new(id, 1))) },
+            )
             .await
             .unwrap();
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use tiercache::{Invalidation, InvalidationSource, TwoTierCache};
+use tiercache::{InvalidationSource, TwoTierCache};
 use tiercache_tests::cache::{TestLead, build, config};
 use tiercache_tests::{SHARED_REDIS_URL, unique_namespace};
 
@@ -44,9 +44,12 @@ async fn run(cache: &TwoTierCache) -> Vec<Option<TestLead>> {
             Step::Read(id) => {
                 let source = db.clone();
                 let v = cache
-                    .get_or_load(cache.keys().lead_by_id(id), move || async move {
-                        Ok::<_, io::Error>(source.lock().unwrap().get(&id).cloned())
-                    })
+                    .get_or_load(
+                        tiercache_repository::keys(cache).lead_by_id(id),
+                        move || async move {
+                            Ok::<_, io::Error>(source.lock().unwrap().get(&id).cloned())
+                        },
+                    )
                     .await
                     .unwrap();
                 let truth = db.lock().unwrap().get(&id).cloned();
@@ -70,10 +73,10 @@ async fn run(cache: &TwoTierCache) -> Vec<Option<TestLead>> {
                         }
                     }
                 }
-                let keys = cache.keys();
+                let keys = tiercache_repository::keys(cache);
                 cache
                     .invalidate(
-                        Invalidation::lead(keys, id, 1, &format!("+1646200{id:04}")),
+                        keys.lead_changed(id, 1, &format!("+1646200{id:04}")),
                         InvalidationSource::Write,
                     )
                     .await;
@@ -127,7 +130,7 @@ async fn redis_only_answers_the_same_and_keeps_nothing_in_process() {
 async fn redis_only_still_loads_a_cold_key_once_per_instance() {
     let (cache, rec) =
         build(config(&unique_namespace("modes"), Some(SHARED_REDIS_URL)).l1_enabled(false));
-    let key = cache.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&cache).lead_by_id(1);
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let cache = cache.clone();

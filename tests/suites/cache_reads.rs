@@ -30,7 +30,7 @@ async fn a_value_flows_through_loader_then_l2_then_l1() {
     let (a, rec_a) = build(config(&ns, Some(SHARED_REDIS_URL)));
     let (b, rec_b) = build(config(&ns, Some(SHARED_REDIS_URL)));
     let calls = Arc::new(AtomicU32::new(0));
-    let key = a.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&a).lead_by_id(1);
 
     // Cold: L1 miss, L2 miss, one load.
     let v = a
@@ -66,7 +66,7 @@ async fn values_expire_from_l1_then_from_l2() {
     let l2 = Duration::from_millis(1200);
     let (cache, rec) = build(with_ttls(config(&ns, Some(SHARED_REDIS_URL)), l1, l2, l1));
     let calls = Arc::new(AtomicU32::new(0));
-    let key = cache.keys().context(7);
+    let key = tiercache_repository::keys(&cache).context(7);
     cache
         .get_or_load(key, counting(&calls, Some(TestLead::new(7, 1))))
         .await
@@ -113,7 +113,7 @@ async fn not_found_is_cached_and_served_as_not_found() {
     let (a, rec_a) = build(builder.clone());
     let (b, rec_b) = build(builder);
     let calls = Arc::new(AtomicU32::new(0));
-    let key = a.keys().lead_by_phone("+16462000042", 3);
+    let key = tiercache_repository::keys(&a).lead_by_phone("+16462000042", 3);
 
     assert_eq!(
         a.get_or_load(key, counting(&calls, None)).await.unwrap(),
@@ -156,7 +156,7 @@ async fn corrupt_and_foreign_payloads_are_misses_not_errors() {
     let mut redis = shared_redis().await;
     let calls = Arc::new(AtomicU32::new(0));
 
-    let garbage = cache.keys().lead_by_id(1);
+    let garbage = tiercache_repository::keys(&cache).lead_by_id(1);
     let _: () = redis
         .set(
             cache.keys().render(&garbage),
@@ -164,14 +164,14 @@ async fn corrupt_and_foreign_payloads_are_misses_not_errors() {
         )
         .await
         .unwrap();
-    let other_version = cache.keys().lead_by_id(2);
+    let other_version = tiercache_repository::keys(&cache).lead_by_id(2);
     let mut bytes = tiercache::envelope::encode(Some(&TestLead::new(2, 0)), 0).unwrap();
     bytes[0] = ENVELOPE_VERSION + 1;
     let _: () = redis
         .set(cache.keys().render(&other_version), bytes)
         .await
         .unwrap();
-    let wrong_type = cache.keys().lead_by_id(3);
+    let wrong_type = tiercache_repository::keys(&cache).lead_by_id(3);
     let foreign = tiercache::envelope::encode(Some(&"just a string"), 0).unwrap();
     let _: () = redis
         .set(cache.keys().render(&wrong_type), foreign)
@@ -206,7 +206,7 @@ async fn a_lease_marker_is_a_load_in_flight_never_a_value() {
     let calls = Arc::new(AtomicU32::new(0));
 
     // Another instance's load of lead 1 is in flight, and never lands: its marker expires.
-    let key = cache.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&cache).lead_by_id(1);
     let redis_key = cache.keys().render(&key);
     let marker = format!("{}elsewhere:1", tiercache::l2::LEASE_MARKER_PREFIX);
     let _: () = redis::cmd("SET")
@@ -238,7 +238,7 @@ async fn a_lease_marker_is_a_load_in_flight_never_a_value() {
     );
 
     // A failing load releases its marker: Redis holds nothing for the key.
-    let failing = cache.keys().lead_by_id(2);
+    let failing = tiercache_repository::keys(&cache).lead_by_id(2);
     cache
         .get_or_load::<TestLead, _, _, _>(failing, move || async move {
             Err(io::Error::other("database down"))
@@ -253,7 +253,7 @@ async fn a_lease_marker_is_a_load_in_flight_never_a_value() {
 async fn a_loader_error_is_the_only_error_a_caller_sees() {
     let ns = unique_namespace("loaderr");
     let (cache, rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
-    let key = cache.keys().summary(1);
+    let key = tiercache_repository::keys(&cache).summary(1);
     let err = cache
         .get_or_load::<TestLead, _, _, _>(key, move || async move {
             Err(io::Error::other("database down"))
@@ -283,13 +283,13 @@ async fn redis_never_holds_a_phone_number_in_clear() {
     let phones: Vec<String> = (0..50).map(|j| format!("+16462{j:06}")).collect();
     for (j, phone) in phones.iter().enumerate() {
         let org = (j % 5) as i64 + 1;
-        let lead = cache.keys().lead_by_phone(phone, org);
+        let lead = tiercache_repository::keys(&cache).lead_by_phone(phone, org);
         let found = (j % 3 != 0).then(|| TestLead::new(j as i64, 1));
         cache
             .get_or_load(lead, move || async move { Ok::<_, io::Error>(found) })
             .await
             .unwrap();
-        let org_key = cache.keys().org_by_phone(&format!("+1800555{org:04}"));
+        let org_key = tiercache_repository::keys(&cache).org_by_phone(&format!("+1800555{org:04}"));
         cache
             .get_or_load(org_key, move || async move {
                 Ok::<_, io::Error>(Some(TestLead::new(org, 1)))

@@ -6,13 +6,14 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use redis::AsyncCommands;
-use tiercache::{Channel, Invalidation, InvalidationSource, NoopObserver, Slot, TwoTierCache};
+use tiercache::{Invalidation, InvalidationSource, NoopObserver, Slot, TwoTierCache};
+use tiercache_repository::Channel;
 use tiercache_tests::cache::{TestLead, config};
 use tiercache_tests::{RedisServer, command_count, unique_namespace};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
-type Slots = tiercache::CallSlots<TestLead, TestLead, TestLead, TestLead>;
+type Slots = tiercache_repository::cache_keys::CallSlots<TestLead, TestLead, TestLead, TestLead>;
 
 const ORG: &str = "+18005550001";
 const CALLER: &str = "+16462000000";
@@ -67,7 +68,7 @@ async fn a_load_overtaken_by_another_instances_invalidation_does_not_land_in_red
     let server = RedisServer::start().await;
     let ns = unique_namespace("xrace");
     let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
-    let key = a.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&a).lead_by_id(1);
     let db = Arc::new(Mutex::new(TestLead::new(1, 1)));
 
     // Instance A reads the old row (holding the load lease) and stalls before installing.
@@ -108,7 +109,7 @@ async fn a_load_that_finishes_before_the_invalidation_is_deleted_by_it() {
     let server = RedisServer::start().await;
     let ns = unique_namespace("xorder");
     let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
-    let key = a.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&a).lead_by_id(1);
     a.get_or_load(key, || async {
         Ok::<_, io::Error>(Some(TestLead::new(1, 1)))
     })
@@ -129,7 +130,7 @@ async fn a_wait_for_another_instances_load_takes_the_lease_an_invalidation_freed
     let server = RedisServer::start().await;
     let ns = unique_namespace("xwait");
     let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
-    let key = a.keys().lead_by_id(1);
+    let key = tiercache_repository::keys(&a).lead_by_id(1);
 
     // Instance A holds the load lease and stalls in its loader.
     let (slow, release) = stalled_load(&a, key, || TestLead::new(1, 1)).await;
@@ -186,27 +187,28 @@ async fn a_batched_call_install_overtaken_by_another_instances_invalidation_does
     let server = RedisServer::start().await;
     let ns = unique_namespace("xcall");
     let (a, b) = (instance(&ns, &server.url()), instance(&ns, &server.url()));
-    let keys = a.keys().clone();
+    let keys = tiercache_repository::keys(&a);
 
     // A looks the call up (nothing cached): the script notes the invalidation epochs.
-    let slots: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
-    assert!(matches!(slots.org, Slot::Missing));
+    let slots: Slots = keys.call(ORG, CALLER, Channel::Voice).read(&a).await;
+    assert!(matches!(slots.org(), Slot::Missing));
     // A's batched SQL read the old rows here. B then updates the lead and invalidates.
-    b.invalidate(
-        Invalidation::lead(&keys, 42, 7, CALLER),
-        InvalidationSource::Write,
-    )
-    .await;
+    b.invalidate(keys.lead_changed(42, 7, CALLER), InvalidationSource::Write)
+        .await;
     // A installs what it read. None of it lands in Redis: the epochs cover the call's two
     // phone numbers together (a skipped install costs a later load, never a wrong answer).
-    a.install(&slots, keys.org_by_phone(ORG), Some(TestLead::new(7, 1)))
-        .await
-        .unwrap();
+    a.install(
+        slots.batch(),
+        keys.org_by_phone(ORG),
+        Some(TestLead::new(7, 1)),
+    )
+    .await
+    .unwrap();
     let lead_key = keys.lead_by_phone(CALLER, 7);
-    a.install(&slots, lead_key, Some(TestLead::new(42, 1)))
+    a.install(slots.batch(), lead_key, Some(TestLead::new(42, 1)))
         .await
         .unwrap();
-    a.install(&slots, keys.context(42), Some(TestLead::new(42, 10)))
+    a.install(slots.batch(), keys.context(42), Some(TestLead::new(42, 10)))
         .await
         .unwrap();
     assert_eq!(stored(&server, &a, lead_key).await, None, "stale lead");
@@ -218,11 +220,15 @@ async fn a_batched_call_install_overtaken_by_another_instances_invalidation_does
     assert_eq!(stored(&server, &a, keys.org_by_phone(ORG)).await, None);
 
     // A lookup that starts after the invalidation installs normally.
-    let later: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
-    a.install(&later, keys.org_by_phone(ORG), Some(TestLead::new(7, 1)))
-        .await
-        .unwrap();
-    a.install(&later, lead_key, Some(TestLead::new(42, 2)))
+    let later: Slots = keys.call(ORG, CALLER, Channel::Voice).read(&a).await;
+    a.install(
+        later.batch(),
+        keys.org_by_phone(ORG),
+        Some(TestLead::new(7, 1)),
+    )
+    .await
+    .unwrap();
+    a.install(later.batch(), lead_key, Some(TestLead::new(42, 2)))
         .await
         .unwrap();
     assert_eq!(

@@ -92,7 +92,7 @@ async fn a_plain_sql_update_of_a_lead_reaches_both_tiers() {
         assert_ne!(json(&body)["name"], "Plain SQL", "{path}");
     }
     let cache = server.state.repo.cache();
-    let id_key = cache.keys().lead_by_id(5);
+    let id_key = tiercache_repository::keys(cache).lead_by_id(5);
     assert!(redis_exists(cache, id_key).await, "cached in Redis");
     // Served from L1 now.
     let hits = recorder.count("lookup.lead.l1.hit");

@@ -31,9 +31,14 @@ async fn unreachable_service(webhook_budget: Duration) -> TestServer {
         .acquire_timeout(Duration::from_millis(300))
         .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/none"))
         .unwrap();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(
+        tiercache_repository::schema().schema.entities(),
+    ));
     let cache = tiercache::TwoTierCache::with_observer(
-        tiercache::CacheConfig::builder().build().unwrap(),
+        tiercache::CacheConfig::builder()
+            .schema(tiercache_repository::schema().schema.clone())
+            .build()
+            .unwrap(),
         metrics.clone(),
     )
     .unwrap();

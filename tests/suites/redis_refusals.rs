@@ -16,7 +16,7 @@ use tiercache_tests::{Recorder, RedisServer, unique_namespace};
 /// Reads lead `id`, loading `version` on a miss; counts loads in `calls`.
 async fn read(cache: &TwoTierCache, id: i64, version: u32, calls: &Arc<AtomicU32>) -> TestLead {
     let calls = calls.clone();
-    let key = cache.keys().lead_by_id(id);
+    let key = tiercache_repository::keys(cache).lead_by_id(id);
     let v = cache
         .get_or_load(key, move || async move {
             calls.fetch_add(1, Ordering::SeqCst);
@@ -156,7 +156,7 @@ async fn an_invalidation_lands_in_a_redis_out_of_memory() {
 
     let report = a
         .invalidate(
-            Invalidation::key(a.keys().lead_by_id(1)),
+            Invalidation::key(tiercache_repository::keys(&a).lead_by_id(1)),
             InvalidationSource::Write,
         )
         .await;
@@ -190,7 +190,7 @@ async fn a_redis_refusing_writes_leaves_no_instance_trusting_its_l1() {
         .unwrap();
     let report = a
         .invalidate(
-            Invalidation::key(a.keys().lead_by_id(1)),
+            Invalidation::key(tiercache_repository::keys(&a).lead_by_id(1)),
             InvalidationSource::Write,
         )
         .await;

@@ -13,7 +13,8 @@ use redis::aio::MultiplexedConnection;
 use reqwest::Method;
 use serde_json::Value;
 use tiercache::seal::SEALED_VERSION;
-use tiercache::{Channel, EncryptionKey, Slot, TwoTierCache};
+use tiercache::{EncryptionKey, Slot, TwoTierCache};
+use tiercache_repository::Channel;
 use tiercache_repository::seed::{demo_lead_phone, demo_org_phone};
 use tiercache_tests::cache::{TestLead, build, config};
 use tiercache_tests::db::TestDb;
@@ -285,7 +286,7 @@ async fn a_sealed_webhook_costs_one_redis_round_trip_warm() {
     a.state.repo.cache().flush_l2_writes().await;
 
     let cache = a.state.repo.cache();
-    let keys = cache.keys();
+    let keys = tiercache_repository::keys(cache);
     let lead = keys.lead_by_phone(&demo_lead_phone(0), 1);
     let mut admin = redis.client().await;
     for (key, shows_id) in [
@@ -332,9 +333,9 @@ async fn a_value_sealed_under_another_encryption_key_is_a_miss_not_an_error() {
     let (a, _) = build(config(&ns, Some(SHARED_REDIS_URL)).encryption_key(key(1)));
     let (b, rec_b) = build(config(&ns, Some(SHARED_REDIS_URL)).encryption_key(key(2)));
     let calls = Arc::new(AtomicU32::new(0));
-    let id_key = a.keys().lead_by_id(1);
+    let id_key = tiercache_repository::keys(&a).lead_by_id(1);
     // A "not found" too: it is sealed like any value.
-    let absent = a.keys().lead_by_id(2);
+    let absent = tiercache_repository::keys(&a).lead_by_id(2);
     for (k, value) in [(id_key, Some(TestLead::new(1, 1))), (absent, None)] {
         a.get_or_load(k, counting(&calls, value)).await.unwrap();
     }
@@ -377,7 +378,10 @@ async fn plain_and_sealed_values_are_misses_for_each_other() {
     let (sealed, rec_sealed) = build(config(&ns, Some(SHARED_REDIS_URL)).encryption_key(key(1)));
     let (plain, rec_plain) = build(config(&ns, Some(SHARED_REDIS_URL)));
     let calls = Arc::new(AtomicU32::new(0));
-    let (k1, k2) = (sealed.keys().lead_by_id(1), sealed.keys().lead_by_id(2));
+    let (k1, k2) = (
+        tiercache_repository::keys(&sealed).lead_by_id(1),
+        tiercache_repository::keys(&sealed).lead_by_id(2),
+    );
     sealed
         .get_or_load(k1, counting(&calls, Some(TestLead::new(1, 1))))
         .await
@@ -412,7 +416,10 @@ async fn a_sealed_value_copied_under_another_key_is_a_miss() {
     let ns = unique_namespace("sealcopy");
     let (a, _) = build(config(&ns, Some(SHARED_REDIS_URL)).encryption_key(key(1)));
     let calls = Arc::new(AtomicU32::new(0));
-    let (k1, k2) = (a.keys().lead_by_id(1), a.keys().lead_by_id(2));
+    let (k1, k2) = (
+        tiercache_repository::keys(&a).lead_by_id(1),
+        tiercache_repository::keys(&a).lead_by_id(2),
+    );
     a.get_or_load(k1, counting(&calls, Some(TestLead::new(1, 1))))
         .await
         .unwrap();
@@ -434,7 +441,7 @@ async fn a_sealed_value_copied_under_another_key_is_a_miss() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-type Slots = tiercache::CallSlots<TestLead, TestLead, TestLead, TestLead>;
+type Slots = tiercache_repository::cache_keys::CallSlots<TestLead, TestLead, TestLead, TestLead>;
 
 const ORG: &str = "+18005550001";
 const CALLER: &str = "+16462000000";
@@ -457,23 +464,27 @@ async fn the_call_script_follows_sealed_values_in_one_round_trip() {
         build(config(&ns, Some(&server.url())).encryption_key(key(byte)))
     };
     let ((a, _), (b, rec_b), (c, rec_c)) = (sealed_cache(1), sealed_cache(1), sealed_cache(2));
-    let cold: Slots = a.get_call(ORG, CALLER, Channel::Voice).await;
-    let keys = a.keys();
-    a.install(&cold, keys.org_by_phone(ORG), Some(TestLead::new(7, 1)))
-        .await
-        .unwrap();
+    let keys = tiercache_repository::keys(&a);
+    let cold: Slots = keys.call(ORG, CALLER, Channel::Voice).read(&a).await;
     a.install(
-        &cold,
+        cold.batch(),
+        keys.org_by_phone(ORG),
+        Some(TestLead::new(7, 1)),
+    )
+    .await
+    .unwrap();
+    a.install(
+        cold.batch(),
         keys.lead_by_phone(CALLER, 7),
         Some(TestLead::new(42, 1)),
     )
     .await
     .unwrap();
-    a.install(&cold, keys.context(42), Some(TestLead::new(42, 10)))
+    a.install(cold.batch(), keys.context(42), Some(TestLead::new(42, 10)))
         .await
         .unwrap();
     a.install(
-        &cold,
+        cold.batch(),
         keys.greeting(42, Channel::Voice),
         Some(TestLead::new(42, 20)),
     )
@@ -486,13 +497,16 @@ async fn the_call_script_follows_sealed_values_in_one_round_trip() {
         command_count(&mut admin, "evalsha").await,
         command_count(&mut admin, "get").await,
     );
-    let slots: Slots = b.get_call(ORG, CALLER, Channel::Voice).await;
+    let slots: Slots = tiercache_repository::keys(&b)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&b)
+        .await;
     assert_eq!(
         [
-            found(&slots.org),
-            found(&slots.lead),
-            found(&slots.context),
-            found(&slots.greeting)
+            found(&slots.org()),
+            found(&slots.lead()),
+            found(&slots.context()),
+            found(&slots.greeting())
         ],
         [Some((7, 1)), Some((42, 1)), Some((42, 10)), Some((42, 20))]
     );
@@ -501,8 +515,11 @@ async fn the_call_script_follows_sealed_values_in_one_round_trip() {
     assert_eq!(rec_b.sum("corrupt"), 0);
 
     // Another encryption key: the script still follows the clear ids, but nothing opens.
-    let slots: Slots = c.get_call(ORG, CALLER, Channel::Voice).await;
-    assert!(matches!(slots.org, Slot::Missing));
+    let slots: Slots = tiercache_repository::keys(&c)
+        .call(ORG, CALLER, Channel::Voice)
+        .read(&c)
+        .await;
+    assert!(matches!(slots.org(), Slot::Missing));
     assert!(!slots.is_complete());
     assert_eq!(rec_c.count("corrupt.org.l2.seal"), 1);
 }

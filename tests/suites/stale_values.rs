@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tiercache::{Entity, EntityPolicy, Error, TwoTierCache};
+use tiercache::{EntityPolicy, Error, TwoTierCache};
+use tiercache_repository::schema;
 use tiercache_tests::Recorder;
 use tiercache_tests::cache::{TestLead, build, config};
 use tiercache_tests::unique_namespace;
@@ -19,13 +20,13 @@ fn cache(grace: Duration) -> (TwoTierCache, Arc<Recorder>) {
     build(
         config(&unique_namespace("stale"), None)
             .policy(
-                Entity::Lead,
+                schema().lead,
                 EntityPolicy {
                     l1_ttl: FRESH,
                     negative_ttl: FRESH,
                     jitter: 0.0,
                     grace,
-                    ..EntityPolicy::seed(Entity::Lead)
+                    ..*schema().schema.policy(schema().lead).unwrap()
                 },
             )
             .soft_timeout(Duration::from_millis(40))
@@ -35,15 +36,16 @@ fn cache(grace: Duration) -> (TwoTierCache, Arc<Recorder>) {
 
 async fn load(cache: &TwoTierCache, version: u32) -> Result<Option<Arc<TestLead>>, Error> {
     cache
-        .get_or_load(cache.keys().lead_by_id(1), move || async move {
-            Ok::<_, io::Error>(Some(TestLead::new(1, version)))
-        })
+        .get_or_load(
+            tiercache_repository::keys(cache).lead_by_id(1),
+            move || async move { Ok::<_, io::Error>(Some(TestLead::new(1, version))) },
+        )
         .await
 }
 
 async fn fail(cache: &TwoTierCache) -> Result<Option<Arc<TestLead>>, Error> {
     cache
-        .get_or_load(cache.keys().lead_by_id(1), || async {
+        .get_or_load(tiercache_repository::keys(cache).lead_by_id(1), || async {
             Err::<Option<TestLead>, _>(io::Error::other("database down"))
         })
         .await
@@ -90,11 +92,14 @@ async fn a_slow_loader_is_answered_stale_at_the_soft_timeout_and_refreshes_in_th
     let finished = Arc::new(tokio::sync::Notify::new());
     let done = finished.clone();
     let served = cache
-        .get_or_load(cache.keys().lead_by_id(1), move || async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            done.notify_one();
-            Ok::<_, io::Error>(Some(TestLead::new(1, 2)))
-        })
+        .get_or_load(
+            tiercache_repository::keys(&cache).lead_by_id(1),
+            move || async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                done.notify_one();
+                Ok::<_, io::Error>(Some(TestLead::new(1, 2)))
+            },
+        )
         .await
         .unwrap()
         .unwrap();
@@ -110,10 +115,13 @@ async fn a_slow_loader_is_answered_stale_at_the_soft_timeout_and_refreshes_in_th
     let version = loop {
         let c = calls.clone();
         let v = cache
-            .get_or_load(cache.keys().lead_by_id(1), move || async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, io::Error>(Some(TestLead::new(1, 3)))
-            })
+            .get_or_load(
+                tiercache_repository::keys(&cache).lead_by_id(1),
+                move || async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, io::Error>(Some(TestLead::new(1, 3)))
+                },
+            )
             .await
             .unwrap()
             .unwrap()
@@ -134,7 +142,7 @@ async fn a_hard_timeout_bounds_a_read_with_nothing_to_fall_back_on() {
     let (cache, rec) = cache(Duration::from_secs(60));
     let started = std::time::Instant::now();
     let read = cache
-        .get_or_load(cache.keys().lead_by_id(9), || async {
+        .get_or_load(tiercache_repository::keys(&cache).lead_by_id(9), || async {
             std::future::pending::<()>().await;
             Ok::<Option<TestLead>, io::Error>(None)
         })
@@ -163,12 +171,12 @@ async fn a_value_in_redis_is_served_stale_when_the_loader_fails_and_l1_is_not_tr
             config(&ns, url)
                 .staleness_bound(BOUND)
                 .soft_timeout(Duration::from_millis(40))
-                .policy(Entity::Lead, policy),
+                .policy(schema().lead, policy),
         )
     };
     let seed = EntityPolicy {
         jitter: 0.0,
-        ..EntityPolicy::seed(Entity::Lead)
+        ..*schema().schema.policy(schema().lead).unwrap()
     };
     let (failing, failing_rec) = reader(seed);
     let (slow, slow_rec) = reader(seed);
@@ -204,7 +212,7 @@ async fn a_value_in_redis_is_served_stale_when_the_loader_fails_and_l1_is_not_tr
     assert_eq!(failing_rec.count("stale.lead.load_failed"), 2);
 
     let read = slow
-        .get_or_load(slow.keys().lead_by_id(1), || async {
+        .get_or_load(tiercache_repository::keys(&slow).lead_by_id(1), || async {
             std::future::pending::<()>().await;
             Ok::<Option<TestLead>, io::Error>(None)
         })

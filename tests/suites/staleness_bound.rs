@@ -75,9 +75,10 @@ async fn read(cache: &TwoTierCache, db: &Arc<Db>, id: i64) -> Read {
     let began = Instant::now();
     let source = db.clone();
     let lead = cache
-        .get_or_load(cache.keys().lead_by_id(id), move || async move {
-            Ok::<_, io::Error>(Some(TestLead::new(id, source.current(id))))
-        })
+        .get_or_load(
+            tiercache_repository::keys(cache).lead_by_id(id),
+            move || async move { Ok::<_, io::Error>(Some(TestLead::new(id, source.current(id)))) },
+        )
         .await
         .unwrap()
         .unwrap();
@@ -114,7 +115,7 @@ async fn workload(a: &TwoTierCache, b: &TwoTierCache, db: &Arc<Db>, until: Insta
                 let id = rng.random_range(0..KEYS);
                 db.commit(id);
                 a.invalidate(
-                    Invalidation::key(a.keys().lead_by_id(id)),
+                    Invalidation::key(tiercache_repository::keys(&a).lead_by_id(id)),
                     InvalidationSource::Write,
                 )
                 .await;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use tiercache::{CacheKey, Invalidation, InvalidationSource, TwoTierCache};
+use tiercache::{CacheKey, InvalidationSource, TwoTierCache};
 use tiercache_tests::cache::{TestLead, build, config, frozen_redis_config};
 use tiercache_tests::{RedisServer, SHARED_REDIS_URL, shared_redis, unique_namespace};
 
@@ -37,7 +37,7 @@ async fn read(
 
 /// The lead's id and phone keys.
 fn lead_keys(cache: &TwoTierCache) -> [CacheKey; 2] {
-    let keys = cache.keys();
+    let keys = tiercache_repository::keys(cache);
     [keys.lead_by_id(LEAD), keys.lead_by_phone(PHONE, ORG)]
 }
 
@@ -48,11 +48,11 @@ async fn write_through<F: AsyncFnOnce()>(cache: &TwoTierCache, between: F) {
     for key in lead_keys(cache) {
         read(cache, key, TestLead::new(LEAD, 1), &loads).await;
     }
-    let ticket = cache.write_ticket(&cache.keys().lead_by_id(LEAD));
+    let ticket = cache.write_ticket(&tiercache_repository::keys(cache).lead_by_id(LEAD));
     between().await;
     cache
         .invalidate_and_cache(
-            Invalidation::lead(cache.keys(), LEAD, ORG, PHONE),
+            tiercache_repository::keys(cache).lead_changed(LEAD, ORG, PHONE),
             InvalidationSource::Write,
             ticket,
             TestLead::new(LEAD, 2),
@@ -120,7 +120,7 @@ async fn another_invalidation_of_the_row_after_the_ticket_keeps_it_out() {
     write_through(&cache, async || {
         cache
             .invalidate(
-                Invalidation::lead(cache.keys(), LEAD, ORG, PHONE),
+                tiercache_repository::keys(&cache).lead_changed(LEAD, ORG, PHONE),
                 InvalidationSource::Write,
             )
             .await;
@@ -138,7 +138,7 @@ async fn an_invalidation_heard_on_the_bus_after_the_ticket_keeps_the_row_out() {
     tiercache_tests::bus_subscribers(&mut shared_redis().await, &ns, 2).await;
     write_through(&a, async || {
         b.invalidate(
-            Invalidation::lead(b.keys(), LEAD, ORG, PHONE),
+            tiercache_repository::keys(&b).lead_changed(LEAD, ORG, PHONE),
             InvalidationSource::Write,
         )
         .await;
@@ -174,7 +174,7 @@ async fn a_write_returns_before_redis_answers_and_this_instance_serves_only_the_
     for key in lead_keys(&cache) {
         read(&cache, key, TestLead::new(LEAD, 1), &loads).await;
     }
-    let context = cache.keys().context(LEAD);
+    let context = tiercache_repository::keys(&cache).context(LEAD);
     read(&cache, context, TestLead::new(LEAD, 1), &loads).await;
     cache.flush_l2_writes().await;
     let mut redis = server.client().await;
@@ -182,11 +182,11 @@ async fn a_write_returns_before_redis_answers_and_this_instance_serves_only_the_
     assert!(held.is_some(), "Redis holds the old context");
 
     server.pause();
-    let ticket = cache.write_ticket(&cache.keys().lead_by_id(LEAD));
+    let ticket = cache.write_ticket(&tiercache_repository::keys(&cache).lead_by_id(LEAD));
     tokio::time::timeout(
         bound,
         cache.invalidate_and_cache(
-            Invalidation::lead(cache.keys(), LEAD, ORG, PHONE),
+            tiercache_repository::keys(&cache).lead_changed(LEAD, ORG, PHONE),
             InvalidationSource::Write,
             ticket,
             TestLead::new(LEAD, 2),
