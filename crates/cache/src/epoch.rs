@@ -15,6 +15,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use smallvec::SmallVec;
+
 use crate::schema::Group;
 use crate::stripes::Stripes;
 
@@ -28,7 +30,8 @@ pub(crate) struct Epochs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     global: u64,
-    stripes: Vec<(usize, u64)>,
+    // Inline: a batched read's snapshot allocates nothing.
+    stripes: SmallVec<[(usize, u64); 4]>,
 }
 
 impl Epochs {

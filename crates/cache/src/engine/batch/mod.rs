@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use smallvec::SmallVec;
 
 use crate::envelope;
 use crate::epoch::Snapshot;
@@ -91,17 +92,42 @@ impl<T> std::fmt::Debug for Step<T> {
 type Erased = Arc<dyn Any + Send + Sync>;
 type Build = Arc<dyn Fn(i64) -> CacheKey + Send + Sync>;
 
+/// Steps and groups a plan holds without allocating (a plan may have more).
+const INLINE: usize = 6;
+
 /// Where a step's key comes from.
 #[derive(Clone)]
 enum Source {
     Known(CacheKey),
-    /// Built from the id of step `from`'s value; `hole` is the slot that id fills (`None`:
-    /// the key cannot be built inside Redis, so only L1 and the loader answer it).
+    /// Built from the id of step `from`'s value.
     Follow {
         from: usize,
-        build: Build,
-        hole: Option<usize>,
+        key: FollowedKey,
     },
+}
+
+/// How a followed step's key is built from an id.
+#[derive(Clone)]
+enum FollowedKey {
+    /// The id fills slot `hole` of `template` as it is: built without allocating, and
+    /// inside Redis too (see `read.rs`).
+    Hole { template: CacheKey, hole: usize },
+    /// Any other use of the id: built by the caller's function, in Rust only (the step is
+    /// answered by L1 and the loader, never inside Redis).
+    Built(Build),
+}
+
+impl FollowedKey {
+    fn build(&self, id: i64) -> CacheKey {
+        match self {
+            FollowedKey::Hole { template, hole } => {
+                let mut key = *template;
+                key.parts[*hole] = id.cast_unsigned();
+                key
+            }
+            FollowedKey::Built(build) => build(id),
+        }
+    }
 }
 
 /// How a step reads its type out of the tiers.
@@ -140,8 +166,8 @@ struct StepDef {
 /// ```
 #[derive(Clone, Default)]
 pub struct Plan {
-    steps: Vec<StepDef>,
-    groups: Vec<Group>,
+    steps: SmallVec<[StepDef; INLINE]>,
+    groups: SmallVec<[Group; INLINE]>,
 }
 
 impl Plan {
@@ -163,8 +189,8 @@ impl Plan {
     }
 
     /// A step reading the key `def` builds from `parts(id)`, `id` being the id of `from`'s
-    /// value. `parts` must put the id in exactly one integer part (else the step is read
-    /// from L1 only, never inside Redis), and `def`'s keys should be
+    /// value. `parts` should put the id, as it is, in one integer part (else the step is
+    /// read from L1 only, never inside Redis), and the keys `from` reads should be
     /// [followable](crate::SchemaBuilder::followable) for the id to be read from sealed values.
     pub fn follow<S, T, P>(
         &mut self,
@@ -177,20 +203,31 @@ impl Plan {
         T: Value,
         P: KeyParts,
     {
-        let build: Build = Arc::new(move |id| def.key(parts(id)));
-        // The slot the id lands in: the one that differs between two ids.
-        let (zero, one) = (build(0), build(1));
-        let differ: Vec<usize> = (0..zero.parts.len())
-            .filter(|&i| zero.parts[i] != one.parts[i])
-            .collect();
-        let hole = (differ.len() == 1).then(|| differ[0]);
+        // The slot the id lands in: the only one that differs between two ids, holding
+        // each id as it is (checked with a third).
+        let template = def.key(parts(0));
+        let one = def.key(parts(1));
+        let mut differ = (0..template.parts.len()).filter(|&i| template.parts[i] != one.parts[i]);
+        let hole = match (differ.next(), differ.next()) {
+            (Some(hole), None) => Some(hole),
+            _ => None,
+        };
+        const PROBE: i64 = 0x5eed_0001;
+        let key = match hole {
+            Some(hole)
+                if one.parts[hole] == 1
+                    && def.key(parts(PROBE)).parts[hole] == PROBE.cast_unsigned() =>
+            {
+                FollowedKey::Hole { template, hole }
+            }
+            _ => FollowedKey::Built(Arc::new(move |id| def.key(parts(id)))),
+        };
         if let Some(source) = self.steps.get_mut(from.index) {
             source.id_of = Some(|value| value.downcast_ref::<S>().map(S::id));
         }
         self.push::<T>(Source::Follow {
             from: from.index,
-            build,
-            hole,
+            key,
         })
     }
 
@@ -232,7 +269,7 @@ struct Found {
 #[derive(Clone)]
 pub struct Batch {
     plan: Plan,
-    found: Vec<Found>,
+    found: SmallVec<[Found; INLINE]>,
     /// The epochs seen before anything was read.
     snapshot: Snapshot,
     /// The Redis epochs (global, then each group's) the script saw, with their keys;
@@ -293,7 +330,7 @@ impl Batch {
     fn key_of(&self, i: usize, ids: &[Option<i64>]) -> Option<CacheKey> {
         match &self.plan.steps[i].source {
             Source::Known(key) => Some(*key),
-            Source::Follow { from, build, .. } => ids[*from].map(|id| build(id)),
+            Source::Follow { from, key } => ids[*from].map(|id| key.build(id)),
         }
     }
 }

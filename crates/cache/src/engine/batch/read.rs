@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use moka::ops::compute::{CompResult, Op};
 use serde::Serialize;
 
-use super::{Batch, Erased, Found, Plan, Slot, Source};
+use smallvec::SmallVec;
+
+use super::{Batch, Erased, FollowedKey, Found, INLINE, Plan, Slot, Source};
 use crate::clock::{age_since, unix_millis};
 use crate::engine::Engine;
 use crate::engine::write_behind::Unsent;
@@ -25,7 +27,7 @@ impl Engine {
         let mut batch = Batch {
             snapshot: self.epochs.snapshot(&plan.groups),
             plan,
-            found: vec![
+            found: smallvec::smallvec![
                 Found {
                     slot: Slot::Missing,
                     key: None,
@@ -37,7 +39,7 @@ impl Engine {
         };
         // Stale values are followed too (their ids lead to the next keys), so a full stale
         // answer is at hand if loading fails.
-        let mut ids: Vec<Option<i64>> = vec![None; steps];
+        let mut ids: SmallVec<[Option<i64>; INLINE]> = smallvec::smallvec![None; steps];
         for i in 0..steps {
             let Some(key) = batch.key_of(i, &ids) else {
                 continue;
@@ -77,14 +79,17 @@ impl Engine {
             };
             let read = match (&found.slot, &def.source, found.key) {
                 (Slot::Missing, _, Some(key)) => Some((0, keys.render(&key), String::new())),
-                (Slot::Missing, Source::Follow { from, build, hole }, None) => {
-                    hole.and_then(|slot| {
-                        let template = build(0);
-                        let part = keys.int_part_at(&template, slot)?;
-                        let (before, after) = keys.render_around(&template, part);
-                        Some((from + 1, before, after))
-                    })
-                }
+                (
+                    Slot::Missing,
+                    Source::Follow {
+                        from,
+                        key: FollowedKey::Hole { template, hole },
+                    },
+                    None,
+                ) => keys.int_part_at(template, *hole).map(|part| {
+                    let (before, after) = keys.render_around(template, part);
+                    (from + 1, before, after)
+                }),
                 _ => None,
             };
             let id = known_id.map(|id| id.to_string()).unwrap_or_default();
@@ -114,7 +119,7 @@ impl Engine {
                 .collect(),
         );
         // In order, so a followed step's key is built from what Rust found before it.
-        let mut ids: Vec<Option<i64>> = vec![None; steps];
+        let mut ids: SmallVec<[Option<i64>; INLINE]> = smallvec::smallvec![None; steps];
         for (i, bytes) in read.into_iter().enumerate() {
             let def = batch.plan.steps[i].clone();
             if !batch.found[i].slot.is_known() {
@@ -513,14 +518,25 @@ mod tests {
         let _ = item;
         let source = plan.key::<Id>(k.by_id.key(2));
         let _page = plan.follow::<_, u32, _>(source, k.page, |id| (id, 20));
-        let Source::Follow { build, hole, .. } = &plan.steps[2].source else {
+        let Source::Follow { key, .. } = &plan.steps[2].source else {
             panic!("a followed step");
         };
-        let template = build(0);
-        let part = schema.int_part_at(&template, hole.unwrap()).unwrap();
-        let (before, after) = schema.render_around(&template, part);
-        assert_eq!(format!("{before}77{after}"), schema.render(&build(77)));
+        let FollowedKey::Hole { template, hole } = key else {
+            panic!("the id fills one integer part as it is");
+        };
+        let part = schema.int_part_at(template, *hole).unwrap();
+        let (before, after) = schema.render_around(template, part);
+        assert_eq!(format!("{before}77{after}"), schema.render(&key.build(77)));
         assert_eq!(before, "tc:t:v1:page:{");
         assert_eq!(after, "}:20");
+        assert_eq!(key.build(77), k.page.key((77, 20)));
+
+        // An id used any other way is built by the caller's function, in Rust only.
+        let doubled = plan.follow::<_, u32, _>(source, k.page, |id| (id * 2, 20));
+        let Source::Follow { key, .. } = &plan.steps[doubled.index].source else {
+            panic!("a followed step");
+        };
+        assert!(matches!(key, FollowedKey::Built(_)));
+        assert_eq!(key.build(5), k.page.key((10, 20)));
     }
 }
