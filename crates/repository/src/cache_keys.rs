@@ -316,7 +316,7 @@ struct CallSteps<O, L, C, G> {
 
 impl<O, L, C, G> Clone for CallSteps<O, L, C, G> {
     fn clone(&self) -> Self {
-        CallSteps { ..*self }
+        *self
     }
 }
 
