@@ -156,7 +156,7 @@ fn l2_hit_vs_bare_get(c: &mut Criterion) {
                 rt.block_on(async {
                     let began = Instant::now();
                     for id in start..start + iters as i64 {
-                        let key = keys(&reader).lead_by_id(id);
+                        let key = keys(reader).lead_by_id(id);
                         black_box(reader.get_or_load(key, || load(-1)).await.unwrap());
                     }
                     began.elapsed()
@@ -229,10 +229,7 @@ fn envelope_and_keys(c: &mut Criterion) {
     let cache = cache(&rt, "benchkeys", false);
     let mut group = c.benchmark_group("key");
     group.bench_function("lead_by_phone", |b| {
-        b.iter(|| {
-            keys(&cache)
-                .lead_by_phone(black_box("+16462000042"), black_box(7))
-        })
+        b.iter(|| keys(&cache).lead_by_phone(black_box("+16462000042"), black_box(7)))
     });
     let key = keys(&cache).lead_by_phone("+16462000042", 7);
     group.bench_function("render", |b| {
@@ -284,7 +281,7 @@ fn observability(c: &mut Criterion) {
     let on = TwoTierCache::with_observer(config(), metrics).unwrap();
     let mut group = c.benchmark_group("observability");
     for (name, cache) in [("l1_hit_metrics_off", &off), ("l1_hit_metrics_on", &on)] {
-        let key = keys(&cache).lead_by_id(1);
+        let key = keys(cache).lead_by_id(1);
         rt.block_on(cache.get_or_load(key, || load(1))).unwrap();
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
