@@ -77,7 +77,7 @@ use crate::schema::{CacheKey, Entity, KeySchema};
 /// in this instance's L1, unless another invalidation of it came first (see
 /// [`WriteTicket`](crate::WriteTicket)), and returns as soon as this instance serves the
 /// new row: Redis's part (the deletes, the epochs, the bus message) goes on behind it, the
-/// keys in flight meanwhile. A write with no row to cache (a message added to a lead's
+/// keys in flight meanwhile. A write with no row to cache (a message added to a user's
 /// conversation, say) returns as early through
 /// [`invalidate_after_write`](Self::invalidate_after_write).
 ///

@@ -1,11 +1,9 @@
 //! Invalidation epochs: how a read that did not hold a key's lock while it read (a batched
 //! read, see `batch.rs`) tells whether an invalidation may have passed it by.
 //!
-//! Each invalidation bumps the epoch of the groups it names (for the voice agent, the
-//! phone numbers of a lead or an organization) before it removes any key from L1
-//! (`Engine::drop_from_l1`). A batched read notes the epochs of its groups before it reads
-//! anything, and installs a
-//! value only if, under that key's lock, the epoch has not moved; it holds the key in
+//! Each invalidation bumps the epoch of the groups it names (the values a batched read
+//! starts from) before it removes any key from L1 (`Engine::drop_from_l1`). A batched read
+//! notes the epochs of its groups before it reads anything, and installs a value only if, under that key's lock, the epoch has not moved; it holds the key in
 //! `installing` from before that check to after the insert. Either the install comes first
 //! (the invalidation then finds the key in L1 or held, and removes it under its lock), or
 //! the epoch has moved (and nothing stale is installed). Epochs are striped: another group
@@ -92,16 +90,16 @@ mod tests {
     fn a_bump_of_either_group_or_the_global_epoch_is_seen() {
         let keys =
             KeySchema::new("tc", "t", 1, b"0123456789abcdef", crate::Schema::empty()).unwrap();
-        let (org, lead) = (keys.group("+18005550001"), keys.group("+16462000000"));
+        let (one, two) = (keys.group("one"), keys.group("two"));
         let epochs = Epochs::new();
-        let before = epochs.snapshot(&[org, lead]);
+        let before = epochs.snapshot(&[one, two]);
         assert!(epochs.unchanged(&before));
-        epochs.bump(Some(&lead));
+        epochs.bump(Some(&two));
         assert!(!epochs.unchanged(&before));
-        let again = epochs.snapshot(&[org, lead]);
-        epochs.bump(Some(&org));
+        let again = epochs.snapshot(&[one, two]);
+        epochs.bump(Some(&one));
         assert!(!epochs.unchanged(&again));
-        let third = epochs.snapshot(&[org, lead]);
+        let third = epochs.snapshot(&[one, two]);
         epochs.bump(None);
         assert!(!epochs.unchanged(&third));
     }

@@ -62,7 +62,7 @@ impl Error {
 /// One field of the configuration that was rejected, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigProblem {
-    /// The field, e.g. `policy.lead.l1_ttl`.
+    /// The field, e.g. `policy.product.l1_ttl`.
     pub field: String,
     /// What is wrong with it.
     pub message: String,

@@ -1,7 +1,7 @@
 //! What the engine reports: the observer trait and the label enums it speaks in.
 //!
 //! Every label is an enum with `as_str() -> &'static str`, so the type fixes the label
-//! set and a key, phone number or id can never become a metric label.
+//! set and a key, a piece of text or an id can never become a metric label.
 
 use std::time::Duration;
 

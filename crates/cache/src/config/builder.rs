@@ -136,7 +136,7 @@ impl CacheConfigBuilder {
         self
     }
 
-    /// The HMAC secret for digests in keys (phone numbers, any text). Required with Redis (every instance must
+    /// The HMAC secret for digests in keys (any text in a key). Required with Redis (every instance must
     /// agree on key names); without Redis a random per-process secret is used if unset.
     pub fn key_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.key_secret = Some(secret.into());
@@ -327,7 +327,7 @@ impl CacheConfigBuilder {
                 if self.key_secret.is_none() {
                     problem(
                         "key_secret".to_owned(),
-                        "required when Redis is enabled, so every instance hashes phones alike"
+                        "required when Redis is enabled, so every instance digests text alike"
                             .to_owned(),
                     );
                 }

@@ -216,7 +216,7 @@ impl Engine {
         let l1_part = async {
             self.drop_from_l1(&keys, groups).await;
             if let Some(written) = written {
-                // An invalidation that names no phone moved the global epoch itself.
+                // An invalidation that names no group moved the global epoch itself.
                 self.cache_written(written, &keys, u64::from(groups.is_empty()))
                     .await;
             }

@@ -89,7 +89,7 @@ impl WriteBehind {
     }
 }
 
-/// A write on its way to Redis outside the queue (a call's install), counted until it
+/// A write on its way to Redis outside the queue (a batched read's install), counted until it
 /// drops, so `flushed` waits for it too.
 pub(crate) struct Unsent(Arc<Engine>);
 

@@ -60,7 +60,7 @@ impl fmt::Debug for CacheKey {
     }
 }
 
-/// One declared shape of key (`"lead:id:{}"`) with typed parts `P`: builds its
+/// One declared shape of key (`"user:id:{}"`) with typed parts `P`: builds its
 /// [`CacheKey`]s. Made by [`SchemaBuilder::key`](crate::SchemaBuilder::key).
 pub struct KeyDef<P> {
     pub(crate) form: u16,

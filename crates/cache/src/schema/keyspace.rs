@@ -74,7 +74,7 @@ impl KeySchema {
         &self.schema
     }
 
-    /// The keyed digest of `text`: how text (a phone number, a SKU) enters a key.
+    /// The keyed digest of `text`: how text (a name, an address, a SKU) enters a key.
     pub fn digest(&self, text: &str) -> Digest {
         let mut mac = self.mac.clone();
         mac.update(text.as_bytes());

@@ -75,7 +75,7 @@ impl PartKind {
 
 /// A keyed digest of text (the first 128 bits of HMAC-SHA256 under the namespace's
 /// secret): how text enters a key. A key holding one is bounded in length, needs no
-/// escaping, and shows nothing of the text (a phone number, an email, a SKU).
+/// escaping, and shows nothing of the text (a name, an email, a SKU).
 ///
 /// Made by [`KeySchema::digest`](crate::KeySchema::digest).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

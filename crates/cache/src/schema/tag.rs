@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use super::part::{Digest, KeyParts, SLOTS};
 
 /// A declared tag with typed parts `P`: keys that [join it](crate::SchemaBuilder::tagged)
-/// carry its parts first (`context:{lead}`, `history:{lead}:{limit}:{offset}` in `lead`),
+/// carry its parts first (`listing:{category}:{page}` in `category`),
 /// and [`Invalidation::tag`](crate::Invalidation::tag) drops all of them for one value.
 pub struct TagDef<P> {
     pub(crate) id: u16,
@@ -61,7 +61,7 @@ impl fmt::Debug for Tag {
 /// What a batched read depends on before it reads anything, and what an invalidation
 /// names when it changes that: a value read in the batch is installed only if no
 /// invalidation of one of its groups (or of no group at all) ran since the read began.
-/// The voice agent's groups are the two phone numbers of a call.
+/// A read that starts from two people's numbers, say, names both.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Group(pub(crate) Digest);
 

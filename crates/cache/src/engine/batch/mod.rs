@@ -1,5 +1,5 @@
 //! Batched reads: several keys in at most one Redis round trip, later keys built from the
-//! ids of earlier values (the voice agent's organization → lead → context and greeting).
+//! ids of earlier values (a product by its SKU, then its reviews by the product's id).
 //!
 //! A [`Plan`] lists the steps: a key known up front, or a key built from the id of an
 //! earlier step's value ([`Plan::follow`]). L1 is walked first; whatever it lacks is

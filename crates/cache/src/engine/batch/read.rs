@@ -370,8 +370,8 @@ mod tests {
     use crate::test_schema::{Size, keys};
     use crate::{CacheConfig, Invalidation, InvalidationSource, NoopObserver, TwoTierCache};
 
-    const ORG: &str = "+18005550001";
-    const CALLER: &str = "+16462000000";
+    const ONE: &str = "first group";
+    const TWO: &str = "second group";
 
     /// A value the batch script read from Redis is served, and installed in L1 only if no
     /// invalidation of either group (or of everything) reached this instance since the read
@@ -385,7 +385,7 @@ mod tests {
             .build()
             .unwrap();
         let cache = TwoTierCache::new(config, NoopObserver).unwrap();
-        let groups = [cache.keys().group(ORG), cache.keys().group(CALLER)];
+        let groups = [cache.keys().group(ONE), cache.keys().group(TWO)];
         let key = k.sized.key((42, Size::Small));
         let bytes = envelope::encode(Some(&10u32), unix_millis()).unwrap();
         let decode: fn(&[u8]) -> Result<envelope::Decoded<Erased>, CorruptKind> = |b| {
