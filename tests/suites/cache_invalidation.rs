@@ -350,3 +350,59 @@ async fn heard_context(recorder: &tiercache_tests::Recorder) {
         "the other instance's write was heard"
     );
 }
+
+/// Invalidating everything sweeps what the cache wrote under its namespace (values, tag
+/// indexes, epochs) and nothing else there: the bus stream, and keys the service's other
+/// parts keep under the same namespace (the call log's streams), stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_everything_sweeps_the_caches_keys_and_no_others() {
+    let ns = unique_namespace("sweep");
+    let (a, _rec) = build(config(&ns, Some(SHARED_REDIS_URL)));
+    let keys = tiercache_repository::keys(&a);
+    put(&a, keys.lead_by_id(1), TestLead::new(1, 1)).await;
+    put(&a, keys.history(1, 20, 0), TestLead::new(1, 1)).await;
+    a.invalidate(
+        keys.lead_activity(2, "+16462000002"),
+        InvalidationSource::Write,
+    )
+    .await;
+    a.flush_l2_writes().await;
+    let mut redis = shared_redis().await;
+    let prefix = a.keys().namespace().to_owned();
+    let foreign = [
+        format!("{prefix}calls:42:20261207"),
+        format!("{prefix}calls:streams"),
+    ];
+    let _: String = redis.xadd(&foreign[0], "*", &[("e", "x")]).await.unwrap();
+    let _: () = redis.set(&foreign[1], "kept").await.unwrap();
+    let before: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
+    for owned in [
+        keys.render(&keys.lead_by_id(1)),
+        keys.render(&keys.history(1, 20, 0)),
+        format!("{prefix}tag:lead:{{1}}"),
+        format!("{prefix}bus:stream"),
+    ] {
+        assert!(before.contains(&owned), "{owned} was written: {before:?}");
+    }
+    assert!(
+        before
+            .iter()
+            .any(|k| k.starts_with(&format!("{prefix}epoch:")))
+    );
+
+    a.invalidate_all(InvalidationSource::Admin)
+        .expect("L2 is configured")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut after: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
+    after.sort();
+    let mut kept = vec![
+        format!("{prefix}bus:stream"),
+        foreign[0].clone(),
+        foreign[1].clone(),
+    ];
+    kept.sort();
+    assert_eq!(after, kept);
+    let _: () = redis.del(&after).await.unwrap();
+}

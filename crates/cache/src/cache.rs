@@ -91,7 +91,8 @@ use crate::schema::{CacheKey, Entity, KeySchema};
 /// # Corrupt entries
 ///
 /// A payload that does not decode, or was written by another envelope version, is a miss:
-/// it is deleted, counted through [`CacheObserver::corrupt`], and the value is reloaded.
+/// counted through [`CacheObserver::corrupt`], and reloaded under a lease taken over it,
+/// so the fresh value replaces it.
 ///
 /// # Sealed values
 ///
@@ -197,9 +198,11 @@ impl TwoTierCache {
         self.engine.l2().and_then(L2::last_error)
     }
 
-    /// Drops everything: L1 at once, and every key under the namespace from Redis in a
-    /// background task (`SCAN` and `UNLINK` in batches: Redis is never blocked, no
-    /// `FLUSHDB`). Loads in flight are not installed afterwards (the global epoch moves).
+    /// Drops everything: L1 at once, and from Redis, in a background task, every key under
+    /// the namespace that this cache writes (values of its key shapes, tag indexes, epochs;
+    /// `SCAN` and `UNLINK` in batches: Redis is never blocked, no `FLUSHDB`). Other keys
+    /// under the namespace (the bus stream, what other parts of a service keep there) stay.
+    /// Loads in flight are not installed afterwards (the global epoch moves).
     ///
     /// Returns the task deleting from Redis (its result is the number of keys removed), when
     /// L2 is configured.

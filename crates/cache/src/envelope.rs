@@ -77,7 +77,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Decoded<T>, CorruptKi
     })
 }
 
-/// The value's id as the call script reads it: the first field of a value whose first
+/// The value's id as the batched read's script reads it: the first field of a value whose first
 /// field is an `i64` (postcard's zigzag varint), `None` for a "not found" or anything else.
 /// A sealed value shows it only when it was sealed so (see `seal.rs`).
 pub fn leading_id(bytes: &[u8]) -> Option<i64> {

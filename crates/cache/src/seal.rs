@@ -8,10 +8,11 @@
 //!
 //! Layout: `[SEALED_VERSION][flag][id][nonce: 24][ciphertext][tag: 16]`. The ciphertext is
 //! the plain envelope (see `envelope.rs`), whole. With `flag` 1 the value's leading id
-//! follows in the clear, as postcard wrote it (a zigzag varint), so the call script can
-//! follow an organization's or a lead's id inside Redis without the key (see `call.rs`);
-//! with `flag` 0 nothing does. Ids are surrogate keys that other key names already hold in
-//! the clear (`context:{lead_id}`), not personal data; names, phones and notes are sealed.
+//! follows in the clear, as postcard wrote it (a zigzag varint), so a batched read can
+//! follow the id inside Redis without the key (see `engine/batch`); values at a
+//! [followable](crate::SchemaBuilder::followable) key are sealed so, any other with `flag` 0.
+//! Ids are surrogate keys that other key names already hold in the clear (`reviews:{id}`),
+//! not personal data; everything else in a value is sealed.
 //! The associated data is everything before the nonce, then the Redis key: a value copied
 //! under another key, or whose clear id was changed, does not open. Nonces come from `rand`'s
 //! thread-local generator, a CSPRNG seeded from the operating system.
@@ -165,7 +166,7 @@ fn sealed_header_len(bytes: &[u8]) -> Result<usize, CorruptKind> {
     }
 }
 
-/// The id a sealed value shows in the clear, as the call script reads it.
+/// The id a sealed value shows in the clear, as the batched read's script reads it.
 pub(crate) fn clear_id(bytes: &[u8]) -> Option<i64> {
     if bytes.get(1) != Some(&WITH_ID) {
         return None;

@@ -36,7 +36,8 @@ pub struct ListenerStatus {
 /// Each notification becomes the invalidation a write through the repository would have
 /// made ([`InvalidationSource::Database`]): a lead's keys and derived views, a lead's
 /// conversation views, an organization's key, or everything (a `TRUNCATE`). It is applied
-/// to both tiers and announced on the Redis bus like any other.
+/// to both tiers; it is not announced on the Redis bus, since every instance's listener
+/// hears the same notification (a `TRUNCATE`'s flush is, as any `invalidate_all`).
 ///
 /// # Failures
 ///

@@ -104,9 +104,18 @@ impl Engine {
                 .publish(BusMessage::flush_all(inner.instance).encode())
                 .await;
             let pattern = format!("{}*", inner.keys.namespace());
+            let epochs = inner.keys.epoch_key(None);
+            let epochs = epochs.trim_end_matches("all");
+            // Only what this cache writes: values of its key shapes, tag indexes and epochs.
+            // The bus stream stays (it is how other instances catch up), and so does what
+            // other parts of a service keep under the same namespace.
+            let doomed = |key: &str| {
+                inner.keys.parse(key).is_ok()
+                    || inner.keys.parse_tag_index(key).is_some()
+                    || key.starts_with(epochs)
+            };
             match &inner.l2 {
-                // The bus stream stays: it is how other instances catch up.
-                Some(l2) => l2.unlink_matching(&pattern, &inner.bus_channel).await,
+                Some(l2) => l2.unlink_matching(&pattern, doomed).await,
                 None => Ok(0),
             }
         }))

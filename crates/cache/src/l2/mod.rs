@@ -166,7 +166,11 @@ impl L2 {
 
     /// Deletes every key matching `pattern`, a batch of `SCAN` then `UNLINK` at a time, so
     /// Redis is never blocked. Not for a request path: run it in a task of its own.
-    pub async fn unlink_matching(&self, pattern: &str, keep_prefix: &str) -> Result<u64, L2Error> {
+    pub async fn unlink_matching(
+        &self,
+        pattern: &str,
+        doomed: impl Fn(&str) -> bool,
+    ) -> Result<u64, L2Error> {
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         // Bounded: a SCAN over the whole keyspace ends when the cursor comes back to 0.
@@ -183,10 +187,7 @@ impl L2 {
                         .await
                 })
                 .await?;
-            let keys: Vec<String> = keys
-                .into_iter()
-                .filter(|k| !k.starts_with(keep_prefix))
-                .collect();
+            let keys: Vec<String> = keys.into_iter().filter(|k| doomed(k)).collect();
             if !keys.is_empty() {
                 let n: u64 = self
                     .run("unlink", async |conn| {
