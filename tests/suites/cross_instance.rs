@@ -242,3 +242,36 @@ async fn a_batched_call_install_overtaken_by_another_instances_invalidation_does
         Some(7)
     );
 }
+
+/// A load whose lease went (an invalidation deleted it) and was taken by another load does
+/// not land over that load's marker: the write-behind replaces a marker in one command, and
+/// puts back whatever it finds there that is not its own. The other load's value lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_lease_another_load_took_over_does_not_land_over_it() {
+    let server = RedisServer::start().await;
+    let ns = unique_namespace("xtaken");
+    let (a, b, c) = (
+        instance(&ns, &server.url()),
+        instance(&ns, &server.url()),
+        instance(&ns, &server.url()),
+    );
+    let key = tiercache_repository::keys(&a).lead_by_id(1);
+    let (slow, release_a) = stalled_load(&a, key, || TestLead::new(1, 1)).await;
+    b.invalidate(Invalidation::key(key), InvalidationSource::Write)
+        .await;
+    let (newer, release_c) = stalled_load(&c, key, || TestLead::new(1, 2)).await;
+
+    release_a.notify_one();
+    assert_eq!(slow.await.unwrap().unwrap().version, 1);
+    a.flush_l2_writes().await;
+    let mut conn = server.client().await;
+    let held: Vec<u8> = conn.get(a.keys().render(&key)).await.unwrap();
+    assert!(
+        held.starts_with(tiercache::l2::LEASE_MARKER_PREFIX.as_bytes()),
+        "C's marker is still there"
+    );
+
+    release_c.notify_one();
+    assert_eq!(newer.await.unwrap().unwrap().version, 2);
+    assert_eq!(stored(&server, &c, key).await.map(|l| l.version), Some(2));
+}

@@ -1,7 +1,8 @@
 //! The invalidation bus: how instances hear of each other's invalidations.
 //!
 //! Each invalidation is appended to a capped Redis stream (`XADD … MAXLEN ~`, which expires
-//! a day after its last entry: [`STREAM_TTL_MS`]) and announced
+//! a day after an instance last renewed it: [`STREAM_TTL_MS`], renewed by each instance's
+//! first message and then at most hourly) and announced
 //! on a pub/sub channel with its stream id, in one Lua call. Every instance subscribes on a
 //! connection of its own (outside the pool), removes what it hears from its L1 (under each
 //! key's lock, like a local invalidation), and ignores its own messages.
@@ -25,7 +26,8 @@ use crate::schema::{CacheKey, Entity, Group, KeySchema, Schema, Tag};
 /// Stream entries kept (approximately: Redis trims whole nodes).
 pub const STREAM_MAXLEN: u64 = 10_000;
 
-/// How long, in ms, the stream outlives its last entry (a day): a namespace no longer in use
+/// How long, in ms, the stream outlives its last renewal (a day; instances that publish renew
+/// it hourly): a namespace no longer in use
 /// (an old schema version, a test's) leaves nothing behind, and a subscriber away for longer
 /// finds the stream gone or restarted, which is a gap (it flushes its L1), as after a Redis
 /// restart.

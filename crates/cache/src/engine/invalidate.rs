@@ -3,6 +3,7 @@
 //! (see `replay.rs`).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -20,6 +21,14 @@ use crate::schema::Tag;
 /// How long an invalidation epoch stays in Redis after its last bump; far longer than any
 /// read it guards (a read lasts at most the load timeout).
 const EPOCH_TTL: Duration = Duration::from_secs(3600);
+
+/// How often an instance renews the bus stream's TTL (a day) while it publishes: far within
+/// the TTL, so a stream in use never expires.
+const STREAM_RENEWAL: Duration = Duration::from_secs(3600);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// What an invalidation did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,16 +202,22 @@ impl Engine {
             };
             let doomed: Vec<String> = keys.iter().map(|k| self.keys.render(k)).collect();
             let indexes: Vec<String> = indexed.iter().map(|t| self.keys.tag_index(t)).collect();
-            let publish = message.as_deref().map(|payload| Publish {
-                stream: &self.bus_stream,
-                channel: &self.bus_channel,
-                payload,
-            });
+            let publish = message.as_deref().map(|payload| self.bus_message(payload));
+            let token = self.epoch_token();
             match l2
-                .invalidate(&epochs, EPOCH_TTL, &doomed, &indexes, publish.as_ref())
+                .invalidate(
+                    &epochs,
+                    (&token, EPOCH_TTL),
+                    &doomed,
+                    &indexes,
+                    publish.as_ref(),
+                )
                 .await
             {
                 Ok(members) => {
+                    if let Some(publish) = &publish {
+                        self.stream_renewed(publish);
+                    }
                     let found = members
                         .iter()
                         .filter_map(|m| self.keys.parse(m).ok())
@@ -272,7 +287,38 @@ impl Engine {
 
     /// Publishes a bus message now; `Err` when Redis does not take it.
     pub(super) async fn try_publish(&self, l2: &L2, payload: &str) -> Result<(), L2Error> {
-        l2.publish(&self.bus_stream, &self.bus_channel, payload)
-            .await
+        let message = self.bus_message(payload);
+        l2.publish(&message).await?;
+        self.stream_renewed(&message);
+        Ok(())
+    }
+
+    /// `payload` for the bus, renewing the stream's TTL when it is due: on this cache's
+    /// first message, then at most once per [`STREAM_RENEWAL`], rather than on every
+    /// append (a `PEXPIRE` per write).
+    fn bus_message<'a>(&'a self, payload: &'a str) -> Publish<'a> {
+        let last = self.stream_renewed_ms.load(Ordering::Relaxed);
+        let due = last == 0 || unix_millis().saturating_sub(last) >= millis(STREAM_RENEWAL);
+        Publish {
+            stream: &self.bus_stream,
+            channel: &self.bus_channel,
+            payload,
+            stream_ttl_ms: if due { crate::bus::STREAM_TTL_MS } else { 0 },
+        }
+    }
+
+    /// Notes that Redis took `message`, and with it the stream's TTL if it carried one.
+    fn stream_renewed(&self, message: &Publish<'_>) {
+        if message.stream_ttl_ms != 0 {
+            self.stream_renewed_ms
+                .store(unix_millis(), Ordering::Relaxed);
+        }
+    }
+
+    /// A value no other invalidation gives the epochs: this cache's id and a sequence
+    /// number. A batched install lands only while the epochs hold what it saw.
+    fn epoch_token(&self) -> String {
+        let seq = self.epoch_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:x}:{seq:x}", self.instance)
     }
 }

@@ -85,6 +85,10 @@ pub(crate) struct Engine {
     instance: u64,
     /// Numbers the load leases this cache takes (see `lease_marker`).
     lease_seq: std::sync::atomic::AtomicU64,
+    /// Numbers the epoch values its invalidations write (see `invalidate.rs`).
+    epoch_seq: std::sync::atomic::AtomicU64,
+    /// When this cache last renewed the bus stream's TTL (Unix ms; 0: never).
+    stream_renewed_ms: std::sync::atomic::AtomicU64,
     bus_channel: String,
     bus_stream: String,
     bus_task: Mutex<Option<JoinHandle<()>>>,
@@ -188,6 +192,8 @@ impl Engine {
             replay_task: Mutex::new(None),
             instance,
             lease_seq: std::sync::atomic::AtomicU64::new(0),
+            epoch_seq: std::sync::atomic::AtomicU64::new(0),
+            stream_renewed_ms: std::sync::atomic::AtomicU64::new(0),
             bus_channel: format!("{keys_namespace}bus"),
             bus_stream: format!("{keys_namespace}bus:stream"),
             bus_task: Mutex::new(None),

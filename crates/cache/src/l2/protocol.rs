@@ -128,20 +128,22 @@ impl L2 {
         Ok(landed.into_iter().map(|l| l == 1).collect())
     }
 
-    /// One invalidation, in one script (one round trip): `INCR` each epoch key (kept for
-    /// `ttl`; an install whose snapshot saw an older value no longer lands), `DEL` the doomed
+    /// One invalidation, in one script (one round trip): each epoch key set to this
+    /// invalidation's token (kept for the epoch's ttl; an install whose snapshot saw another
+    /// value no longer lands), `DEL` the doomed
     /// keys, then the keys each tag index lists (and the index), then `publish` the bus
     /// message, with those keys appended to its own. Returns the indexes' members.
     pub async fn invalidate(
         &self,
         epochs: &[String],
-        ttl: Duration,
+        epoch: (&str, Duration),
         doomed: &[String],
         indexes: &[String],
         publish: Option<&Publish<'_>>,
     ) -> Result<Vec<String>, L2Error> {
         let script = scripts::invalidate();
         let mut invocation = script.prepare_invoke();
+        let (token, ttl) = epoch;
         invocation
             .arg(epochs.len())
             .arg(doomed.len())
@@ -156,10 +158,11 @@ impl L2 {
                 .arg(1)
                 .arg(crate::bus::STREAM_MAXLEN)
                 .arg(message.payload)
-                .arg(crate::bus::STREAM_TTL_MS)
+                .arg(message.stream_ttl_ms)
                 .arg(message.channel),
             None => invocation.arg(0).arg(0).arg("").arg(0).arg(""),
         };
+        invocation.arg(token);
         self.invoke("invalidate", &invocation).await
     }
 
@@ -192,15 +195,15 @@ impl L2 {
         .await
     }
 
-    /// Appends `payload` to the bus stream and announces it on the channel, in one script.
-    pub async fn publish(&self, stream: &str, channel: &str, payload: &str) -> Result<(), L2Error> {
+    /// Appends a bus message to the stream and announces it on the channel, in one script.
+    pub async fn publish(&self, message: &Publish<'_>) -> Result<(), L2Error> {
         let mut invocation = scripts::publish().prepare_invoke();
         invocation
-            .key(stream)
+            .key(message.stream)
             .arg(crate::bus::STREAM_MAXLEN)
-            .arg(payload)
-            .arg(crate::bus::STREAM_TTL_MS)
-            .arg(channel);
+            .arg(message.payload)
+            .arg(message.stream_ttl_ms)
+            .arg(message.channel);
         self.invoke::<String>("publish", &invocation)
             .await
             .map(|_| ())
@@ -236,6 +239,8 @@ pub(crate) struct Publish<'a> {
     pub channel: &'a str,
     /// The encoded message; the indexed keys found are appended to its keys.
     pub payload: &'a str,
+    /// The stream's new TTL in ms, or 0 to leave it (see `Engine::stream_ttl`).
+    pub stream_ttl_ms: u64,
 }
 
 /// What [`L2::get_or_lease`] found.

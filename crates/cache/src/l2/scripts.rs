@@ -72,7 +72,9 @@ pub(super) fn set_guarded() -> &'static redis::Script {
 }
 
 /// KEYS: the values' keys. ARGV: for each, its value, ttl and the marker it must still hold.
-/// Returns 1 or 0 for each, in order; a key of another type (foreign data) is a 0.
+/// Returns 1 or 0 for each, in order; a key of another type (foreign data) is a 0. A
+/// `SET … XX GET` replaces the marker and returns it; anything else it returns is put back
+/// (the rare value that came first, or a marker that replaced one an invalidation deleted).
 pub(super) fn set_over_markers() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
@@ -82,9 +84,13 @@ local landed = {}
 for i = 1, #KEYS do
   local at = (i - 1) * 3
   landed[i] = 0
-  if redis.pcall('GET', KEYS[i]) == ARGV[at + 3] then
-    redis.call('SET', KEYS[i], ARGV[at + 1], 'PX', ARGV[at + 2])
+  -- One command when the marker is still there (nearly always); what stood there in its
+  -- place (another load's marker, or its value) is put back.
+  local old = redis.pcall('SET', KEYS[i], ARGV[at + 1], 'PX', ARGV[at + 2], 'XX', 'GET')
+  if old == ARGV[at + 3] then
     landed[i] = 1
+  elseif type(old) == 'string' then
+    redis.call('SET', KEYS[i], old, 'PX', ARGV[at + 2])
   end
 end
 return landed
@@ -112,7 +118,8 @@ return 0
 /// KEYS: the epochs (ARGV[1] of them), the doomed keys (ARGV[2]), the tag indexes
 /// (ARGV[4]), then the bus stream when ARGV[5] is 1.
 /// ARGV: epoch count, doomed count, epoch ttl, index count, publish flag, stream length,
-/// message, stream ttl, channel. The stream append and announcement are those of
+/// message, stream ttl (0: leave it), channel, the epochs' new value (unique to this
+/// invalidation: a batched install compares it with the one it saw). The stream append and announcement are those of
 /// [`publish`].
 pub(super) fn invalidate() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
@@ -121,8 +128,7 @@ pub(super) fn invalidate() -> &'static redis::Script {
             r"#!lua flags=allow-oom
 local epochs, doomed, indexes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 for i = 1, epochs do
-  redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  redis.call('SET', KEYS[i], ARGV[10], 'PX', ARGV[3])
 end
 local dels = {}
 for i = epochs + 1, epochs + doomed do dels[#dels + 1] = KEYS[i] end
@@ -143,7 +149,7 @@ if ARGV[5] == '1' then
   local message = ARGV[7]
   if #members > 0 then message = message .. ' ' .. table.concat(members, ' ') end
   local id = redis.call('XADD', KEYS[at], 'MAXLEN', '~', ARGV[6], '*', 'm', message)
-  redis.call('PEXPIRE', KEYS[at], ARGV[8])
+  if ARGV[8] ~= '0' then redis.call('PEXPIRE', KEYS[at], ARGV[8]) end
   redis.call('PUBLISH', ARGV[9], id .. ' ' .. message)
 end
 return members
@@ -152,12 +158,12 @@ return members
     })
 }
 
-/// Appends to the stream (renewing its TTL, ARGV[3] ms) and announces `id payload` on the
+/// Appends to the stream (renewing its TTL to ARGV[3] ms unless it is 0) and announces `id payload` on the
 /// channel (ARGV[4]: not a key, so the script touches one slot), atomically; also when
 /// Redis is out of memory, as invalidations do.
 const PUBLISH: &str = r"#!lua flags=allow-oom
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[2])
 return id
 ";
