@@ -242,22 +242,7 @@ tuple_parts!(A, B, C, D);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Clone, Copy, Debug, PartialEq)]
-    enum Size {
-        Small,
-        Large,
-    }
-
-    impl KeyWord for Size {
-        const WORDS: &'static [&'static str] = &["small", "large"];
-        fn index(self) -> usize {
-            self as usize
-        }
-        fn from_index(index: usize) -> Option<Self> {
-            [Size::Small, Size::Large].get(index).copied()
-        }
-    }
+    use crate::test_schema::Size;
 
     #[test]
     fn parts_pack_and_unpack() {
