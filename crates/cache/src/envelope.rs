@@ -104,14 +104,14 @@ mod tests {
     use super::*;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    struct Lead {
+    struct Item {
         id: i64,
         name: String,
         notes: Option<String>,
     }
 
-    fn lead() -> Lead {
-        Lead {
+    fn item() -> Item {
+        Item {
             id: 42,
             name: "Ada Lovelace".to_owned(),
             notes: Some("call after 5".to_owned()),
@@ -120,15 +120,15 @@ mod tests {
 
     #[test]
     fn values_and_not_found_round_trip() {
-        let bytes = encode(Some(&lead()), 1_700_000_000_123).unwrap();
-        let decoded = decode::<Lead>(&bytes).unwrap();
-        assert_eq!(decoded.value, Some(lead()));
+        let bytes = encode(Some(&item()), 1_700_000_000_123).unwrap();
+        let decoded = decode::<Item>(&bytes).unwrap();
+        assert_eq!(decoded.value, Some(item()));
         assert_eq!(decoded.loaded_at_ms, 1_700_000_000_123);
 
-        let bytes = encode::<Lead>(None, 5).unwrap();
+        let bytes = encode::<Item>(None, 5).unwrap();
         assert_eq!(bytes.len(), HEADER_LEN);
         assert_eq!(
-            decode::<Lead>(&bytes).unwrap(),
+            decode::<Item>(&bytes).unwrap(),
             Decoded {
                 value: None,
                 loaded_at_ms: 5
@@ -139,27 +139,27 @@ mod tests {
     #[test]
     fn the_leading_id_is_the_first_field() {
         for id in [0, 1, 42, 300, -5, 100_000, i64::from(u32::MAX)] {
-            let lead = Lead {
+            let item = Item {
                 id,
                 name: "x".to_owned(),
                 notes: None,
             };
-            assert_eq!(leading_id(&encode(Some(&lead), 7).unwrap()), Some(id));
+            assert_eq!(leading_id(&encode(Some(&item), 7).unwrap()), Some(id));
         }
-        assert_eq!(leading_id(&encode::<Lead>(None, 7).unwrap()), None);
+        assert_eq!(leading_id(&encode::<Item>(None, 7).unwrap()), None);
         assert_eq!(leading_id(b"short"), None);
     }
 
     #[test]
     fn other_versions_are_refused() {
-        let mut bytes = encode(Some(&lead()), 0).unwrap();
+        let mut bytes = encode(Some(&item()), 0).unwrap();
         bytes[0] = ENVELOPE_VERSION + 1;
-        assert_eq!(decode::<Lead>(&bytes).unwrap_err(), CorruptKind::Version);
+        assert_eq!(decode::<Item>(&bytes).unwrap_err(), CorruptKind::Version);
     }
 
     #[test]
     fn garbage_is_a_decode_error_not_a_panic() {
-        let good = encode(Some(&lead()), 0).unwrap();
+        let good = encode(Some(&item()), 0).unwrap();
         let cases: Vec<Vec<u8>> = vec![
             vec![],
             vec![ENVELOPE_VERSION],
@@ -172,7 +172,7 @@ mod tests {
                 b
             },
             {
-                let mut b = encode::<Lead>(None, 0).unwrap();
+                let mut b = encode::<Item>(None, 0).unwrap();
                 b.push(1);
                 b
             },
@@ -180,7 +180,7 @@ mod tests {
         for bytes in cases {
             assert!(
                 matches!(
-                    decode::<Lead>(&bytes),
+                    decode::<Item>(&bytes),
                     Err(CorruptKind::Decode | CorruptKind::Version)
                 ),
                 "{bytes:?}"
@@ -188,6 +188,6 @@ mod tests {
         }
         // A valid envelope of another type does not decode as this one.
         let number = encode(Some(&7u8), 0).unwrap();
-        assert_eq!(decode::<Lead>(&number).unwrap_err(), CorruptKind::Decode);
+        assert_eq!(decode::<Item>(&number).unwrap_err(), CorruptKind::Decode);
     }
 }
