@@ -22,13 +22,9 @@ use crate::schema::Tag;
 /// read it guards (a read lasts at most the load timeout).
 const EPOCH_TTL: Duration = Duration::from_secs(3600);
 
-/// How often an instance renews the bus stream's TTL (a day) while it publishes: far within
-/// the TTL, so a stream in use never expires.
-const STREAM_RENEWAL: Duration = Duration::from_secs(3600);
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+/// How often, in ms, an instance renews the bus stream's TTL (a day) while it publishes:
+/// far within the TTL, so a stream in use never expires.
+const STREAM_RENEWAL_MS: u64 = 60 * 60 * 1000;
 
 /// What an invalidation did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,18 +109,13 @@ impl Engine {
                 .publish(BusMessage::flush_all(inner.instance).encode())
                 .await;
             let pattern = format!("{}*", inner.keys.namespace());
-            let epochs = inner.keys.epoch_key(None);
-            let epochs = epochs.trim_end_matches("all");
-            // Only what this cache writes: values of its key shapes, tag indexes and epochs.
-            // The bus stream stays (it is how other instances catch up), and so does what
-            // other parts of a service keep under the same namespace.
-            let doomed = |key: &str| {
-                inner.keys.parse(key).is_ok()
-                    || inner.keys.parse_tag_index(key).is_some()
-                    || key.starts_with(epochs)
-            };
+            // Only what this cache writes: the bus stream stays (it is how other instances
+            // catch up), and so does what other parts of a service keep under the namespace.
             match &inner.l2 {
-                Some(l2) => l2.unlink_matching(&pattern, doomed).await,
+                Some(l2) => {
+                    l2.unlink_matching(&pattern, |key| inner.keys.owns(key))
+                        .await
+                }
                 None => Ok(0),
             }
         }))
@@ -203,7 +194,7 @@ impl Engine {
             let doomed: Vec<String> = keys.iter().map(|k| self.keys.render(k)).collect();
             let indexes: Vec<String> = indexed.iter().map(|t| self.keys.tag_index(t)).collect();
             let publish = message.as_deref().map(|payload| self.bus_message(payload));
-            let token = self.epoch_token();
+            let token = self.token();
             match l2
                 .invalidate(
                     &epochs,
@@ -294,11 +285,11 @@ impl Engine {
     }
 
     /// `payload` for the bus, renewing the stream's TTL when it is due: on this cache's
-    /// first message, then at most once per [`STREAM_RENEWAL`], rather than on every
+    /// first message, then at most once per [`STREAM_RENEWAL_MS`], rather than on every
     /// append (a `PEXPIRE` per write).
     fn bus_message<'a>(&'a self, payload: &'a str) -> Publish<'a> {
         let last = self.stream_renewed_ms.load(Ordering::Relaxed);
-        let due = last == 0 || unix_millis().saturating_sub(last) >= millis(STREAM_RENEWAL);
+        let due = last == 0 || unix_millis().saturating_sub(last) >= STREAM_RENEWAL_MS;
         Publish {
             stream: &self.bus_stream,
             channel: &self.bus_channel,
@@ -313,12 +304,5 @@ impl Engine {
             self.stream_renewed_ms
                 .store(unix_millis(), Ordering::Relaxed);
         }
-    }
-
-    /// A value no other invalidation gives the epochs: this cache's id and a sequence
-    /// number. A batched install lands only while the epochs hold what it saw.
-    fn epoch_token(&self) -> String {
-        let seq = self.epoch_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:x}:{seq:x}", self.instance)
     }
 }

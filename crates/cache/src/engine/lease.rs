@@ -16,10 +16,7 @@ impl Engine {
     /// The marker of one load's lease: the lease prefix, this instance's id and a sequence
     /// number.
     pub(super) fn lease_marker(&self) -> String {
-        let seq = self
-            .lease_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{LEASE_MARKER_PREFIX}{:x}:{seq:x}", self.instance)
+        format!("{LEASE_MARKER_PREFIX}{}", self.token())
     }
 
     /// The load lease of `redis_key` over its value (which is not trusted); the marker, or

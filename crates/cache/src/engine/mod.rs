@@ -83,10 +83,8 @@ pub(crate) struct Engine {
     replay_task: Mutex<Option<JoinHandle<()>>>,
     /// This cache's id on the bus (its own messages are ignored).
     instance: u64,
-    /// Numbers the load leases this cache takes (see `lease_marker`).
-    lease_seq: std::sync::atomic::AtomicU64,
-    /// Numbers the epoch values its invalidations write (see `invalidate.rs`).
-    epoch_seq: std::sync::atomic::AtomicU64,
+    /// Numbers the tokens this cache writes to Redis (see `token`).
+    token_seq: std::sync::atomic::AtomicU64,
     /// When this cache last renewed the bus stream's TTL (Unix ms; 0: never).
     stream_renewed_ms: std::sync::atomic::AtomicU64,
     bus_channel: String,
@@ -191,8 +189,7 @@ impl Engine {
             replay_wake: Arc::new(Notify::new()),
             replay_task: Mutex::new(None),
             instance,
-            lease_seq: std::sync::atomic::AtomicU64::new(0),
-            epoch_seq: std::sync::atomic::AtomicU64::new(0),
+            token_seq: std::sync::atomic::AtomicU64::new(0),
             stream_renewed_ms: std::sync::atomic::AtomicU64::new(0),
             bus_channel: format!("{keys_namespace}bus"),
             bus_stream: format!("{keys_namespace}bus:stream"),
@@ -309,6 +306,15 @@ impl Engine {
     /// The L2 TTL (jittered) for a value of `entity`.
     fn l2_ttl_for(&self, entity: Entity, negative: bool) -> Duration {
         self.policy(entity).ttl(false, negative)
+    }
+
+    /// A value no other write to Redis by any instance carries: this cache's id and a
+    /// sequence number. A load lease's marker is one, and so is an invalidation's epoch value.
+    fn token(&self) -> String {
+        let seq = self
+            .token_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:x}:{seq:x}", self.instance)
     }
 
     /// Whether `key`'s invalidation is still owed to Redis (so Redis may hold it stale).

@@ -189,11 +189,25 @@ impl KeySchema {
     /// bump and batched installs check (see `epoch.rs`).
     pub(crate) fn epoch_key(&self, group: Option<&Group>) -> String {
         match group {
-            Some(group) => format!("{}epoch:{}", self.namespace, group.to_hex()),
-            None => format!("{}epoch:all", self.namespace),
+            Some(group) => format!("{}{EPOCH}{}", self.namespace, group.to_hex()),
+            None => format!("{}{EPOCH}all", self.namespace),
         }
     }
+
+    /// Whether `key` is one this cache writes to Redis: a value of a declared shape, a tag's
+    /// index, or an epoch (not the bus stream, nor what other parts of a service keep under
+    /// the namespace).
+    pub(crate) fn owns(&self, key: &str) -> bool {
+        self.parse(key).is_ok()
+            || self.parse_tag_index(key).is_some()
+            || key
+                .strip_prefix(&*self.namespace)
+                .is_some_and(|rest| rest.starts_with(EPOCH))
+    }
 }
+
+/// What an epoch key starts with after the namespace.
+const EPOCH: &str = "epoch:";
 
 /// Writes `form`'s segments with `parts`; with a `hole`, that part is left out and its
 /// place in `out` returned.

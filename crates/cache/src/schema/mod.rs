@@ -483,6 +483,29 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_owns_its_values_tag_indexes_and_epochs_and_nothing_else() {
+        let (k, s) = (keys(), namespaced());
+        for owned in [
+            s.render(&k.by_id.key(1)),
+            s.render(&k.page.key((7, 20))),
+            s.tag_index(&k.owner.of(7)),
+            s.epoch_key(None),
+            s.epoch_key(Some(&s.group("one"))),
+        ] {
+            assert!(s.owns(&owned), "{owned}");
+        }
+        for other in [
+            "tc:t:v1:bus:stream",
+            "tc:t:v1:calls:42:20261207",
+            "tc:t:v1:item:id:x",
+            "other:t:v1:item:id:1",
+            "other:t:v1:epoch:all",
+        ] {
+            assert!(!s.owns(other), "{other}");
+        }
+    }
+
+    #[test]
     fn bad_keys_are_typed_errors() {
         let s = namespaced();
         assert_eq!(
